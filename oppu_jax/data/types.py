@@ -1,0 +1,54 @@
+"""The in-memory model of a LaMP data set: users, their time-ordered histories, their queries.
+
+Both released layouts (official `{split}_questions.json` + `{split}_outputs.json`, and OPPU's
+processed `user_top_100_history.json` ...) load into these types. Pure Python: no JAX here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+class DataError(ValueError):
+  """Bad input data. The message is one line naming the file and the record."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+  """One test (or dev) question of a user.
+
+  `gold` is None where the golds are unknown (e.g. LaMP test split).
+  `date` is the query's time where the release has one (used to cut retrievable history).
+  """
+
+  id: str
+  input: str
+  gold: str | None = None
+  date: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+  """One user: the history items (LaMP "profile" items, dicts of task fields) in time order,
+  oldest first, and the user's queries."""
+
+  id: str
+  history: tuple[dict[str, Any], ...]
+  queries: tuple[Query, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class LampData:
+  """A whole task's data: `users` in a stable order; `profiles` maps user id -> profile text
+  (PAG) where one was loaded or generated."""
+
+  task: str
+  users: tuple[User, ...]
+  profiles: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def user(self, user_id: str) -> User:
+    for u in self.users:
+      if u.id == user_id:
+        return u
+    raise KeyError(user_id)
