@@ -1,0 +1,235 @@
+"""Per-user retrieval over a time-ordered history: BM25, recency, random, and least-similar.
+
+Every function returns indices into the user's own history (never items), so the caller keeps
+control of formatting and no other user's data can enter.
+
+Conventions:
+- Tokenization for BM25 is `text.split()` (whitespace, case kept), as LaMP's reference
+  (`rank_profiles.py`) does; OPPU's `OPPU.py` uses `split(" ")`, which differs only by the
+  empty tokens that runs of spaces produce. Pass `tokenize=lower_split` for case-folding.
+- Ranking ties break by index ascending (the older history item first), so rankings are
+  deterministic; `BM25Okapi.get_top_n` leaves tie order to `np.argsort`.
+- Time: item j is visible to history item t iff j < t and, where both carry a date, date_j is
+  strictly before date_t (equal dates are not "before"). A query sees every item, or, when the
+  query has a date, the items whose date is strictly before it (undated items stay visible).
+- Randomness derives from `stable_seed(seed, user_id, salt)` (SHA-256), never Python's `hash()`,
+  so runs and processes agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+import hashlib
+import re
+from typing import Any
+
+import numpy as np
+import rank_bm25
+
+from oppu_jax.data.types import DataError
+
+Item = Mapping[str, Any]
+# A history item's text: a field name, or a function of the item (e.g. title + " " + text).
+TextSpec = str | Callable[[Item], str]
+METHODS = ("bm25", "recency", "random")
+
+
+def bm25_top_k(
+    query: str,
+    corpus_texts: Sequence[str],
+    k: int,
+    tokenize: Callable[[str], list[str]] = str.split,
+) -> list[int]:
+  """Indices of the k best BM25Okapi matches, best first; ties by index ascending."""
+  return top_k_indices(bm25_scores(query, corpus_texts, tokenize), k)
+
+
+def bm25_scores(
+    query: str,
+    corpus_texts: Sequence[str],
+    tokenize: Callable[[str], list[str]] = str.split,
+) -> np.ndarray:
+  """BM25Okapi (k1=1.5, b=0.75, epsilon=0.25) scores of each text, float64 [len(corpus)]."""
+  docs = [tokenize(t) for t in corpus_texts]
+  # rank_bm25 divides by the mean document length and the vocabulary size: guard the
+  # corpora where both are zero (no texts, or only empty ones) — every score is 0 there.
+  if not any(docs):
+    return np.zeros(len(docs))
+  return np.asarray(rank_bm25.BM25Okapi(docs).get_scores(tokenize(query)), np.float64)
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> list[int]:
+  """Indices of the k highest scores, score descending then index ascending."""
+  scores = np.asarray(scores, np.float64)
+  order = np.lexsort((np.arange(len(scores)), -scores))
+  return order[: max(k, 0)].tolist()
+
+
+def lower_split(text: str) -> list[str]:
+  """Case-folded whitespace tokenization, an alternative to the reference's `str.split`."""
+  return text.lower().split()
+
+
+def retrieve_for_history_item(
+    history: Sequence[Item],
+    t_index: int,
+    k: int,
+    *,
+    doc_text: TextSpec,
+    query_text: TextSpec | None = None,
+    method: str = "bm25",
+    tokenize: Callable[[str], list[str]] = str.split,
+    seed: int = 0,
+    user_id: str = "",
+    date_key: str = "date",
+) -> list[int]:
+  """Top-k history indices for training item `t_index`, from items strictly before it.
+
+  `doc_text` renders a candidate item, `query_text` renders item t as the query (defaults to
+  `doc_text`; pass a renderer without the answer field so the label cannot leak into the query).
+  """
+  visible = visible_before_item(history, t_index, date_key=date_key)
+  # Only BM25 reads the query; recency and random must not fail on its fields.
+  query = _text_fn(query_text or doc_text)(history[t_index]) if method == "bm25" else ""
+  return _rank(method, query, history, visible, k, doc_text, tokenize,
+               (seed, user_id, f"item:{t_index}"), date_key)
+
+
+def retrieve_for_query(
+    history: Sequence[Item],
+    query: str,
+    k: int,
+    *,
+    doc_text: TextSpec,
+    query_date: Any = None,
+    method: str = "bm25",
+    tokenize: Callable[[str], list[str]] = str.split,
+    seed: int = 0,
+    user_id: str = "",
+    salt: str = "",
+    date_key: str = "date",
+) -> list[int]:
+  """Top-k history indices for a test query (text already extracted from the input).
+
+  `salt` (e.g. the query id) gives each query its own random draw in the random method.
+  """
+  visible = visible_before_date(history, query_date, date_key=date_key)
+  return _rank(method, query, history, visible, k, doc_text, tokenize,
+               (seed, user_id, f"query:{salt}"), date_key)
+
+
+def visible_before_item(
+    history: Sequence[Item], t_index: int, *, date_key: str = "date"
+) -> list[int]:
+  """Indices j < t_index whose date (where both have one) is strictly before item t's."""
+  if not 0 <= t_index < len(history):
+    raise IndexError(f"history item {t_index} out of range (history has {len(history)})")
+  t_date = _parse_date(history[t_index].get(date_key), t_index)
+  return [j for j in range(t_index)
+          if _strictly_before(_parse_date(history[j].get(date_key), j), t_date)]
+
+
+def visible_before_date(
+    history: Sequence[Item], date: Any, *, date_key: str = "date"
+) -> list[int]:
+  """All indices, or those dated strictly before `date` when it is given."""
+  limit = _parse_date(date, "query")
+  return [j for j, item in enumerate(history)
+          if _strictly_before(_parse_date(item.get(date_key), j), limit)]
+
+
+def recency_top_k(
+    history: Sequence[Item], visible: Sequence[int], k: int, *, date_key: str = "date"
+) -> list[int]:
+  """The k most recent of `visible`, newest first: by (date, index) when all have dates."""
+  dates = [_parse_date(history[j].get(date_key), j) for j in visible]
+  if all(d is not None for d in dates):
+    order = sorted(range(len(visible)), key=lambda i: (dates[i], visible[i]), reverse=True)
+  else:
+    order = sorted(range(len(visible)), key=lambda i: visible[i], reverse=True)
+  return [visible[i] for i in order[: max(k, 0)]]
+
+
+def random_k(n: int, k: int, *, seed: int, user_id: str, salt: str = "") -> list[int]:
+  """min(k, n) distinct indices in [0, n), fixed by (seed, user_id, salt)."""
+  rng = np.random.default_rng(stable_seed(seed, user_id, salt))
+  return rng.choice(n, size=min(max(k, 0), n), replace=False).tolist()
+
+
+def stable_seed(*parts: Any) -> int:
+  """A 64-bit seed from the parts' string forms; the same in every process and run."""
+  digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "little")
+
+
+def least_similar(query_vec: np.ndarray, item_vecs: np.ndarray, m: int) -> list[int]:
+  """Indices (ascending, i.e. time order) of the m items least cosine-similar to the query.
+
+  query_vec: [d], or [q, d] for several queries (an item's similarity is then its maximum over
+  the queries, so an item close to any query is dropped). item_vecs: [n, d]. Ties by index.
+  """
+  if len(item_vecs) == 0:
+    return []
+  q = np.atleast_2d(np.asarray(query_vec, np.float64))  # [q, d]
+  x = np.asarray(item_vecs, np.float64).reshape(len(item_vecs), -1)  # [n, d]
+  # Zero vectors get similarity 0 instead of NaN.
+  qn = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+  xn = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  sim = (xn @ qn.T).max(axis=-1)  # [n]
+  return sorted(top_k_indices(-sim, m))
+
+
+def least_similar_history(
+    query_texts: Sequence[str],
+    history_texts: Sequence[str],
+    m: int,
+    embed: Callable[[list[str]], np.ndarray],
+) -> list[int]:
+  """The paper's behavior-shift history: `least_similar` on `embed`'s vectors ([n, d])."""
+  if not history_texts:
+    return []
+  return least_similar(embed(list(query_texts)), embed(list(history_texts)), m)
+
+
+def _rank(method, query, history, visible, k, doc_text, tokenize, seed_parts, date_key):
+  if method == "bm25":
+    text = _text_fn(doc_text)
+    top = bm25_top_k(query, [text(history[j]) for j in visible], k, tokenize)
+    return [visible[i] for i in top]
+  if method == "recency":
+    return recency_top_k(history, visible, k, date_key=date_key)
+  if method == "random":
+    seed, user_id, salt = seed_parts
+    return [visible[i] for i in random_k(len(visible), k, seed=seed, user_id=user_id, salt=salt)]
+  raise ValueError(f"unknown retrieval method {method!r}; expected one of {METHODS}")
+
+
+def _text_fn(spec: TextSpec) -> Callable[[Item], str]:
+  if callable(spec):
+    return spec
+
+  def field(item: Item) -> str:
+    if spec not in item:
+      raise DataError(f"history item {item.get('id', '?')!r} has no field {spec!r}")
+    return str(item[spec])
+
+  return field
+
+
+def _parse_date(value: Any, where: Any) -> tuple[int, ...] | None:
+  """'2011-09-01', '2011/09/01 12:00', 2011 -> tuples of ints, year first; None if absent."""
+  if value is None or value == "":
+    return None
+  parts = re.findall(r"\d+", str(value))
+  if not parts:
+    raise DataError(f"history item {where}: unparsable date {value!r}")
+  return tuple(int(p) for p in parts)
+
+
+def _strictly_before(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:
+  # Undated on either side: only the index order (the caller's) applies. Mixed granularity
+  # ('2011' vs '2011-09-01') compares the common prefix, so a tie there is not "before".
+  if a is None or b is None:
+    return True
+  n = min(len(a), len(b))
+  return a[:n] < b[:n]
