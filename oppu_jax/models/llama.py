@@ -1,0 +1,247 @@
+"""Llama-family decoder (Llama-2, SmolLM2, ...) as a Flax NNX module.
+
+The model knows nothing of users. It offers two plug points for adapters:
+- every projection (q, k, v, o, gate, up, down) goes through `project(name, x, w, adapter_layer,
+  rng)`, a function the caller may supply (LoRA adds a low-rank path, (IA)³ scales the k/v outputs
+  and the down-projection input); `adapter_layer` is that layer's slice of an arbitrary pytree
+  whose leaves carry a leading layer axis;
+- the input can be given as embeddings (`embeds=`), so prompt tuning prepends virtual tokens.
+
+The layers are stacked (every layer weight has a leading [layers] axis) and run under `lax.scan`,
+so a 30-layer model compiles one layer body; `params['layers']['q'][i]` still addresses layer i.
+Weights are stored [d_in, d_out] (Hugging Face stores [out, in]; the loaders transpose).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from oppu_jax.models.layers import attention, matmul, rms_norm, rope
+
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+LAYER_WEIGHTS = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int | None = None  # default hidden_size // num_heads
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  bos_id: int | None = 1
+  eos_id: int = 2
+  pad_id: int = 0
+  param_dtype: str = "float32"  # how weights are stored: float32 | bfloat16
+  compute_dtype: str = "float32"  # matmul inputs: float32 | bfloat16 (accumulation is f32)
+  remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_heads
+
+  def replace(self, **kw) -> "LlamaConfig":
+    return dataclasses.replace(self, **kw)
+
+
+def tiny_config(**kw) -> LlamaConfig:
+  """A small random-init config with GQA, for tests."""
+  base = dict(
+      vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+      num_kv_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5, tie_embeddings=False,
+  )
+  base.update(kw)
+  return LlamaConfig(**base)
+
+
+class ProjectFn(Protocol):
+  def __call__(
+      self, name: str, x: jax.Array, w: jax.Array, adapter_layer: Any, rng: jax.Array | None
+  ) -> jax.Array: ...
+
+
+def layer_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+  """Shapes of one decoder layer's weights, [d_in, d_out] for projections."""
+  d, f, hd = config.hidden_size, config.intermediate_size, config.dim_per_head
+  return {
+      "attn_norm": (d,),
+      "q": (d, config.num_heads * hd),
+      "k": (d, config.num_kv_heads * hd),
+      "v": (d, config.num_kv_heads * hd),
+      "o": (config.num_heads * hd, d),
+      "mlp_norm": (d,),
+      "gate": (d, f),
+      "up": (d, f),
+      "down": (f, d),
+  }
+
+
+class DecoderLayers(nnx.Module):
+  """All decoder layers' weights, stacked along a leading [layers] axis."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    dtype = jnp.dtype(config.param_dtype)
+    for name, shape in layer_shapes(config).items():
+      shape = (config.num_layers, *shape)
+      if name.endswith("norm"):
+        value = jnp.ones(shape, dtype)
+      else:
+        value = (0.02 * jax.random.normal(rngs.params(), shape)).astype(dtype)
+      setattr(self, name, nnx.Param(value))
+
+  def arrays(self) -> dict[str, jax.Array]:
+    return {name: getattr(self, name)[...] for name in LAYER_WEIGHTS}
+
+
+class Llama(nnx.Module):
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    dtype = jnp.dtype(config.param_dtype)
+    d = config.hidden_size
+    self.embed = nnx.Param(
+        (0.02 * jax.random.normal(rngs.params(), (config.vocab_size, d))).astype(dtype)
+    )
+    self.layers = DecoderLayers(config, rngs=rngs)
+    self.final_norm = nnx.Param(jnp.ones((d,), dtype))
+    if not config.tie_embeddings:
+      self.lm_head = nnx.Param(
+          (0.02 * jax.random.normal(rngs.params(), (d, config.vocab_size))).astype(dtype)
+      )
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    """[batch, seq] int -> [batch, seq, hidden] f32."""
+    return jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """[..., hidden] (after the final norm) -> [..., vocab] f32."""
+    cd = jnp.dtype(self.config.compute_dtype)
+    if self.config.tie_embeddings:
+      return matmul(hidden, self.embed[...].T, cd)
+    return matmul(hidden, self.lm_head[...], cd)
+
+  def __call__(
+      self,
+      tokens: jax.Array | None = None,
+      *,
+      positions: jax.Array,
+      attention_mask: jax.Array,
+      embeds: jax.Array | None = None,
+      cache: dict[str, jax.Array] | None = None,
+      cache_index: jax.Array | int = 0,
+      adapter_layers: Any = None,
+      project: ProjectFn | None = None,
+      rng: jax.Array | None = None,
+      return_hidden: bool = False,
+  ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """Runs the decoder.
+
+    tokens: [batch, seq] int (or `embeds` [batch, seq, hidden]); positions: [batch, seq] int.
+    attention_mask: [batch, seq] bool without a cache; with a cache, [batch, cache_len] over the
+      cache slots (True = a real token).
+    cache: {'k','v': [layers, batch, cache_len, kv_heads, head_dim]}; the new keys/values are
+      written at slots cache_index .. cache_index+seq-1.
+    Returns (logits [batch, seq, vocab] f32, or the final-normed hidden states with
+    return_hidden=True; the updated cache or None).
+    """
+    cfg = self.config
+    x = self.embed_tokens(tokens) if embeds is None else embeds.astype(jnp.float32)
+    seq = x.shape[1]
+    if cache is None:
+      causal = jnp.tril(jnp.ones((seq, seq), bool))
+      mask = causal[None] & attention_mask[:, None, :].astype(bool)
+    else:
+      slots = jnp.arange(cache["k"].shape[2])
+      query_slots = cache_index + jnp.arange(seq)
+      causal = slots[None, :] <= query_slots[:, None]
+      mask = causal[None] & attention_mask[:, None, :].astype(bool)
+
+    project = project or _plain_project(jnp.dtype(cfg.compute_dtype))
+    layer_rngs = None if rng is None else jax.random.split(rng, cfg.num_layers)
+
+    def body(x, per_layer):
+      params, adapter_layer, layer_rng, k_cache, v_cache = per_layer
+      x, new_k, new_v = _decoder_layer(
+          cfg, params, adapter_layer, layer_rng, x, positions, mask, project,
+          k_cache, v_cache, cache_index,
+      )
+      return x, (new_k, new_v)
+
+    if cfg.remat:
+      body = jax.checkpoint(body)
+    k_caches = None if cache is None else cache["k"]
+    v_caches = None if cache is None else cache["v"]
+    x, (new_k, new_v) = jax.lax.scan(
+        body, x, (self.layers.arrays(), adapter_layers, layer_rngs, k_caches, v_caches)
+    )
+    hidden = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+    new_cache = None if cache is None else {"k": new_k, "v": new_v}
+    if return_hidden:
+      return hidden, new_cache
+    return self.logits(hidden), new_cache
+
+
+def init_cache(config: LlamaConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
+  shape = (config.num_layers, batch, length, config.num_kv_heads, config.dim_per_head)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def _plain_project(compute_dtype) -> ProjectFn:
+  def project(name, x, w, adapter_layer, rng):
+    del name, adapter_layer, rng
+    return matmul(x, w, compute_dtype)
+
+  return project
+
+
+def _decoder_layer(cfg, p, adapter_layer, rng, x, positions, mask, project, k_cache, v_cache,
+                   cache_index):
+  b, t, _ = x.shape
+  hd = cfg.dim_per_head
+  cd = jnp.dtype(cfg.compute_dtype)
+  rngs = {}
+  if rng is not None:
+    for i, name in enumerate(PROJECTIONS):
+      rngs[name] = jax.random.fold_in(rng, i)
+
+  def proj(name, inp):
+    return project(name, inp, p[name], adapter_layer, rngs.get(name))
+
+  h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+  q = proj("q", h).reshape(b, t, cfg.num_heads, hd)
+  k = proj("k", h).reshape(b, t, cfg.num_kv_heads, hd)
+  v = proj("v", h).reshape(b, t, cfg.num_kv_heads, hd)
+  q = rope(q, positions, cfg.rope_theta)
+  k = rope(k, positions, cfg.rope_theta)
+  if k_cache is not None:
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, 1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, 1)
+    k_all, v_all = k_cache, v_cache
+  else:
+    k_all, v_all = k, v
+  attn = attention(q, k_all, v_all, mask, cd).reshape(b, t, cfg.num_heads * hd)
+  x = x + proj("o", attn)
+
+  h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+  ff = jax.nn.silu(proj("gate", h)) * proj("up", h)
+  x = x + proj("down", ff)
+  return x, k_cache, v_cache
+
+
+def apply(graphdef: nnx.GraphDef, state: nnx.State, *args, **kwargs):
+  """Pure form of `Llama.__call__` over split state, for jit/vmap with the base broadcast."""
+  return nnx.merge(graphdef, state)(*args, **kwargs)
+
+
+def abstract_model(config: LlamaConfig) -> Llama:
+  """The model with shapes only (no memory), for loaders to fill."""
+  return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
