@@ -1,0 +1,129 @@
+"""LaMP metrics with the official evaluator's semantics (DESIGN.md §3), without `evaluate`.
+
+- Predictions and golds are stripped.
+- Classification (LaMP_1, LaMP_2N, LaMP_2M): each string maps to its index in the task's label
+  list, anything else to -1; accuracy compares the indices (so, as in the reference, two
+  unknown strings agree); F1 is sklearn's `f1_score(labels=range(L), average="macro")`: the mean
+  over ALL L labels, a label with no gold and no prediction scoring 0 (sklearn's default
+  zero_division="warn" -> 0).
+- LaMP_3: predictions parse with Python's `float` (so "4.0" counts as 4, and "nan"/"inf" pass
+  through as the reference lets them); an unparsable prediction becomes whichever of 1 and 5 is
+  farther from the gold (5 when the gold is 3, as the reference's `>` picks). MAE and RMSE.
+- Generation (LaMP_4–7): ROUGE-1 and ROUGE-L F-measure of `rouge_score` without stemmer,
+  averaged over samples. The reference's `evaluate` reports the median of 1000 unseeded
+  bootstrap means instead, which differs from this mean only by resampling noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import math
+
+import numpy as np
+from rouge_score import rouge_scorer
+
+# The official label lists (order matters: indices define F1's classes). Kept here until the
+# task registry (oppu_jax/data/tasks.py) exists; the two must then be unified.
+LABELS = {
+    "LaMP_1": ["[1]", "[2]"],
+    "LaMP_2N": ["food & drink", "sports", "education", "parents", "religion", "travel",
+                "business", "crime", "science & technology", "culture & arts",
+                "entertainment", "politics", "women", "style & beauty", "healthy living"],
+    "LaMP_2M": ["sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia",
+                "dark comedy", "classic", "psychology", "fantasy", "romance",
+                "thought-provoking", "social commentary", "violence", "true story"],
+}
+RATING_TASKS = ("LaMP_3",)
+GENERATION_TASKS = ("LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7")
+
+
+def evaluate(task_name: str, golds: Mapping[str, str], preds: Mapping[str, str]) -> dict[str, float]:
+  """Metrics of one task: {accuracy, f1} | {mae, rmse} | {rouge-1, rouge-L}.
+
+  golds, preds: id -> output string; the id sets must be equal.
+  """
+  if not golds:
+    raise ValueError(f"{task_name}: no gold ids to evaluate")
+  missing = [i for i in golds if i not in preds]
+  if missing:
+    raise ValueError(f"{task_name}: no prediction for id {missing[0]!r} "
+                     f"({len(missing)} of {len(golds)} gold ids missing)")
+  extra = [i for i in preds if i not in golds]
+  if extra:
+    raise ValueError(f"{task_name}: prediction for unknown id {extra[0]!r} "
+                     f"({len(extra)} ids without a gold)")
+  ids = list(golds)
+  g, p = [golds[i] for i in ids], [preds[i] for i in ids]
+  if task_name in LABELS:
+    return classification_metrics(g, p, LABELS[task_name])
+  if task_name in RATING_TASKS:
+    return rating_metrics(g, p, ids)
+  if task_name in GENERATION_TASKS:
+    return generation_metrics(g, p)
+  raise ValueError(f"unknown task {task_name!r}; expected one of "
+                   f"{sorted([*LABELS, *RATING_TASKS, *GENERATION_TASKS])}")
+
+
+def classification_metrics(
+    golds: Sequence[str], preds: Sequence[str], labels: Sequence[str]
+) -> dict[str, float]:
+  """Accuracy and macro F1 over all `labels` of stripped strings mapped to label indices."""
+  index = {label: i for i, label in enumerate(labels)}
+  y_true = np.array([index.get(str(s).strip(), -1) for s in golds], np.int64)
+  y_pred = np.array([index.get(str(s).strip(), -1) for s in preds], np.int64)
+  return {"accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
+          "f1": f1_macro(y_true, y_pred, len(labels))}
+
+
+def f1_macro(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> float:
+  """Mean over classes 0..n_labels-1 of 2TP / (2TP + FP + FN); 0 where that is 0/0.
+
+  Values outside the classes (-1: unknown string) are never a class: as a prediction they are
+  a false negative of the gold's class, as a gold a false positive of the predicted class.
+  """
+  classes = np.arange(n_labels)[:, None]  # [L, 1]
+  true_c = np.asarray(y_true)[None, :] == classes  # [L, n]
+  pred_c = np.asarray(y_pred)[None, :] == classes  # [L, n]
+  tp = (true_c & pred_c).sum(axis=1)
+  denom = true_c.sum(axis=1) + pred_c.sum(axis=1)  # = 2TP + FP + FN
+  f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+  return float(f1.mean()) if n_labels else 0.0
+
+
+def rating_metrics(
+    golds: Sequence[str], preds: Sequence[str], ids: Sequence[str] | None = None
+) -> dict[str, float]:
+  """MAE and RMSE of ratings; `ids` only name the record in the error for a bad gold."""
+  g = np.array([_gold_rating(s, ids[i] if ids else i) for i, s in enumerate(golds)])
+  p = np.array([parse_rating(s, gold) for s, gold in zip(preds, g)])
+  if not len(g):
+    return {"mae": 0.0, "rmse": 0.0}
+  return {"mae": float(np.mean(np.abs(p - g))), "rmse": float(math.sqrt(np.mean((p - g) ** 2)))}
+
+
+def parse_rating(pred: str, gold: float) -> float:
+  """float(pred.strip()), or the farther of 1 and 5 from `gold` when that fails."""
+  try:
+    return float(str(pred).strip())
+  except ValueError:
+    return 1.0 if abs(1 - gold) > abs(5 - gold) else 5.0
+
+
+def generation_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, float]:
+  """Mean ROUGE-1 and ROUGE-L F-measure (rouge-score, no stemmer, its default tokenizer)."""
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+  r1, rl = [], []
+  for g, p in zip(golds, preds):
+    s = scorer.score(str(g).strip(), str(p).strip())  # (target, prediction)
+    r1.append(s["rouge1"].fmeasure)
+    rl.append(s["rougeL"].fmeasure)
+  if not r1:
+    return {"rouge-1": 0.0, "rouge-L": 0.0}
+  return {"rouge-1": float(np.mean(r1)), "rouge-L": float(np.mean(rl))}
+
+
+def _gold_rating(s: str, where) -> float:
+  try:
+    return float(str(s).strip())
+  except ValueError:
+    raise ValueError(f"gold rating {s!r} of id {where!r} is not a number") from None
