@@ -250,7 +250,7 @@ def model_from_tensors(
   dtype = jnp.dtype(config.param_dtype)
   model = abstract_model(config)
   state = nnx.state(model)
-  expected = state.to_pure_dict()
+  expected = nnx.to_pure_dict(state)
   pure = {"layers": {}}
   for name in ("embed", "final_norm") + (() if config.tie_embeddings else ("lm_head",)):
     w = get(name_of(name, None))
