@@ -1,0 +1,54 @@
+"""Running the base model with one adapter: the one place that joins a PEFT method to the model.
+
+`peft` is a method object (Lora, IA3, PromptTuning, or None for the bare base); `adapter` is
+its pytree. Batched over users by the caller with `jax.vmap` (base broadcast, adapter mapped).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from oppu_jax.models.llama import Llama
+
+
+def forward(
+    model: Llama,
+    peft,
+    adapter,
+    tokens: jax.Array,
+    positions: jax.Array,
+    attention_mask: jax.Array,
+    *,
+    rng: jax.Array | None = None,
+    return_hidden: bool = False,
+) -> jax.Array:
+  """Logits [batch, seq, vocab] (or final hidden states) for the real tokens only.
+
+  With prompt tuning the virtual tokens come first, at positions 0..n-1; the real tokens follow
+  at n + position, as HF PEFT numbers them. Their outputs are dropped before returning.
+  """
+  if peft is None:
+    out, _ = model(tokens, positions=positions, attention_mask=attention_mask,
+                   return_hidden=return_hidden)
+    return out
+  embeds = model.embed_tokens(tokens)
+  prefix = peft.prefix(adapter)
+  n_prefix = 0
+  if prefix is not None:
+    batch = tokens.shape[0]
+    n_prefix = prefix.shape[0]
+    embeds = jnp.concatenate([jnp.broadcast_to(prefix, (batch, *prefix.shape)), embeds], axis=1)
+    attention_mask = jnp.concatenate(
+        [jnp.ones((batch, n_prefix), bool), attention_mask.astype(bool)], axis=1)
+    positions = jnp.concatenate(
+        [jnp.broadcast_to(jnp.arange(n_prefix), (batch, n_prefix)), positions + n_prefix], axis=1)
+  project = functools.partial(peft.project, compute_dtype=jnp.dtype(model.config.compute_dtype))
+  out, _ = model(
+      embeds=embeds, positions=positions, attention_mask=attention_mask,
+      adapter_layers=adapter.get("layers"), project=project, rng=rng,
+      return_hidden=return_hidden,
+  )
+  return out[:, n_prefix:]
