@@ -15,8 +15,8 @@ INPUT = ("What is the score of the following review on a scale of 1 to 5? just a
 
 
 def _question(qid, user, review, n_items):
-  profile = [{"id": f"{qid}-{j}", "text": f"older review {j} — naïve café", "score": str(1 + j % 5),
-              "date": f"2015-01-{j + 1:02d}"} for j in range(n_items)]
+  profile = [{"id": f"{qid}-{j}", "text": f"older review {j} — naïve café",
+              "score": str(1 + j % 5), "date": f"2015-01-{j + 1:02d}"} for j in range(n_items)]
   return {"id": qid, "input": INPUT.format(review), "profile": profile, "user_id": user}
 
 
