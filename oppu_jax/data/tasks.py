@@ -1,0 +1,418 @@
+"""The LaMP tasks: item fields, labels, metric family, and every prompt the methods need.
+
+A prompt is a plain string; an answer is the gold string as the LaMP evaluator compares it
+("3", "[1]", "sci-fi", a headline). The model sees `prompt + ANSWER_SEP + answer`: encode the
+answer as `ANSWER_SEP + answer` (`model_pair`) so the space belongs to the answer, as the
+reference's `"... score: {score}"` tokenizes; a pair with an empty prompt is plain text.
+
+Sources (DESIGN.md §1–§2): the OPPU task prompts (paper Appendix I; wording and line breaks as
+in OPPU's `prompt/prompt.json`), the profile prompts (Appendix J), the RAG prompt and CONVERT of
+the PEFT-vs-RAG study (its Tables 3 and 4, as LaMP's `prompts/prompts.py` builds them). Departures
+from the reference code, on purpose:
+- LaMP_1's task prompt keeps both reference options (the reference formats them into a template
+  with one slot, so they vanish); its text-mode item is the title (the reference's
+  `"... reference: {citation}"` names a field that items do not have).
+- The profile prompt joins the items with " | " (the reference formats the Python list repr).
+- LaMP_6 is not in OPPU: its prompts follow LaMP_4's pattern with email/subject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+import re
+import random
+from typing import Any
+import zlib
+
+from oppu_jax.data.types import DataError
+
+Item = Mapping[str, Any]
+ANSWER_SEP = " "
+MODES = ("oppu", "aligned", "text", "convert")
+
+CATEGORIES = (
+    "food & drink", "sports", "education", "parents", "religion", "travel", "business",
+    "crime", "science & technology", "culture & arts", "entertainment", "politics", "women",
+    "style & beauty", "healthy living",
+)
+TAGS = (
+    "sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia", "dark comedy",
+    "classic", "psychology", "fantasy", "romance", "thought-provoking", "social commentary",
+    "violence", "true story",
+)
+# The label order in OPPU's prompts (Appendix I) differs from the evaluator's label order.
+_PROMPT_CATEGORIES = (
+    "travel, education, parents, style & beauty, entertainment, food & drink, science & "
+    "technology, business, sports, healthy living, women, politics, crime, culture & arts, "
+    "religion"
+)
+_PROMPT_TAGS = ", ".join(TAGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One LaMP task.
+
+  item_fields: the keys every history ("profile") item carries besides `id` (and `date`).
+  input_field / output_field: the item fields that form a task-shaped (input, answer) pair;
+    None for LaMP_1 and LaMP_7, whose history is not in the task's shape.
+  labels: the evaluator's label list (classification), else None.
+  metric: "classification", "regression" (LaMP_3, also scored as labels) or "generation".
+  """
+
+  name: str
+  description: str
+  item_fields: tuple[str, ...]
+  input_field: str | None
+  output_field: str | None
+  labels: tuple[str, ...] | None
+  metric: str
+  oppu_dir: str  # the task's folder in OPPU's processed release
+  lamp_input: str  # the official `input`, slots {text} (LaMP_1: {title} {option1} {option2})
+  input_marker: str  # regex; the query text starts after its first match
+  prompt: str  # OPPU task prompt (Appendix I), same slots as lamp_input
+  history_line: str  # a retrieved item in the OPPU prompt, slots are item fields
+  rag_line: str  # a retrieved item in the RAG prompt (PEFT-vs-RAG Table 3 "PPEP")
+  profile_instruction: str  # Appendix J; "{}" takes the user history
+
+  @property
+  def aligned(self) -> bool:
+    """Whether history items are (input, output) pairs in the task's own shape."""
+    return self.input_field is not None
+
+
+def get_task(name: str) -> Task:
+  """The task called `name` ("LaMP_3"; "LaMP-3" and OPPU folder names are accepted too)."""
+  key = _ALIASES.get(name, name.replace("-", "_"))
+  if key not in TASKS:
+    raise DataError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+  return TASKS[key]
+
+
+def parse_input(task: Task | str, query_input: str) -> dict[str, str]:
+  """The non-template parts of an official `input`: {"text"}, or for LaMP_1
+  {"title", "option1", "option2"}. Raises DataError when the task's marker is absent."""
+  task = _task(task)
+  if task.name == "LaMP_1":
+    m = _CITATION_RE.search(query_input)
+    if not m:
+      raise DataError(f"{task.name} input lacks 'the title \"...\"' and '[1]: \"...\" [2]: \"...\"'")
+    return {k: v.strip() for k, v in m.groupdict().items()}
+  # The first match: the template comes first, and the text itself may contain the marker.
+  m = re.search(task.input_marker, query_input)
+  if not m:
+    raise DataError(f"{task.name} input lacks the marker {task.input_marker!r}")
+  return {"text": query_input[m.end():].strip()}
+
+
+def query_text(task: Task | str, query_input: str) -> str:
+  """The query's own text: the article / review / abstract / tweet; LaMP_1: the paper title."""
+  slots = parse_input(task, query_input)
+  return slots.get("text", slots.get("title", ""))
+
+
+def make_input(task: Task | str, **slots: str) -> str:
+  """The official LaMP `input` for the slots (the inverse of `parse_input`)."""
+  return _task(task).lamp_input.format(**slots)
+
+
+def build_prompt(
+    task: Task | str,
+    query_input: str,
+    retrieved_items: Sequence[Item] = (),
+    profile: str | None = None,
+) -> str:
+  """OPPU's prompt for an official `input`: [profile] [retrieved history] task prompt."""
+  task = _task(task)
+  return _with_context(task, task.prompt.format(**parse_input(task, query_input)),
+                       retrieved_items, profile)
+
+
+def history_to_pairs(
+    task: Task | str,
+    item: Item,
+    mode: str = "oppu",
+    *,
+    retrieved_items: Sequence[Item] = (),
+    profile: str | None = None,
+) -> tuple[str, str]:
+  """One history item as a training pair (prompt, answer).
+
+  mode "aligned": the OPPU task prompt of the item's input -> its output (tasks with a task-shaped
+    history; DataError for LaMP_1 / LaMP_7).
+  mode "text": ("", format_item(item)) — next-token on the item text.
+  mode "oppu": the paper's choice, "aligned" where possible, else "text".
+  mode "convert": PEFT-vs-RAG Table 4 — the official input -> output for task-shaped items;
+    LaMP_1 "Write an abstract for this title: T" -> abstract; LaMP_7 "Complete the following
+    tweet: <first part>" -> <second part>, split at a word boundary drawn from the item id.
+  retrieved_items / profile are prepended as in `build_prompt` (not in "text" mode, whose prompt
+  is empty; nor in "convert", whose prompts are the study's, without context).
+  """
+  task = _task(task)
+  if mode not in MODES:
+    raise DataError(f"unknown history mode {mode!r}; expected one of {', '.join(MODES)}")
+  if mode == "oppu":
+    mode = "aligned" if task.aligned else "text"
+  if mode == "text":
+    return "", format_item(task, item)
+  if mode == "convert":
+    return _convert(task, item)
+  if not task.aligned:
+    raise DataError(f"{task.name} history is not task-shaped; use mode 'text' or 'convert'")
+  prompt = task.prompt.format(text=item[task.input_field])
+  return _with_context(task, prompt, retrieved_items, profile), str(item[task.output_field])
+
+
+def model_pair(prompt: str, answer: str) -> tuple[str, str]:
+  """(prompt, answer) as the model reads them: the separating space joins the answer."""
+  return (prompt, ANSWER_SEP + answer) if prompt else (prompt, answer)
+
+
+def format_item(task: Task | str, item: Item) -> str:
+  """A history item as one line of the OPPU prompt ("review: ... score: 4")."""
+  return _task(task).history_line.format(**item)
+
+
+def corpus_text(task: Task | str, item: Item) -> str:
+  """What BM25 matches a history item on (LaMP's query/corpus makers)."""
+  task = _task(task)
+  return " ".join(str(item[f]) for f in _CORPUS_FIELDS[task.name])
+
+
+def item_query_text(task: Task | str, item: Item) -> str:
+  """A history item's own query text (its input side, no answer) — for retrieval at training."""
+  task = _task(task)
+  return str(item[task.input_field or task.item_fields[0]])
+
+
+def retrieval_query(task: Task | str, query_input: str) -> str:
+  """What BM25 matches against the history for an official `input`: `query_text`."""
+  return query_text(task, query_input)
+
+
+def rag_prompt(task: Task | str, query_input: str, retrieved_items: Sequence[Item]) -> str:
+  """The PEFT-vs-RAG study's RAG prompt (its Table 3, LaMP's `create_*_prompt`), without the
+  reference's token-budget cut: truncate items beforehand if needed."""
+  task = _task(task)
+  if not retrieved_items:
+    return query_input
+  joined = ", and ".join(task.rag_line.format(**item) for item in retrieved_items)
+  if task.name == "LaMP_1":
+    # LaMP's add_string_after_title: insert right after the first "title" of the input.
+    at = query_input.find("title")
+    if at == -1:
+      return query_input
+    return query_input[: at + 5] + ", and " + joined + query_input[at + 5:]
+  if task.name == "LaMP_5":
+    return f"{joined}. Following the given patterns {query_input}"
+  if task.name == "LaMP_7":
+    return f"{joined} are written by a person. Following the given patterns {query_input}"
+  return f"{joined}. {query_input}"
+
+
+def profile_prompt(task: Task | str, history_items: Sequence[Item], max_words: int = 200) -> str:
+  """The Appendix J prompt that asks an instruct LLM for the user's profile. Each item's fields
+  are cut to `max_words` words, as the reference does; choose the items (the reference samples
+  10) before calling."""
+  task = _task(task)
+  lines = [format_item(task, _cut_item(item, max_words)) for item in history_items]
+  return task.profile_instruction.format(" | ".join(lines))
+
+
+def _task(task: Task | str) -> Task:
+  return task if isinstance(task, Task) else get_task(task)
+
+
+def _with_context(task, prompt, retrieved_items, profile) -> str:
+  parts = []
+  if profile:
+    parts.append(profile)
+  if retrieved_items:
+    parts.append("\n".join(format_item(task, item) for item in retrieved_items))
+  parts.append(prompt)
+  return "\n".join(parts)
+
+
+def _convert(task: Task, item: Item) -> tuple[str, str]:
+  if task.name == "LaMP_1":
+    return f"Write an abstract for this title: {item['title']}", str(item["abstract"])
+  if task.name == "LaMP_7":
+    words = str(item["text"]).split()
+    if len(words) < 2:
+      return "Complete the following tweet: ", " ".join(words)
+    # Random as in the study, but reproducible: seeded by the item id, not global state.
+    cut = random.Random(zlib.crc32(str(item["id"]).encode())).randint(1, len(words) - 1)
+    return (f"Complete the following tweet: {' '.join(words[:cut])}", " ".join(words[cut:]))
+  return make_input(task, text=item[task.input_field]), str(item[task.output_field])
+
+
+def _cut_item(item: Item, max_words: int) -> dict[str, Any]:
+  return {k: (" ".join(v.split()[:max_words]) if isinstance(v, str) and k not in ("id", "date")
+              else v) for k, v in item.items()}
+
+
+# Titles may contain quotes: the title runs to the last quote before "[1]:".
+_CITATION_RE = re.compile(
+    r'written the paper with the title "(?P<title>.*)".*?\[1\]: "(?P<option1>.*)"\s*'
+    r'\[2\]: "(?P<option2>.*)"\s*$', re.S)
+
+_CORPUS_FIELDS = {
+    "LaMP_1": ("title", "abstract"),
+    "LaMP_2N": ("title", "text"),
+    "LaMP_2M": ("description",),
+    "LaMP_3": ("text",),
+    "LaMP_4": ("title", "text"),
+    "LaMP_5": ("title", "abstract"),
+    "LaMP_6": ("text",),
+    "LaMP_7": ("text",),
+}
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task(
+        name="LaMP_1", description="citation identification",
+        item_fields=("title", "abstract"), input_field=None, output_field=None,
+        labels=("[1]", "[2]"), metric="classification", oppu_dir="citation",
+        lamp_input=(
+            'For an author who has written the paper with the title "{title}", which reference '
+            'is related? Just answer with [1] or [2] without any explanation. [1]: "{option1}" '
+            '[2]: "{option2}"'),
+        input_marker="",
+        prompt=(
+            "Identify the most relevant reference for the listed publication by the researcher. "
+            "Select the reference paper that is most closely related to the researcher's work. "
+            "Please respond with only the number that corresponds to the reference.\n"
+            "paper title: {title}\nreference: [1] - {option1} [2] - {option2}\nanswer:"),
+        history_line="paper title: {title}",
+        rag_line='"{title}"',
+        profile_instruction=(
+            "Write a summary, in English, of the research interests and topics of a researcher "
+            "who has published the following papers. Only generate the summary, no other text. "
+            "User History: {} Answer:"),
+    ),
+    Task(
+        name="LaMP_2N", description="news categorization",
+        item_fields=("text", "title", "category"), input_field="text", output_field="category",
+        labels=CATEGORIES, metric="classification", oppu_dir="news_categorize",
+        lamp_input=(
+            "Which category does this article relate to among the following categories? Just "
+            "answer with the category name without further explanation. categories: ["
+            + ", ".join(CATEGORIES) + "] article: {text}"),
+        input_marker=r"\]\s*article:",
+        prompt=(
+            "Which category does this article relate to among the following categories? Just "
+            "answer with the category name without further explanation. categories: ["
+            + _PROMPT_CATEGORIES + "]\narticle: {text} category:"),
+        history_line="article: {text} category: {category}",
+        rag_line='the category for the article: "{text}" is "{category}" ',
+        profile_instruction=(
+            "Look at the following past articles this journalist has written and determine the "
+            "most popular category they write in. Answer in the following form: most popular "
+            "category: <category>. User History: {} Answer:"),
+    ),
+    Task(
+        name="LaMP_2M", description="movie tagging",
+        item_fields=("description", "tag"), input_field="description", output_field="tag",
+        labels=TAGS, metric="classification", oppu_dir="movie_tagging",
+        lamp_input=(
+            "Which tag does this movie relate to among the following tags? Just answer with the "
+            "tag name without further explanation. tags: [" + _PROMPT_TAGS + "] description: "
+            "{text}"),
+        input_marker=r"\]\s*description:",
+        prompt=(
+            "Which tag does this movie relate to among the following tags? Just answer with the "
+            "tag name without further explanation. tags: [" + _PROMPT_TAGS + "]\n"
+            "description: {text} tag:"),
+        history_line="description: {description} tag: {tag}",
+        rag_line='the tag for the movie: "{description}" is "{tag}" ',
+        profile_instruction=(
+            "Look at the following past movies this user has watched and determine the most "
+            "popular tag they labeled. Answer in the following form: most popular tag: <tag>. "
+            "User History: {} Answer:"),
+    ),
+    Task(
+        name="LaMP_3", description="product rating",
+        item_fields=("text", "score"), input_field="text", output_field="score",
+        labels=("1", "2", "3", "4", "5"), metric="regression", oppu_dir="product_rating",
+        lamp_input=(
+            "What is the score of the following review on a scale of 1 to 5? just answer with "
+            "1, 2, 3, 4, or 5 without further explanation. review: {text}"),
+        input_marker=r"review:",
+        prompt=(
+            "What is the score of the following review on a scale of 1 to 5? just answer with "
+            "1, 2, 3, 4, or 5 without further explanation.\nreview: {text} score:"),
+        history_line="review: {text} score: {score}",
+        rag_line='{score} is the score for "{text}" ',
+        profile_instruction=(
+            "Based on this user's past reviews, what are the most common scores they give for "
+            "positive and negative reviews? Answer in the following form: most common positive "
+            "score: <most common positive score>, most common negative score: <most common "
+            "negative score>. User History: {} Answer:"),
+    ),
+    Task(
+        name="LaMP_4", description="news headline generation",
+        item_fields=("text", "title"), input_field="text", output_field="title",
+        labels=None, metric="generation", oppu_dir="news_headline",
+        lamp_input="Generate a headline for the following article: {text}",
+        input_marker=r"following article:",
+        prompt="Generate a headline for the following article.\narticle: {text} headline:",
+        history_line="article: {text} headline: {title}",
+        rag_line='"{title}" is the title for "{text}" ',
+        profile_instruction=(
+            "Given this author's previous articles, try to describe a template for their "
+            "headlines. I want to be able to accurately predict the headline gives one of their "
+            "articles. Be specific about their style and wording, don't tell me anything "
+            "generic. User History: {} Answer:"),
+    ),
+    Task(
+        name="LaMP_5", description="scholarly title generation",
+        item_fields=("title", "abstract"), input_field="abstract", output_field="title",
+        labels=None, metric="generation", oppu_dir="scholarly_title",
+        lamp_input="Generate a title for the following abstract of a paper: {text}",
+        input_marker=r"abstract of a paper:",
+        prompt="Generate a title for the following abstract of a paper.\nabstract: {text} title:",
+        history_line="abstract: {abstract} title: {title}",
+        rag_line='"{title}" is the title for "{abstract}" ',
+        profile_instruction=(
+            "Given this author's previous publications, try to describe a template for their "
+            "titles. I want to be able to accurately predict the title of one of the papers from "
+            "the abstract. Only generate the template description, nothing else. User History: "
+            "{} Answer:"),
+    ),
+    Task(
+        name="LaMP_6", description="email subject generation (private data; format only)",
+        item_fields=("text", "title"), input_field="text", output_field="title",
+        labels=None, metric="generation", oppu_dir="email_subject",
+        lamp_input="Generate a subject for the following email: {text}",
+        input_marker=r"following email:",
+        prompt="Generate a subject for the following email.\nemail: {text} subject:",
+        history_line="email: {text} subject: {title}",
+        rag_line='"{title}" is the title for "{text}" ',
+        profile_instruction=(
+            "Given this person's previous emails, try to describe a template for their email "
+            "subjects. I want to be able to accurately predict the subject of one of their "
+            "emails. Be specific about their style and wording, don't tell me anything generic. "
+            "User History: {} Answer:"),
+    ),
+    Task(
+        name="LaMP_7", description="tweet paraphrasing",
+        item_fields=("text",), input_field=None, output_field=None,
+        labels=None, metric="generation", oppu_dir="tweet_paraphrase",
+        lamp_input="Paraphrase the following tweet without any explanation before or after it: {text}",
+        input_marker=r"before or after it:",
+        prompt=(
+            "Following the given pattern, paraphrase the following text into tweet without any "
+            "explanation before or after it.\ntext: {text} tweet:"),
+        history_line="tweet: {text}",
+        rag_line='"{text}" ',
+        profile_instruction=(
+            "Given this person's previous tweets, try to describe a template for their tweets. I "
+            "want to take a generic sentence and rephrase it to sound like one of their tweets, "
+            "with the same style/punctuation/capitalization/wording/tone/etc. as them. Only give "
+            "me the template description, nothing else. User History: {} Answer:"),
+    ),
+)}
+
+# Every field any task's items carry: an item with another task's field is of another task.
+ALL_ITEM_FIELDS = frozenset(f for t in TASKS.values() for f in t.item_fields)
+_ALIASES = {t.oppu_dir: t.name for t in TASKS.values()} | {"LaMP_2": "LaMP_2M", "LaMP-2": "LaMP_2M"}
