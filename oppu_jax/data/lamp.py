@@ -9,7 +9,8 @@ Layouts (DESIGN.md §1):
 - "oppu": `user_top_100_history.json` (users `{"user_id"?, "profile", "query": [{"id",
   "input"}]}`), `user_top_100_history_label.json` (their golds, outputs shape),
   `user_others.json` (the other users, golds inline as `query[i]["gold"]`) and optionally
-  `profile_user_100.json` (profile texts aligned with the top users). A user without `user_id`
+  `profile_user_100.json` / `profile_user_others.json` (profile texts aligned with the users of
+  the top / others file). A user without `user_id`
   is named by its first query id. Splits: "test" (the top file), "others".
 
 Every malformed input raises DataError with one line naming the file and the record. History
@@ -37,6 +38,7 @@ OPPU_FILES = {
     "labels": "user_top_100_history_label.json",
     "others": "user_others.json",
     "profiles": "profile_user_100.json",
+    "other_profiles": "profile_user_others.json",
 }
 SPLIT_ORDER = ("train", "dev", "test")
 MAX_WORDS = 768
@@ -129,7 +131,7 @@ def write_official_layout(data: LampData, out_dir: str, dev_fraction: float = 0.
 def write_oppu_layout(data: LampData, out_dir: str, num_test_users: int = 100) -> None:
   """Writes OPPU's processed layout: the `num_test_users` most active users as the "top 100"
   files (the names stay, whatever the number), everyone else in `user_others.json`, and
-  `profile_user_100.json` when every top user has a profile in `data.profiles`."""
+  the profile files when every user of the part has a profile in `data.profiles`."""
   os.makedirs(out_dir, exist_ok=True)
   test, others = select_users(data, num_test_users)
   _write_json(os.path.join(out_dir, OPPU_FILES["test"]),
@@ -139,9 +141,10 @@ def write_oppu_layout(data: LampData, out_dir: str, num_test_users: int = 100) -
     _write_json(os.path.join(out_dir, OPPU_FILES["labels"]), _outputs_doc(data.task, golds))
   _write_json(os.path.join(out_dir, OPPU_FILES["others"]),
               [_oppu_user(u, with_gold=True) for u in others.users])
-  if test.users and all(u.id in data.profiles for u in test.users):
-    _write_json(os.path.join(out_dir, OPPU_FILES["profiles"]),
-                [{"id": u.id, "output": data.profiles[u.id]} for u in test.users])
+  for key, part in (("profiles", test), ("other_profiles", others)):
+    if part.users and all(u.id in data.profiles for u in part.users):
+      _write_json(os.path.join(out_dir, OPPU_FILES[key]),
+                  [{"id": u.id, "output": data.profiles[u.id]} for u in part.users])
 
 
 # --- official layout ---------------------------------------------------------------------------
@@ -256,10 +259,9 @@ def _load_oppu(path, task, splits, max_words) -> LampData:
                       f"({len(golds)} such golds)")
     part = [User(u.id, tuple(cuts.apply(list(u.history))), u.queries) for u in part]
     cuts.report(upath)
-    if split == "test":
-      ppath = os.path.join(path, OPPU_FILES["profiles"])
-      if os.path.exists(ppath):
-        profiles.update(_read_profiles(ppath, part))
+    ppath = os.path.join(path, OPPU_FILES["profiles" if split == "test" else "other_profiles"])
+    if os.path.exists(ppath):
+      profiles.update(_read_profiles(ppath, part))
     users.extend(part)
   if not users:
     raise DataError(f"{path}: no users ({OPPU_FILES['test']} / {OPPU_FILES['others']} missing)")
@@ -319,7 +321,7 @@ def _read_profiles(ppath, users) -> dict[str, str]:
   records = _read_json(ppath)
   if not isinstance(records, list) or len(records) != len(users):
     n = len(records) if isinstance(records, list) else type(records).__name__
-    raise DataError(f"{ppath}: expected a list of {len(users)} profiles aligned with the top "
+    raise DataError(f"{ppath}: expected a list of {len(users)} profiles aligned with the "
                     f"users, got {n}")
   out = {}
   for i, (rec, user) in enumerate(zip(records, users)):

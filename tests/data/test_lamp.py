@@ -84,7 +84,8 @@ def test_oppu_layout_loads_the_same_users_as_official(tmp_path, name):
   test, others = lamp.select_users(official, 3)
   assert [u.id for u in lamp.load(str(tmp_path / "oppu"), name, split="test").users] == [
       u.id for u in test.users]
-  assert oppu.profiles == {u.id: f"profile of {u.id}" for u in test.users}
+  assert oppu.profiles == data.profiles
+  assert sorted(os.listdir(tmp_path / "oppu")) == sorted(lamp.OPPU_FILES.values())
   assert len(others.users) == 5
 
 
@@ -236,8 +237,7 @@ def test_oppu_layout_errors(tmp_path):
         {"task": "LaMP_3", "golds": [{"id": "q1", "output": "2"}]})
   _dump(tmp_path / lamp.OPPU_FILES["profiles"], [{"output": "a"}, {"output": "b"}])
   message = _error(str(tmp_path))
-  assert "profile_user_100.json: expected a list of 1 profiles aligned with the top users" in (
-      message)
+  assert "profile_user_100.json: expected a list of 1 profiles aligned with the users" in message
   os.remove(tmp_path / lamp.OPPU_FILES["profiles"])
   data = lamp.load(str(tmp_path), "LaMP_3")
   assert data.users[0].queries[0].gold == "2"
