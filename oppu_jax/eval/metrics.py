@@ -2,10 +2,10 @@
 
 - Predictions and golds are stripped.
 - Classification (LaMP_1, LaMP_2N, LaMP_2M): each string maps to its index in the task's label
-  list, anything else to -1; accuracy compares the indices (so, as in the reference, two
-  unknown strings agree); F1 is sklearn's `f1_score(labels=range(L), average="macro")`: the mean
-  over ALL L labels, a label with no gold and no prediction scoring 0 (sklearn's default
-  zero_division="warn" -> 0).
+  list (`oppu_jax.data.tasks`, in the evaluator's order), anything else to -1; accuracy
+  compares the indices (so, as in the reference, two unknown strings agree); F1 is sklearn's
+  `f1_score(labels=range(L), average="macro")`: the mean over ALL L labels, a label with no
+  gold and no prediction scoring 0 (sklearn's default zero_division="warn" -> 0).
 - LaMP_3: predictions parse with Python's `float` (so "4.0" counts as 4, and "nan"/"inf" pass
   through as the reference lets them); an unparsable prediction becomes whichever of 1 and 5 is
   farther from the gold (5 when the gold is 3, as the reference's `>` picks). MAE and RMSE.
@@ -22,26 +22,19 @@ import math
 import numpy as np
 from rouge_score import rouge_scorer
 
-# The official label lists (order matters: indices define F1's classes). Kept here until the
-# task registry (oppu_jax/data/tasks.py) exists; the two must then be unified.
-LABELS = {
-    "LaMP_1": ["[1]", "[2]"],
-    "LaMP_2N": ["food & drink", "sports", "education", "parents", "religion", "travel",
-                "business", "crime", "science & technology", "culture & arts",
-                "entertainment", "politics", "women", "style & beauty", "healthy living"],
-    "LaMP_2M": ["sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia",
-                "dark comedy", "classic", "psychology", "fantasy", "romance",
-                "thought-provoking", "social commentary", "violence", "true story"],
-}
-RATING_TASKS = ("LaMP_3",)
-GENERATION_TASKS = ("LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7")
+from oppu_jax.data import tasks
 
 
-def evaluate(task_name: str, golds: Mapping[str, str], preds: Mapping[str, str]) -> dict[str, float]:
+def evaluate(
+    task_name: str, golds: Mapping[str, str], preds: Mapping[str, str]
+) -> dict[str, float]:
   """Metrics of one task: {accuracy, f1} | {mae, rmse} | {rouge-1, rouge-L}.
 
   golds, preds: id -> output string; the id sets must be equal.
   """
+  # The registry holds the label lists and the metric family; an unknown task fails first.
+  task = tasks.get_task(task_name)
+  task_name = task.name
   if not golds:
     raise ValueError(f"{task_name}: no gold ids to evaluate")
   missing = [i for i in golds if i not in preds]
@@ -54,14 +47,11 @@ def evaluate(task_name: str, golds: Mapping[str, str], preds: Mapping[str, str])
                      f"({len(extra)} ids without a gold)")
   ids = list(golds)
   g, p = [golds[i] for i in ids], [preds[i] for i in ids]
-  if task_name in LABELS:
-    return classification_metrics(g, p, LABELS[task_name])
-  if task_name in RATING_TASKS:
+  if task.metric == "classification":
+    return classification_metrics(g, p, task.labels)
+  if task.metric == "regression":
     return rating_metrics(g, p, ids)
-  if task_name in GENERATION_TASKS:
-    return generation_metrics(g, p)
-  raise ValueError(f"unknown task {task_name!r}; expected one of "
-                   f"{sorted([*LABELS, *RATING_TASKS, *GENERATION_TASKS])}")
+  return generation_metrics(g, p)
 
 
 def classification_metrics(

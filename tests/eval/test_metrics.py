@@ -120,3 +120,17 @@ def test_evaluate_id_mismatch_names_an_id():
     metrics.evaluate("LaMP_1", {"a": "[1]"}, {"a": "[1]", "c": "[2]"})
   with pytest.raises(ValueError, match="no gold ids"):
     metrics.evaluate("LaMP_1", {}, {})
+
+
+def test_label_lists_are_the_official_evaluators():
+  # Copied from LaMP's evaluator: F1's classes are these indices, so the order matters.
+  from oppu_jax.data import tasks
+  assert tasks.get_task("LaMP_1").labels == ("[1]", "[2]")
+  assert list(tasks.get_task("LaMP_2N").labels) == [
+      "food & drink", "sports", "education", "parents", "religion", "travel", "business",
+      "crime", "science & technology", "culture & arts", "entertainment", "politics", "women",
+      "style & beauty", "healthy living"]
+  assert list(tasks.get_task("LaMP_2M").labels) == [
+      "sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia",
+      "dark comedy", "classic", "psychology", "fantasy", "romance", "thought-provoking",
+      "social commentary", "violence", "true story"]
