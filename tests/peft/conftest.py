@@ -1,0 +1,45 @@
+"""Fixtures for the PEFT tests: a tiny random model built from numpy (eager JAX init compiles op by
+op, seconds on 2 cores) and a jitted apply.forward."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from oppu_jax.models import llama, load
+from oppu_jax.peft import apply
+
+
+@pytest.fixture(scope="session")
+def tiny():
+  """(config, our Llama) on the tiny GQA config, random weights and random norm weights."""
+  cfg = llama.tiny_config()
+  rng = np.random.default_rng(0)
+  tensors = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size),
+             "model.norm.weight": (cfg.hidden_size,),
+             "lm_head.weight": (cfg.vocab_size, cfg.hidden_size)}
+  for ours, (d_in, *d_out) in llama.layer_shapes(cfg).items():
+    for i in range(cfg.num_layers):
+      tensors[f"model.layers.{i}.{load.HF_LAYER_NAMES[ours]}"] = (*d_out, d_in)  # HF: [out, in]
+  tensors = {k: (1 + 0.1 * rng.standard_normal(s) if "norm" in k else
+                 0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in tensors.items()}
+  return cfg, load.from_hf_state_dict(cfg, tensors)
+
+
+@pytest.fixture(scope="session")
+def forward():
+  """apply.forward, jitted (the method object is static; one compile per method)."""
+  return _forward
+
+
+def _forward(model, method, adapter, tokens, positions, attention_mask):
+  graphdef, state = nnx.split(model)
+  return _jitted(graphdef, state, method, adapter, tokens, positions, attention_mask)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _jitted(graphdef, state, method, adapter, tokens, positions, attention_mask):
+  return apply.forward(nnx.merge(graphdef, state), method, adapter, tokens, positions,
+                       attention_mask)
