@@ -1,0 +1,84 @@
+"""Device mesh and the one table that maps logical axis names onto mesh axes.
+
+Mesh axes: `users` (adapters, optimizer states and per-user batches are split along their
+leading user axis) and `model` (base weights may be split along heads / MLP / vocab). Changing
+the parallelism is a config change: the mesh shape and, if needed, `RULES`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# Logical axis name -> mesh axis (None = replicated).
+RULES = {
+    "users": "users",
+    "layers": None,
+    "embed": None,
+    "heads": "model",
+    "kv_heads": "model",
+    "mlp": "model",
+    "vocab": "model",
+}
+
+# Base weight -> logical axes of each dimension.
+BASE_AXES = {
+    "embed": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "final_norm": ("embed",),
+    "layers": {
+        "attn_norm": ("layers", "embed"),
+        "q": ("layers", "embed", "heads"),
+        "k": ("layers", "embed", "kv_heads"),
+        "v": ("layers", "embed", "kv_heads"),
+        "o": ("layers", "heads", "embed"),
+        "mlp_norm": ("layers", "embed"),
+        "gate": ("layers", "embed", "mlp"),
+        "up": ("layers", "embed", "mlp"),
+        "down": ("layers", "mlp", "embed"),
+    },
+}
+
+
+def make_mesh(users: int = -1, model: int = 1, devices=None) -> Mesh:
+  """A (users, model) mesh over the devices; users=-1 takes all the devices model leaves."""
+  devices = list(devices if devices is not None else jax.devices())
+  if users == -1:
+    users = len(devices) // model
+  if users * model != len(devices):
+    raise ValueError(
+        f"mesh.users x mesh.model = {users} x {model} does not match {len(devices)} devices")
+  return Mesh(np.array(devices).reshape(users, model), ("users", "model"))
+
+
+def spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+  """Logical axes -> PartitionSpec; a dimension the mesh axis does not divide stays whole."""
+  axes = []
+  for name, size in zip(logical, shape):
+    mesh_axis = RULES.get(name) if name else None
+    if mesh_axis is not None and size % mesh.shape[mesh_axis] != 0:
+      mesh_axis = None
+    axes.append(mesh_axis)
+  return PartitionSpec(*axes)
+
+
+def shard_base(state: nnx.State, mesh: Mesh) -> nnx.State:
+  """Places the base weights on the mesh by BASE_AXES and RULES (a copy per device only where
+  the rules replicate)."""
+  pure = nnx.to_pure_dict(state)
+  shardings = _shardings(pure, BASE_AXES, mesh)
+  nnx.replace_by_pure_dict(state, jax.device_put(pure, shardings))
+  return state
+
+
+def users_sharding(mesh: Mesh) -> NamedSharding:
+  """For any array whose leading axis is the users axis (the rest replicated)."""
+  return NamedSharding(mesh, PartitionSpec("users"))
+
+
+def _shardings(tree, axes, mesh):
+  if isinstance(tree, dict):
+    return {k: _shardings(v, axes[k], mesh) for k, v in tree.items()}
+  return NamedSharding(mesh, spec(axes, tree.shape, mesh))

@@ -1,0 +1,95 @@
+"""One user's training examples -> fixed-shape batches, from that user's data and the config only.
+
+A user's sequence length T and target count K are buckets of the user's own longest example, so
+the padding a user's rows get never depends on which other users share the compiled step.
+Batches carry the positions whose outputs predict a target (`target_index`), so the loss computes
+logits only there: on a classification task that is a handful of positions per row, not T.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import functools
+
+import numpy as np
+
+from oppu_jax.data.batching import Example, bucket_length, make_batches
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # identity hash: epochs are cached per plan
+class UserPlan:
+  """Everything the trainer needs about one user, fixed before training starts."""
+
+  user_id: str
+  examples: tuple[Example, ...]
+  seq_len: int  # T, a bucket
+  num_targets: int  # K, a bucket
+  batch_size: int
+  epochs: int
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return -(-len(self.examples) // self.batch_size)
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps_per_epoch * self.epochs
+
+  @property
+  def shape_key(self) -> tuple[int, int]:
+    return (self.seq_len, self.num_targets)
+
+
+def plan_user(user_id: str, examples, *, batch_size: int, epochs: int,
+              seq_buckets: tuple[int, ...], target_buckets: tuple[int, ...]) -> UserPlan:
+  if not examples:
+    raise ValueError(f"user {user_id!r}: no training examples")
+  longest = max(len(e.tokens) for e in examples)
+  most_targets = max(int(e.loss_mask[1:].sum()) for e in examples)
+  seq_len = bucket_length(longest, seq_buckets)
+  return UserPlan(
+      user_id=user_id, examples=tuple(examples), seq_len=seq_len,
+      num_targets=min(bucket_length(max(most_targets, 1), target_buckets + (seq_len,)), seq_len),
+      batch_size=batch_size, epochs=epochs,
+  )
+
+
+def user_seed(seed: int, user_id: str) -> int:
+  """A stable per-user seed (Python's hash() is salted per process)."""
+  return zlib.crc32(f"{seed}:{user_id}".encode()) & 0x7FFFFFFF
+
+
+def batch_for_step(plan: UserPlan, step: int, seed: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+  """The user's batch at its own step `step`; each epoch is shuffled from the user's seed."""
+  epoch, i = divmod(step, plan.steps_per_epoch)
+  return with_targets(_epoch(plan, epoch, seed, pad_id)[i], plan.num_targets)
+
+
+@functools.lru_cache(maxsize=64)
+def _epoch(plan: UserPlan, epoch: int, seed: int, pad_id: int):
+  return make_batches(plan.examples, plan.batch_size, (plan.seq_len,), pad_id,
+                      shuffle_seed=user_seed(seed, f"{plan.user_id}/epoch{epoch}"), length="user")
+
+
+def with_targets(batch: dict[str, np.ndarray], num_targets: int) -> dict[str, np.ndarray]:
+  """Adds target_index/target_ids/target_weight [B, K]: the first K target tokens of each row,
+  and the position whose output predicts each (target_index = target position - 1)."""
+  rows = batch["tokens"].shape[0]
+  target_index = np.zeros((rows, num_targets), np.int32)
+  target_ids = np.zeros((rows, num_targets), np.int32)
+  target_weight = np.zeros((rows, num_targets), np.float32)
+  for row in range(rows):
+    where = np.flatnonzero(batch["loss_mask"][row, 1:])[:num_targets] + 1
+    target_index[row, :len(where)] = where - 1
+    target_ids[row, :len(where)] = batch["tokens"][row, where]
+    target_weight[row, :len(where)] = 1.0
+  out = {k: batch[k] for k in ("tokens", "positions", "attention_mask")}
+  return dict(out, target_index=target_index, target_ids=target_ids, target_weight=target_weight)
+
+
+def empty_batch(plan: UserPlan) -> dict[str, np.ndarray]:
+  """A batch for an idle slot, shaped like `plan`'s: all padding, zero target weight."""
+  batch = _epoch(plan, 0, 0, 0)[0]
+  return with_targets({k: np.zeros_like(v) for k, v in batch.items()}, plan.num_targets)
