@@ -147,7 +147,8 @@ class Llama(nnx.Module):
 
     tokens: [batch, seq] int (or `embeds` [batch, seq, hidden]); positions: [batch, seq] int.
     attention_mask: [batch, seq] bool without a cache; with a cache, [batch, cache_len] over the
-      cache slots (True = a real token).
+      cache slots (True = a real token); or a full [batch, seq, seq or cache_len] bool mask, used
+      as given (no causal mask added).
     cache: {'k','v': [layers, batch, cache_len, kv_heads, head_dim]}; the new keys/values are
       written at slots cache_index .. cache_index+seq-1.
     Returns (logits [batch, seq, vocab] f32, or the final-normed hidden states with
@@ -156,7 +157,11 @@ class Llama(nnx.Module):
     cfg = self.config
     x = self.embed_tokens(tokens) if embeds is None else embeds.astype(jnp.float32)
     seq = x.shape[1]
-    if cache is None:
+    if attention_mask.ndim == 3:
+      # A full [batch, query, key] mask from the caller, who owns causality (e.g. scoring many
+      # continuations of one prompt in one sequence, each attending to the prompt and itself).
+      mask = attention_mask.astype(bool)
+    elif cache is None:
       causal = jnp.tril(jnp.ones((seq, seq), bool))
       mask = causal[None] & attention_mask[:, None, :].astype(bool)
     else:

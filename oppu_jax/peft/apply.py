@@ -41,8 +41,7 @@ def forward(
     batch = tokens.shape[0]
     n_prefix = prefix.shape[0]
     embeds = jnp.concatenate([jnp.broadcast_to(prefix, (batch, *prefix.shape)), embeds], axis=1)
-    attention_mask = jnp.concatenate(
-        [jnp.ones((batch, n_prefix), bool), attention_mask.astype(bool)], axis=1)
+    attention_mask = _with_prefix_mask(attention_mask.astype(bool), n_prefix)
     positions = jnp.concatenate(
         [jnp.broadcast_to(jnp.arange(n_prefix), (batch, n_prefix)), positions + n_prefix], axis=1)
   project = functools.partial(peft.project, compute_dtype=jnp.dtype(model.config.compute_dtype))
@@ -52,3 +51,18 @@ def forward(
       return_hidden=return_hidden,
   )
   return out[:, n_prefix:]
+
+
+def _with_prefix_mask(mask: jax.Array, n_prefix: int) -> jax.Array:
+  """Every real token may attend to every virtual token; virtual tokens attend causally among
+  themselves. mask: [batch, seq] or a full [batch, seq, seq] mask."""
+  batch = mask.shape[0]
+  if mask.ndim == 2:
+    return jnp.concatenate([jnp.ones((batch, n_prefix), bool), mask], axis=1)
+  seq = mask.shape[1]
+  prefix_rows = jnp.concatenate(
+      [jnp.tril(jnp.ones((n_prefix, n_prefix), bool)), jnp.zeros((n_prefix, seq), bool)], axis=1)
+  real_rows = jnp.concatenate([jnp.ones((seq, n_prefix), bool)[None].repeat(batch, 0), mask],
+                              axis=2)
+  return jnp.concatenate([jnp.broadcast_to(prefix_rows, (batch, n_prefix, n_prefix + seq)),
+                          real_rows], axis=1)
