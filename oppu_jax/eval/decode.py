@@ -1,0 +1,155 @@
+"""Batched multi-user generation: every row decodes under its own user's adapter, in one batch.
+
+Drives `models/generate.py` with a forward that gathers each row's adapter from the stacked
+adapters (`jnp.take` on a [rows] user index) and vmaps the per-row model call over rows, with the
+base weights broadcast and each row's KV-cache slice (cache batch axis 1) going with its adapter.
+Beam search works too: generate turns row r into rows r*num_beams.., so the forward repeats each
+user index num_beams times once it sees num_beams times as many rows.
+
+Prompt tuning: the virtual tokens take P extra cache slots in front. Their keys and values
+depend on the adapter only (they come first and attend only to each other), so the prefill runs
+[virtual tokens; prompt] and every later step is shifted by P slots (positions too, as HF PEFT
+numbers them: virtual 0..P-1, real tokens from P).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from oppu_jax.models import generate as gen
+from oppu_jax.models.llama import Llama, init_cache
+
+
+def generate_for_rows(
+    model: Llama,
+    peft,
+    adapters: Any,
+    rows: Sequence[tuple[int, Sequence[int]]],
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    method: str = "greedy",
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    num_beams: int = 4,
+    seed: int = 0,
+    batch_size: int = 8,
+    buckets: Sequence[int] = gen.DEFAULT_BUCKETS,
+) -> list[list[int]]:
+  """Generated ids per row (cut before the first EOS), in the order of `rows`.
+
+  peft: Lora, IA3, PromptTuning, or None with adapters None (the bare base).
+  adapters: a pytree whose leaves have a leading [n_users] axis; rows: (user_index, prompt ids).
+  method: 'greedy' | 'sample' (temperature, top_k, top_p) | 'beam' (num_beams), as
+    `generate.generate`. Sampling draws depend on `seed` and on the row's place in its batch
+    (rows are batched by prompt length), so they are reproducible for the same rows.
+  buckets: prompt lengths (left-padded); one program per (bucket, batch, method).
+  """
+  _check(peft, adapters, rows)
+  graphdef, base = nnx.split(model)
+  adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
+  n_virtual = _n_virtual(peft, adapters)
+  cache = functools.partial(_init_cache, model.config, n_virtual)
+  n = len(rows)
+  size = min(batch_size, 1 << max(n - 1, 0).bit_length())
+  # Similar lengths share a batch (less padding); the caller gets the given order back.
+  order = sorted(range(n), key=lambda i: -len(rows[i][1]))
+  outputs: list[list[int]] = [[] for _ in range(n)]
+  for batch_no, start in enumerate(range(0, n, size)):
+    index = order[start:start + size]
+    # Exactly `size` prompts per call, so generate's batch is `size` rows, in this order.
+    users = np.zeros(size, np.int32)
+    users[:len(index)] = [rows[i][0] for i in index]
+    prompts = [list(rows[i][1]) for i in index] + [[pad_id]] * (size - len(index))
+    forward = jax.tree_util.Partial(_rows_forward(graphdef, peft), base, adapters,
+                                    jnp.asarray(users))
+    out = gen.generate(
+        forward, prompts, init_cache=cache, max_new_tokens=max_new_tokens, eos_id=eos_id,
+        pad_id=pad_id, method=method, temperature=temperature, top_k=top_k, top_p=top_p,
+        seed=seed + 1_000_003 * batch_no, num_beams=num_beams, prompt_buckets=buckets,
+        batch_size=size, cache_batch_axis=1, keep_order=True,
+    )
+    for row, i in enumerate(index):
+      outputs[i] = out[row]
+  return outputs
+
+
+@functools.cache
+def _rows_forward(graphdef, peft):
+  # Cached per (architecture, method): one function object, hence one compiled program per shape.
+  def forward(base, adapters, users, tokens, positions, attention_mask, cache, cache_index):
+    """tokens, positions [B, T]; attention_mask [B, slots]; cache leaves [layers, B, ...];
+    users [B or B / num_beams] -> (logits [B, V] at the last position, cache)."""
+    rows = tokens.shape[0]
+    if rows != users.shape[0]:  # beam search: row r is now rows r*num_beams ..
+      users = jnp.repeat(users, rows // users.shape[0])
+    picked = None if adapters is None else jax.tree.map(
+        lambda a: jnp.take(a, users, axis=0), adapters)
+
+    def one_row(adapter, toks, pos, mask, row_cache):
+      model = nnx.merge(graphdef, base)
+      row_cache = jax.tree.map(lambda c: c[:, None], row_cache)
+      hidden, row_cache = _run(model, peft, adapter, toks[None], pos[None], mask[None],
+                               row_cache, cache_index)
+      return model.logits(hidden[0, -1]), jax.tree.map(lambda c: c[:, 0], row_cache)
+
+    return jax.vmap(one_row, in_axes=(0, 0, 0, 0, 1), out_axes=(0, 1))(
+        picked, tokens, positions, attention_mask, cache)
+
+  return forward
+
+
+def _run(model, peft, adapter, tokens, positions, mask, cache, cache_index):
+  """One row's model call with a KV cache -> (hidden [1, T, D], cache). apply.forward joins a
+  method to the model without a cache; this is its cached twin."""
+  if peft is None:
+    return model(tokens, positions=positions, attention_mask=mask, cache=cache,
+                 cache_index=cache_index, return_hidden=True)
+  embeds = model.embed_tokens(tokens)
+  prefix = peft.prefix(adapter)
+  if prefix is not None:
+    n = prefix.shape[0]
+    mask = jnp.concatenate([jnp.ones((1, n), bool), mask.astype(bool)], axis=1)
+    # generate's prefill is the only call with the literal cache_index 0; decode steps pass a
+    # traced index. The prefill writes the virtual tokens in slots 0..n-1.
+    if isinstance(cache_index, int) and cache_index == 0:
+      embeds = jnp.concatenate([prefix[None].astype(embeds.dtype), embeds], axis=1)
+      positions = jnp.concatenate([jnp.arange(n)[None], positions + n], axis=1)
+    else:
+      positions = positions + n
+      cache_index = cache_index + n
+  project = functools.partial(peft.project, compute_dtype=jnp.dtype(model.config.compute_dtype))
+  hidden, cache = model(embeds=embeds, positions=positions, attention_mask=mask, cache=cache,
+                        cache_index=cache_index, adapter_layers=adapter.get("layers"),
+                        project=project, return_hidden=True)
+  return hidden, cache
+
+
+def _init_cache(config, n_virtual: int, batch: int, length: int):
+  return init_cache(config, batch, length + n_virtual)
+
+
+def _n_virtual(peft, adapters) -> int:
+  if peft is None:
+    return 0
+  one = jax.tree.map(lambda a: a[0], adapters)
+  prefix = jax.eval_shape(peft.prefix, one)
+  return 0 if prefix is None else prefix.shape[0]
+
+
+def _check(peft, adapters, rows):
+  if (peft is None) != (adapters is None):
+    raise ValueError("pass both peft and adapters, or neither (the bare base)")
+  if adapters is not None and rows:
+    n_users = jax.tree.leaves(adapters)[0].shape[0]
+    bad = [u for u, _ in rows if not 0 <= u < n_users]
+    if bad:
+      raise ValueError(f"user index {bad[0]} out of range for {n_users} stacked adapters")

@@ -1,0 +1,76 @@
+"""Shared by the scoring and decoding tests: a tiny random model, stacked per-user adapters that
+really differ, and a jitted full-recompute `apply.forward` (the naive reference)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from oppu_jax.models import llama, load
+from oppu_jax.peft import apply
+from oppu_jax.peft.ia3 import IA3
+from oppu_jax.peft.lora import Lora
+from oppu_jax.peft.prompt_tuning import PromptTuning
+
+N_USERS = 3
+METHODS = {"lora": Lora(targets=("q", "v", "down"), rank=4, alpha=8.0), "ia3": IA3(),
+           "prompt": PromptTuning(num_virtual_tokens=5), "none": None}
+
+
+def tiny_model(scale: float = 0.02):
+  """Our Llama on the tiny GQA config, random weights built in numpy (eager JAX init compiles op
+  by op); a larger `scale` gives peaked distributions (greedy choices not decided by noise)."""
+  cfg = llama.tiny_config()
+  rng = np.random.default_rng(0)
+  tensors = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size),
+             "model.norm.weight": (cfg.hidden_size,),
+             "lm_head.weight": (cfg.vocab_size, cfg.hidden_size)}
+  for ours, (d_in, *d_out) in llama.layer_shapes(cfg).items():
+    for i in range(cfg.num_layers):
+      tensors[f"model.layers.{i}.{load.HF_LAYER_NAMES[ours]}"] = (*d_out, d_in)
+  tensors = {k: (1 + 0.1 * rng.standard_normal(s) if "norm" in k else
+                 scale * rng.standard_normal(s)).astype(np.float32) for k, s in tensors.items()}
+  return load.from_hf_state_dict(cfg, tensors)
+
+
+def stacked_adapters(model, method, seed: int = 0):
+  """[N_USERS, ...] adapters for `method`, each user different and far from the identity."""
+  if method is None:
+    return None
+  embed = np.asarray(model.embed[...])
+  users = []
+  for u in range(N_USERS):
+    one = method.init(model.config, jax.random.key(seed + u), jnp.asarray(embed))
+    rng = np.random.default_rng(100 + u)
+    if isinstance(method, Lora):
+      one = jax.tree.map(lambda x: np.asarray(x) + 0.3 * rng.standard_normal(x.shape), one)
+    elif isinstance(method, IA3):
+      one = jax.tree.map(lambda x: np.asarray(x) + 0.5 * rng.standard_normal(x.shape), one)
+    else:
+      one = jax.tree.map(lambda x: np.asarray(x) * 3 + 0.1 * rng.standard_normal(x.shape), one)
+    users.append(one)
+  return jax.tree.map(lambda *xs: np.stack(xs).astype(np.float32), *users)
+
+
+def user_adapter(adapters, user: int):
+  return None if adapters is None else jax.tree.map(lambda a: jnp.asarray(a[user]), adapters)
+
+
+def full_logprobs(model, method, adapter, tokens, length: int = 32) -> np.ndarray:
+  """log-softmax [len(tokens), vocab] of `apply.forward` on one unpadded sequence (right-padded
+  to `length`, which causal attention ignores, so it compiles once)."""
+  t = len(tokens)
+  toks = np.zeros((1, length), np.int32)
+  toks[0, :t] = tokens
+  mask = np.arange(length)[None] < t
+  graphdef, state = nnx.split(model)
+  logits = _forward(graphdef, state, method, adapter, jnp.asarray(toks),
+                    jnp.arange(length)[None], jnp.asarray(mask))
+  return np.asarray(jax.nn.log_softmax(logits[0, :t], axis=-1))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _forward(graphdef, state, method, adapter, tokens, positions, mask):
+  return apply.forward(nnx.merge(graphdef, state), method, adapter, tokens, positions, mask)
