@@ -1,0 +1,95 @@
+"""Shared defaults for every LaMP task config; each configs/lampN.py starts from `get_config()`
+and changes what its task needs. Every field can be overridden: `--config.train.epochs=3`.
+
+Defaults are for the embedded SmolLM2-135M-Instruct on a 2-core CPU (DESIGN.md §5: lr 1e-3 in
+both stages; the reference's 1e-4 barely moves a 135M model). For a 7B Llama-2, use the paper's
+values: `--config.train.learning_rate=1e-4 --config.train.batch_size=4 --config.data.num_test_users=100`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "LaMP_3"
+  c.seed = 0
+  # Table 1 settings to run, comma-separated, or "all" (see oppu_jax/pipeline/settings.py).
+  c.settings = "non_personalized,oppu_k0"
+  c.overwrite = False  # replace a workdir that holds a run with another config
+  c.progress = True  # progress bars
+
+  c.data = ml_collections.ConfigDict()
+  c.data.path = ""  # an official LaMP or OPPU-processed directory; "" = generate into workdir
+  c.data.format = "auto"  # auto | official | oppu
+  c.data.num_test_users = 8  # the N most active users get their own adapter (paper: 100)
+  c.data.max_task_users = 0  # cap on users for task adaptation (0 = all the others)
+  c.data.max_words = 768  # per history field, as the reference cuts
+  c.data.history_mode = "oppu"  # oppu | aligned | text | convert (tasks.history_to_pairs)
+  # The generator, when data.path is empty.
+  c.data.synth = ml_collections.ConfigDict()
+  c.data.synth.num_users = 48
+  c.data.synth.history_min = 12
+  c.data.synth.history_max = 40
+  c.data.synth.queries_per_user = 6
+  c.data.synth.text_words = 14
+  c.data.synth.shift = 0.0
+  c.data.synth.noise = 0.1
+
+  c.model = ml_collections.ConfigDict()
+  c.model.path = ""  # HF directory or .gguf; "" = the embedded SmolLM2
+  c.model.param_dtype = "float32"
+  c.model.compute_dtype = "bfloat16"  # bf16 matmul inputs, f32 accumulation (fast on this CPU)
+  c.model.remat = False
+  c.model.cutoff = 512  # tokens per training sequence (reference: 2048)
+  c.model.seq_buckets = (64, 96, 128, 192, 256, 384, 512, 1024, 2048)
+  c.model.target_buckets = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+  # Stage 1: the base LLM's task adaptation (LoRA on the other users' queries, then merged).
+  c.task_adapt = ml_collections.ConfigDict()
+  c.task_adapt.enabled = True
+  c.task_adapt.targets = ("q", "k", "v")
+  c.task_adapt.rank = 8
+  c.task_adapt.alpha = 8.0
+  c.task_adapt.dropout = 0.05
+  c.task_adapt.learning_rate = 1e-3
+  c.task_adapt.batch_size = 16
+  c.task_adapt.epochs = 3
+  c.task_adapt.k = 1  # retrieved items in the R and P variants' training prompts
+
+  # Stage 2: one PEFT per user.
+  c.peft = ml_collections.ConfigDict()
+  c.peft.method = "lora"  # lora | ia3 | prompt_tuning
+  c.peft.targets = ("q", "v")
+  c.peft.rank = 8
+  c.peft.alpha = 8.0
+  c.peft.dropout = 0.05
+  c.peft.num_virtual_tokens = 20
+
+  c.train = ml_collections.ConfigDict()
+  c.train.learning_rate = 1e-3
+  c.train.weight_decay = 1e-2
+  c.train.clip_norm = 0.3
+  c.train.warmup_ratio = 0.1
+  c.train.batch_size = 4
+  c.train.epochs = 2
+  c.train.slots = 8  # users trained side by side in one compiled step
+
+  # Stage 3: evaluation.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.classification = "score"  # score (label strings) | generate (free text + exact match)
+  c.eval.decoding = "greedy"  # greedy | sample | beam (generation tasks)
+  c.eval.max_new_tokens = 32
+  c.eval.temperature = 0.1  # the reference's sampling settings
+  c.eval.top_k = 10
+  c.eval.top_p = 0.9
+  c.eval.num_beams = 4
+  c.eval.batch_size = 16
+
+  c.profile = ml_collections.ConfigDict()
+  c.profile.num_items = 10
+  c.profile.max_new_tokens = 96
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.users = 1  # devices along the users axis (-1 = all)
+  c.mesh.model = 1  # devices along the model axis
+  return c

@@ -1,0 +1,55 @@
+"""oppu-jax: One PEFT Per User on LaMP.
+
+  python -m oppu_jax.main --config=configs/lamp3.py --workdir=/tmp/oppu_lamp3
+
+Every config field can be overridden on the command line (`--config.peft.rank=16`). Errors in
+the input (config, data, model, workdir) end with one line naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/lampN.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes and resumes.")
+
+
+def main(argv) -> None:
+  del argv
+  from oppu_jax.data.types import DataError
+  from oppu_jax.eval import report
+  from oppu_jax.models.load import ModelError
+  from oppu_jax.peft.hf_format import AdapterFormatError
+  from oppu_jax.pipeline import run
+  from oppu_jax.pipeline.workdir import WorkdirError
+
+  logging.getLogger().setLevel(logging.INFO)
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+    handler.addFilter(_quiet_libraries)
+  if _WORKDIR.value is None:
+    sys.exit("error: --workdir is required")
+  try:
+    results = run.run(_CONFIG.value, _WORKDIR.value)
+  except (DataError, ModelError, AdapterFormatError, WorkdirError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print(report.markdown_table(_CONFIG.value.task, results))
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+  """Keeps the log to what the run did: orbax and jax narrate every save at INFO."""
+  noisy = ("orbax" in record.pathname or "/jax/" in record.pathname)
+  return record.levelno >= logging.WARNING or not noisy
+
+
+def entry() -> None:
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  entry()
