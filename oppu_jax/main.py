@@ -34,10 +34,15 @@ def main(argv) -> None:
   if _WORKDIR.value is None:
     sys.exit("error: --workdir is required")
   try:
-    results = run.run(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    config.task  # the file loads lazily: fail here, in one line, if it cannot
+  except (OSError, AttributeError) as e:
+    sys.exit("error: --config: " + " ".join(str(e).split()))
+  try:
+    results = run.run(config, _WORKDIR.value)
   except (DataError, ModelError, AdapterFormatError, WorkdirError, ValueError) as e:
     sys.exit(f"error: {e}")
-  print(report.markdown_table(_CONFIG.value.task, results))
+  print(report.markdown_table(config.task, results))
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:
@@ -46,9 +51,23 @@ def _quiet_libraries(record: logging.LogRecord) -> bool:
   return record.levelno >= logging.WARNING or not noisy
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a mistyped config key as one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit("error: " + " ".join(str(e).split()))
+  except (KeyError, AttributeError) as e:
+    reason = str(e.args[0] if e.args else e).replace("\\n", " ")
+    reason = " ".join(reason.replace("\\", "").replace("'", "").split())
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    culprit = next((o for o in overrides if reason.split()[0] in o.split(".")), ", ".join(overrides))
+    sys.exit(f"error: unknown config key in {culprit}: {reason}")
+
+
 def entry() -> None:
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -104,9 +104,15 @@ def _load_data(config, workdir, task):
 
 
 def _tokenizer(config) -> Tokenizer:
-  path = config.model.path
+  """config.model.tokenizer, else the model's own, else (a checkpoint without tokenizer files)
+  the embedded SmolLM2 GGUF's."""
+  path = config.model.tokenizer or config.model.path
   if path and os.path.isdir(path):
-    return Tokenizer.from_hf_dir(path)
+    if config.model.tokenizer or any(
+        os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+      return Tokenizer.from_hf_dir(path)
+    logging.info("%s has no tokenizer files: using the embedded SmolLM2 tokenizer", path)
+    path = ""
   return Tokenizer.from_gguf(path or None)
 
 

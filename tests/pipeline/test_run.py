@@ -1,0 +1,165 @@
+"""The whole pipeline on a tiny random model and tiny generated data, for every task config."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from rouge_score import rouge_scorer
+
+from conftest import tiny_config
+from oppu_jax.data import lamp
+from oppu_jax.data import tasks as tasks_lib
+from oppu_jax.data.types import DataError
+from oppu_jax.pipeline import run
+from oppu_jax.pipeline.workdir import WorkdirError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TASK_CONFIGS = {"lamp1": "LaMP_1", "lamp2n": "LaMP_2N", "lamp2m": "LaMP_2M", "lamp3": "LaMP_3",
+                "lamp4": "LaMP_4", "lamp5": "LaMP_5", "lamp6": "LaMP_6", "lamp7": "LaMP_7"}
+
+
+def _independent_metrics(task_name, golds, preds):
+  """The LaMP evaluator's numbers, computed here without the project's metrics module."""
+  task = tasks_lib.get_task(task_name)
+  ids = sorted(golds)
+  if task.metric == "regression":
+    errs = []
+    for i in ids:
+      g = float(golds[i])
+      try:
+        p = float(preds[i].strip())
+      except ValueError:
+        p = 1.0 if abs(1 - g) > abs(5 - g) else 5.0
+      errs.append(abs(p - g))
+    return {"mae": sum(errs) / len(errs), "rmse": math.sqrt(sum(e * e for e in errs) / len(errs))}
+  if task.metric == "classification":
+    idx = lambda s: task.labels.index(s.strip()) if s.strip() in task.labels else -1
+    y, p = [idx(golds[i]) for i in ids], [idx(preds[i]) for i in ids]
+    acc = sum(a == b for a, b in zip(y, p)) / len(ids)
+    f1s = []
+    for label in range(len(task.labels)):
+      tp = sum(a == label and b == label for a, b in zip(y, p))
+      fp = sum(a != label and b == label for a, b in zip(y, p))
+      fn = sum(a == label and b != label for a, b in zip(y, p))
+      f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": acc, "f1": sum(f1s) / len(f1s)}
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+  scores = [scorer.score(golds[i].strip(), preds[i].strip()) for i in ids]
+  return {"rouge-1": sum(s["rouge1"].fmeasure for s in scores) / len(ids),
+          "rouge-L": sum(s["rougeL"].fmeasure for s in scores) / len(ids)}
+
+
+@pytest.mark.parametrize("config_name", sorted(TASK_CONFIGS))
+def test_every_task_config_runs_and_writes_valid_outputs(tiny_model_dir, tmp_path, config_name):
+  task_name = TASK_CONFIGS[config_name]
+  settings = "non_personalized,rag_k1,oppu_k0" if config_name == "lamp3" else \
+      "non_personalized,oppu_k0"
+  config = tiny_config(task_name, tiny_model_dir, settings=settings)
+  results = run.run(config, str(tmp_path))
+
+  data = lamp.load(str(tmp_path / "data"), task_name)
+  test_users, _ = lamp.select_users(data, config.data.num_test_users)
+  golds = {q.id: q.gold for u in test_users.users for q in u.queries}
+  assert golds
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  for setting in settings.split(","):
+    doc = json.loads((tmp_path / "predictions" / f"{setting}.json").read_text())
+    assert doc["task"] == task_name
+    preds = {g["id"]: g["output"] for g in doc["golds"]}
+    assert set(preds) == set(golds)  # every query id has a prediction
+    if tasks_lib.get_task(task_name).labels:
+      assert set(preds.values()) <= set(tasks_lib.get_task(task_name).labels)
+    want = _independent_metrics(task_name, golds, preds)
+    assert on_disk[setting].keys() == want.keys()
+    for metric, value in want.items():
+      assert on_disk[setting][metric] == pytest.approx(value, abs=1e-9), (setting, metric)
+      assert results[setting][metric] == on_disk[setting][metric]
+  for user in test_users.users:
+    adapter_dir = tmp_path / "adapters" / "oppu_k0" / user.id
+    assert (adapter_dir / "adapter_config.json").exists()
+    assert (adapter_dir / "adapter_model.safetensors").exists()
+  table = (tmp_path / "results.md").read_text()
+  assert "| non_personalized |" in table and "**" in table
+
+
+def test_rerun_after_completion_only_reports(tiny_model_dir, tmp_path):
+  config = tiny_config("LaMP_3", tiny_model_dir)
+  first = run.run(config, str(tmp_path))
+  stamps = {p: os.stat(p).st_mtime_ns for p in _outputs(tmp_path)}
+  assert run.run(config, str(tmp_path)) == first
+  assert {p: os.stat(p).st_mtime_ns for p in _outputs(tmp_path)} == stamps
+
+
+def _outputs(root):
+  return [os.path.join(d, f) for d, _, files in os.walk(root / "adapters") for f in files] + [
+      str(p) for p in (root / "predictions").iterdir()] + [str(root / "checkpoints")]
+
+
+def test_kill_during_stage_2_then_rerun_equals_uninterrupted(tiny_model_dir, tmp_path):
+  overrides = [f"--config.model.path={tiny_model_dir}", "--config.progress=False",
+               "--config.model.compute_dtype=float32", "--config.data.num_test_users=4",
+               "--config.data.synth.num_users=7", "--config.data.synth.history_min=6",
+               "--config.data.synth.history_max=9", "--config.data.synth.queries_per_user=2",
+               "--config.data.synth.text_words=8", "--config.task_adapt.epochs=1",
+               "--config.train.epochs=3", "--config.train.slots=1", "--config.model.cutoff=384"]
+  cmd = [sys.executable, "-m", "oppu_jax.main", "--config=configs/lamp3.py"] + overrides
+  env = dict(os.environ, PYTHONPATH=REPO)
+
+  clean = tmp_path / "clean"
+  subprocess.run(cmd + [f"--workdir={clean}"], cwd=REPO, env=env, check=True,
+                 capture_output=True, timeout=600)
+
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(cmd + [f"--workdir={killed}"], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  adapters = killed / "adapters" / "oppu_k0"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if adapters.exists() and len(list(adapters.iterdir())) >= 1:
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run ended before it could be killed during stage 2"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "results.json").exists()
+  done_before = len(list(adapters.iterdir()))
+  assert 1 <= done_before < 4
+
+  out = subprocess.run(cmd + [f"--workdir={killed}"], cwd=REPO, env=env, check=True,
+                       capture_output=True, text=True, timeout=600)
+  assert f"{done_before} of 4 user adapters already trained" in out.stderr
+  assert json.loads((killed / "results.json").read_text()) == \
+      json.loads((clean / "results.json").read_text())
+
+
+def test_bad_inputs_fail_with_one_clear_line(tiny_model_dir, tmp_path):
+  with pytest.raises(DataError, match="does not exist"):
+    run.run(tiny_config("LaMP_3", tiny_model_dir, **{"data.path": str(tmp_path / "nope")}),
+            str(tmp_path / "w1"))
+  neither = tmp_path / "neither"
+  neither.mkdir()
+  (neither / "notes.txt").write_text("hello")
+  with pytest.raises(DataError, match="neither LaMP layout"):
+    run.run(tiny_config("LaMP_3", tiny_model_dir, **{"data.path": str(neither)}),
+            str(tmp_path / "w2"))
+  wd = tmp_path / "w3"
+  wd.mkdir()
+  (wd / "config.json").write_text(json.dumps({"task": "LaMP_5"}))
+  with pytest.raises(WorkdirError, match="different config") as e:
+    run.run(tiny_config("LaMP_3", tiny_model_dir), str(wd))
+  assert "\n" not in str(e.value)
+
+
+def test_cli_reports_a_mistyped_key_in_one_line():
+  out = subprocess.run([sys.executable, "-m", "oppu_jax.main", "--config=configs/lamp3.py",
+                        "--workdir=/tmp/unused", "--config.trian.epochs=1"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  lines = out.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: unknown config key in --config.trian.epochs")
+  assert "Traceback" not in out.stderr
