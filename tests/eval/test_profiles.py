@@ -262,6 +262,6 @@ def test_smollm2_writes_a_profile(smollm2, tmp_path):
                           text_words=(10, 15)).users[0]
   start = time.perf_counter()
   out = profiles.user_profiles(model, tok, TASK, [user], cache_path=str(tmp_path / "p.json"),
-                               max_new_tokens=48, batch_size=1)
+                               max_new_tokens=32, batch_size=1)
   print(f"SmolLM2 profile in {time.perf_counter() - start:.1f} s: {out[user.id]!r}")
   assert out[user.id].strip()
