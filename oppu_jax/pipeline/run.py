@@ -133,12 +133,10 @@ def _profiles(config, workdir, task, model, tokenizer, data, settings):
     return {}
   from oppu_jax.eval import profiles as profiles_lib
 
-  if data.profiles:
-    return dict(data.profiles)
   return profiles_lib.user_profiles(
       model, tokenizer, task, data.users, cache_path=os.path.join(workdir, "profiles.json"),
       num_items=config.profile.num_items, max_new_tokens=config.profile.max_new_tokens,
-      seed=config.seed)
+      seed=config.seed, given=profiles_lib.profiles_from_release(data))
 
 
 # -- stage 1: task adaptation -------------------------------------------------------------------
