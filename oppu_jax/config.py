@@ -90,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.profile.num_items = 10
   c.profile.max_new_tokens = 96
 
+  c.distributed = False  # multi-host: call jax.distributed.initialize() first (launch/)
   c.mesh = ml_collections.ConfigDict()
   c.mesh.users = 1  # devices along the users axis (-1 = all)
   c.mesh.model = 1  # devices along the model axis

