@@ -127,7 +127,8 @@ def _score_batch(graphdef, peft, base, adapters, users, tokens, mask, positions,
   # seg[k] = -1 on prompt slots, else the choice owning the tail slot.
   seg = jnp.concatenate([jnp.full((prompt_end,), -1, jnp.int32), segment])
   slots = jnp.arange(t)
-  tree = (slots[None, :] <= slots[:, None]) & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None]))
+  same_branch = (seg[None, :] == -1) | (seg[None, :] == seg[:, None])  # key is prompt or kin
+  tree = (slots[None, :] <= slots[:, None]) & same_branch  # [T, T]
   gather = jnp.where(source < 0, prompt_end - 1, prompt_end + source)  # [C]
   picked = None if adapters is None else jax.tree.map(
       lambda a: jnp.take(a, users, axis=0), adapters)
