@@ -124,9 +124,9 @@ _MESH_SCRIPT = textwrap.dedent("""
     def train(plans, slots, mesh=None):
       cfg = multi_user.TrainConfig(learning_rate=1e-2, slots=slots)
       return multi_user.train_users(model, peft, plans, cfg, mesh=mesh)
-    mine = su.plan(0, 9)
-    others = [su.plan(i, 9, seed=3) for i in range(1, 8)]
-    changed = [su.plan(i, 9, seed=5, answer=55) for i in range(1, 8)]
+    mine = su.plan(0, 5)
+    others = [su.plan(i, 5, seed=3) for i in range(1, 8)]
+    changed = [su.plan(i, 5, seed=5, answer=55) for i in range(1, 8)]
     def rel(a, b):
       return max(float(np.linalg.norm(x - y) / np.linalg.norm(y))
                  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
