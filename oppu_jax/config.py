@@ -27,9 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.history_mode = "oppu"  # oppu | aligned | text | convert (tasks.history_to_pairs)
   # The generator, when data.path is empty.
   c.data.synth = ml_collections.ConfigDict()
-  c.data.synth.num_users = 48
+  c.data.synth.num_users = 40
   c.data.synth.history_min = 12
-  c.data.synth.history_max = 40
+  c.data.synth.history_max = 32
   c.data.synth.queries_per_user = 6
   c.data.synth.text_words = 14
   c.data.synth.shift = 0.0
@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.compute_dtype = "bfloat16"  # bf16 matmul inputs, f32 accumulation (fast on this CPU)
   c.model.remat = False
   c.model.cutoff = 512  # tokens per training sequence (reference: 2048)
-  c.model.seq_buckets = (64, 96, 128, 192, 256, 384, 512, 1024, 2048)
+  c.model.seq_buckets = (64, 80, 96, 112, 128, 160, 192, 256, 384, 512, 1024, 2048)
   c.model.target_buckets = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
   # Stage 1: the base LLM's task adaptation (LoRA on the other users' queries, then merged).
@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.task_adapt.dropout = 0.05
   c.task_adapt.learning_rate = 1e-3
   c.task_adapt.batch_size = 16
-  c.task_adapt.epochs = 3
+  c.task_adapt.epochs = 2
   c.task_adapt.k = 1  # retrieved items in the R and P variants' training prompts
 
   # Stage 2: one PEFT per user.
