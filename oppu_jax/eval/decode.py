@@ -24,6 +24,7 @@ from flax import nnx
 
 from oppu_jax.models import generate as gen
 from oppu_jax.models.llama import Llama, init_cache
+from oppu_jax.peft import apply
 
 
 def generate_for_rows(
@@ -97,40 +98,14 @@ def _rows_forward(graphdef, peft):
     def one_row(adapter, toks, pos, mask, row_cache):
       model = nnx.merge(graphdef, base)
       row_cache = jax.tree.map(lambda c: c[:, None], row_cache)
-      hidden, row_cache = _run(model, peft, adapter, toks[None], pos[None], mask[None],
-                               row_cache, cache_index)
+      hidden, row_cache = apply.forward_with_cache(
+          model, peft, adapter, toks[None], pos[None], mask[None], row_cache, cache_index)
       return model.logits(hidden[0, -1]), jax.tree.map(lambda c: c[:, 0], row_cache)
 
     return jax.vmap(one_row, in_axes=(0, 0, 0, 0, 1), out_axes=(0, 1))(
         picked, tokens, positions, attention_mask, cache)
 
   return forward
-
-
-def _run(model, peft, adapter, tokens, positions, mask, cache, cache_index):
-  """One row's model call with a KV cache -> (hidden [1, T, D], cache). apply.forward joins a
-  method to the model without a cache; this is its cached twin."""
-  if peft is None:
-    return model(tokens, positions=positions, attention_mask=mask, cache=cache,
-                 cache_index=cache_index, return_hidden=True)
-  embeds = model.embed_tokens(tokens)
-  prefix = peft.prefix(adapter)
-  if prefix is not None:
-    n = prefix.shape[0]
-    mask = jnp.concatenate([jnp.ones((1, n), bool), mask.astype(bool)], axis=1)
-    # generate's prefill is the only call with the literal cache_index 0; decode steps pass a
-    # traced index. The prefill writes the virtual tokens in slots 0..n-1.
-    if isinstance(cache_index, int) and cache_index == 0:
-      embeds = jnp.concatenate([prefix[None].astype(embeds.dtype), embeds], axis=1)
-      positions = jnp.concatenate([jnp.arange(n)[None], positions + n], axis=1)
-    else:
-      positions = positions + n
-      cache_index = cache_index + n
-  project = functools.partial(peft.project, compute_dtype=jnp.dtype(model.config.compute_dtype))
-  hidden, cache = model(embeds=embeds, positions=positions, attention_mask=mask, cache=cache,
-                        cache_index=cache_index, adapter_layers=adapter.get("layers"),
-                        project=project, return_hidden=True)
-  return hidden, cache
 
 
 def _init_cache(config, n_virtual: int, batch: int, length: int):

@@ -66,3 +66,32 @@ def _with_prefix_mask(mask: jax.Array, n_prefix: int) -> jax.Array:
                               axis=2)
   return jnp.concatenate([jnp.broadcast_to(prefix_rows, (batch, n_prefix, n_prefix + seq)),
                           real_rows], axis=1)
+
+
+def forward_with_cache(model, peft, adapter, tokens, positions, mask, cache, cache_index):
+  """`forward` with a KV cache -> (final hidden states [B, T, D], cache), for generation.
+
+  Prompt tuning takes n extra cache slots in front: the prefill (the call with the literal
+  cache_index 0) writes the virtual tokens there; later calls shift positions and the index by n.
+  mask: [B, cache_len - n] over the caller's slots."""
+  if peft is None:
+    return model(tokens, positions=positions, attention_mask=mask, cache=cache,
+                 cache_index=cache_index, return_hidden=True)
+  embeds = model.embed_tokens(tokens)
+  prefix = peft.prefix(adapter)
+  if prefix is not None:
+    n = prefix.shape[0]
+    mask = jnp.concatenate([jnp.ones((1, n), bool), mask.astype(bool)], axis=1)
+    # generate's prefill is the only call with the literal cache_index 0; decode steps pass a
+    # traced index. The prefill writes the virtual tokens in slots 0..n-1.
+    if isinstance(cache_index, int) and cache_index == 0:
+      embeds = jnp.concatenate([prefix[None].astype(embeds.dtype), embeds], axis=1)
+      positions = jnp.concatenate([jnp.arange(n)[None], positions + n], axis=1)
+    else:
+      positions = positions + n
+      cache_index = cache_index + n
+  project = functools.partial(peft.project, compute_dtype=jnp.dtype(model.config.compute_dtype))
+  hidden, cache = model(embeds=embeds, positions=positions, attention_mask=mask, cache=cache,
+                        cache_index=cache_index, adapter_layers=adapter.get("layers"),
+                        project=project, return_hidden=True)
+  return hidden, cache
