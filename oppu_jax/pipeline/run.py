@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -90,13 +91,16 @@ def _load_data(config, workdir, task):
   if not path:
     path = os.path.join(workdir, "data")
     if not os.path.exists(os.path.join(path, "dev_outputs.json")):
+      # Written aside and renamed, so a killed run never leaves a half-written data set.
       s = config.data.synth
       tmp = path + ".tmp"
+      shutil.rmtree(tmp, ignore_errors=True)
       synth.generate(task.name, tmp, num_users=s.num_users, seed=config.seed,
                      history_min=s.history_min, history_max=s.history_max,
                      queries_per_user=s.queries_per_user, text_words=s.text_words,
                      shift=s.shift, noise=s.noise)
-      os.replace(tmp, path) if not os.path.exists(path) else None
+      shutil.rmtree(path, ignore_errors=True)
+      os.replace(tmp, path)
       logging.info("generated LaMP-format %s data into %s", task.name, path)
   elif not os.path.exists(path):
     raise lamp.DataError(f"config.data.path {path!r} does not exist")
