@@ -5,8 +5,8 @@
 With no data path, the run generates LaMP-format data (40 users; their ratings are their
 reviews' sentiment shifted by a per-user habit), adapts the base to the task on the 32 other
 users (LoRA on q,k,v, merged), trains one LoRA per test user (8 users side by side in one compiled
-step), and scores the five labels. Measured on the 2-core CPU (2026-11-21, another job sharing the
-cores: 10 min 10 s wall, 9 min CPU):
+step), and scores the five labels. Measured on the 2-core CPU (2026-11-22): 7 min 17 s wall on a
+quiet machine, 10 min 10 s with another job sharing the cores; the same table both times:
 
   | setting          | mae    | rmse   |
   | non_personalized | 0.9167 | 1.3229 |
