@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from oppu_jax.models.layers import attention, matmul, rms_norm, rope
+from oppu_jax.models.layers import (
+    attention, frozen_bits, frozen_bits_view, matmul, rms_norm, rope,
+)
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 LAYER_WEIGHTS = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
@@ -101,6 +103,12 @@ class DecoderLayers(nnx.Module):
 
   def arrays(self) -> dict[str, jax.Array]:
     return {name: getattr(self, name)[...] for name in LAYER_WEIGHTS}
+
+  def scan_arrays(self) -> dict[str, jax.Array]:
+    """The per-layer operands of the layer scan: bf16 projections as `frozen_bits`."""
+    return {
+        name: frozen_bits(w) if name in PROJECTIONS else w for name, w in self.arrays().items()
+    }
 
 
 class Llama(nnx.Module):
@@ -191,7 +199,7 @@ class Llama(nnx.Module):
     cache_v = None if cache is None else cache["v"]
     (x, cache_k, cache_v), _ = jax.lax.scan(
         body, (x, cache_k, cache_v),
-        (self.layers.arrays(), adapter_layers, layer_rngs, jnp.arange(cfg.num_layers)),
+        (self.layers.scan_arrays(), adapter_layers, layer_rngs, jnp.arange(cfg.num_layers)),
     )
     hidden = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
     new_cache = None if cache is None else {"k": cache_k, "v": cache_v}
@@ -254,6 +262,21 @@ def _decoder_layer(cfg, p, adapter_layer, rng, x, positions, mask, project, cach
 def apply(graphdef: nnx.GraphDef, state: nnx.State, *args, **kwargs):
   """Pure form of `Llama.__call__` over split state, for jit/vmap with the base broadcast."""
   return nnx.merge(graphdef, state)(*args, **kwargs)
+
+
+def with_frozen_bits(state: nnx.State) -> nnx.State:
+  """The model state with its bf16 projection stacks as uint16 views (`frozen_bits_view`).
+
+  For a training step that never differentiates the base: the layer scan then slices integer
+  stacks and XLA:CPU neither converts nor copies them. The model reads such state unchanged.
+  """
+  def convert(path, leaf):
+    names = [getattr(k, "key", None) for k in path]
+    if len(names) >= 2 and names[0] == "layers" and names[1] in PROJECTIONS:
+      return frozen_bits_view(leaf)
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(convert, state)
 
 
 def abstract_model(config: LlamaConfig) -> Llama:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oppu_jax.models.llama import Llama
+from oppu_jax.models.llama import Llama, with_frozen_bits
 from oppu_jax.peft.apply import forward
 from oppu_jax.train import optim
 from oppu_jax.train.user_batches import UserPlan, batch_for_step, empty_batch, user_seed
@@ -142,6 +142,7 @@ class _StepFunctions:
 
   def __init__(self, model: Llama, peft, config: TrainConfig, mesh):
     self.graphdef, self.base = nnx.split(model)
+    self.base = with_frozen_bits(self.base)  # the base is never trained; see layers.frozen_bits
     self.model_config = model.config
     self.embed = model.embed[...]
     self.peft = peft

@@ -110,6 +110,26 @@ def test_lora_learns_each_users_answer_on_a_tiny_model(sharp_model):
       assert int(logits[0, -1].argmax()) == 40 + i
 
 
+def test_bf16_path_learns_like_f32_and_keeps_isolation(sharp_model):
+  """bf16 weights and matmuls (frozen base carried as bits, bf16 backward): the first losses follow
+  the f32 run's (later, at this learning rate, rounding makes the paths diverge), it learns, and a
+  user's adapter still ignores the other users' data bit for bit."""
+  graphdef, state = nnx.split(sharp_model)
+  bf16_model = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(jnp.bfloat16), state))
+  bf16_model.config = CFG.replace(param_dtype="bfloat16", compute_dtype="bfloat16")
+  peft = lora.Lora(rank=4, alpha=8)
+  mine = su.plan(0, 12, epochs=4)
+  others = [su.plan(i, 12, epochs=4, seed=1) for i in range(1, 3)]
+  changed = [su.plan(i, 12, epochs=4, seed=2, answer=50 + i) for i in range(1, 3)]
+  f32 = _train(sharp_model, [mine, *others], slots=3, peft=peft, lr=3e-2)["user0"]
+  bf16 = _train(bf16_model, [mine, *others], slots=3, peft=peft, lr=3e-2)["user0"]
+  bf16_changed = _train(bf16_model, [mine, *changed], slots=3, peft=peft, lr=3e-2)["user0"]
+  assert np.mean(bf16.losses[-3:]) < 0.2 * np.mean(bf16.losses[:3])
+  np.testing.assert_allclose(bf16.losses[:4], f32.losses[:4], rtol=0.02)
+  for x, y in zip(jax.tree.leaves(bf16.adapter), jax.tree.leaves(bf16_changed.adapter)):
+    np.testing.assert_array_equal(x, y)
+
+
 _MESH_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, jax
     sys.path.insert(0, {tests!r})
