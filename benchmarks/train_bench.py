@@ -135,14 +135,14 @@ def parse_args():
   p.add_argument("--memory_batch_size", type=int, default=1,
                  help="rows per user in the memory runs (activations scale with U x this)")
   p.add_argument("--memory_limit_gb", type=float, default=12.0,
-                 help="if XLA plans more than this for a memory run, rerun it with remat")
+                 help="the trainer's memory budget in the memory runs (train.memory_budget_gb):"
+                      " above it, the trainer recomputes activations (remat)")
   p.add_argument("--profile", action="store_true",
                  help="also trace one user's steps per dtype and print where the time goes")
   p.add_argument("--threads", type=int, default=0,
                  help="threads for XLA and torch (0 = all cores); 1 with taskset for a busy box")
   p.add_argument("--json", type=str, default="", help="also write the results here")
   p.add_argument("--memory_child", type=int, default=0, help=argparse.SUPPRESS)
-  p.add_argument("--remat", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.quick:
     args.users, args.examples_per_user, args.epochs = 2, 4, 2
@@ -539,11 +539,10 @@ def memory_child(args):
   """Loads the model, resets the RSS high-water mark, trains one step of U users, reports."""
   users, rows = args.memory_child, args.memory_batch_size
   runtime_rss = _proc_status("VmRSS")  # python + jax + our imports, before any weights
-  # Each run compiles the step twice (XLA's memory plan, then train_users): the persistent
-  # cache makes the second a lookup.
+  # Each run compiles the step up to three times (XLA's plans with and without remat, then
+  # train_users): the persistent cache makes the repeats lookups.
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="train_bench_xla"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  remat, no_remat_plan = args.remat, None
   rng = np.random.default_rng(SEED)
   from oppu_jax.data.batching import Example
 
@@ -557,25 +556,24 @@ def memory_child(args):
                                   epochs=1, seq_buckets=(args.seq_len,), target_buckets=(8,))
            for u in range(users)]
   peft = Lora(targets=TARGETS, rank=RANK, alpha=ALPHA, dropout=DROPOUT)
+  # The trainer itself decides on remat: it compiles the step and recomputes activations only if
+  # XLA's plan exceeds the budget.
   config = multi_user.TrainConfig(learning_rate=LR, weight_decay=WEIGHT_DECAY, clip_norm=CLIP,
-                                  warmup_ratio=WARMUP, slots=users, seed=SEED)
-  while True:
-    model, model_config = load_model(param_dtype="float32", compute_dtype="float32", remat=remat)
-    plan = _xla_memory_plan(model, peft, config, plans[0], users)
-    too_big = plan and (plan["temp"] + plan["arguments"]) / GIB > args.memory_limit_gb
-    if too_big and not remat:
-      no_remat_plan, remat = plan, True
-      del model
-      gc.collect()
-      continue
-    break
+                                  warmup_ratio=WARMUP, slots=users, seed=SEED,
+                                  memory_budget_gb=args.memory_limit_gb)
+  model, model_config = load_model(param_dtype="float32", compute_dtype="float32")
+  no_remat_plan = _xla_memory_plan(model, peft, config, plans[0], users, remat=False)
+  remat_plan = _xla_memory_plan(model, peft, config, plans[0], users, remat=True)
   gc.collect()
   loaded_rss = _proc_status("VmRSS")
   with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # resets VmHWM to the current RSS: the loader's transient peak is not training's
   start = time.perf_counter()
-  multi_user.train_users(model, peft, plans, config)
+  stats = {}
+  multi_user.train_users(model, peft, plans, config, stats=stats)
   seconds = time.perf_counter() - start
+  remat = any(stats["remat"].values())
+  plan = remat_plan if remat else no_remat_plan
   one = peft.init(model_config, jax.random.PRNGKey(0))
   adapter_bytes = sum(x.nbytes for x in jax.tree.leaves(one))
   base_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx_state(model)))
@@ -587,7 +585,7 @@ def memory_child(args):
       # AdamW keeps two f32 moments per adapter parameter (plus a scalar count).
       "optimizer_bytes": 2 * adapter_bytes,
       "xla_temp": plan["temp"] if plan else None,
-      "xla_temp_without_remat": no_remat_plan["temp"] if no_remat_plan else None,
+      "xla_temp_without_remat": no_remat_plan["temp"] if remat and no_remat_plan else None,
       "seconds": seconds,
   }
   print("MEMORY_JSON " + json.dumps(out))
@@ -599,7 +597,7 @@ def nnx_state(model):
   return nnx.state(model)
 
 
-def _xla_memory_plan(model, peft, config, plan, users) -> dict | None:
+def _xla_memory_plan(model, peft, config, plan, users, remat) -> dict | None:
   """XLA's buffer plan for the U-user step, from compiling it without running it.
 
   Uses the trainer's internal step object (benchmark introspection, not API): if that changes,
@@ -610,7 +608,7 @@ def _xla_memory_plan(model, peft, config, plan, users) -> dict | None:
     adapters, opt_states = steps.fresh_slots(users)
     batch = user_batches.batch_for_step(plan, 0, SEED)
     batches = {k: np.stack([v] * users) for k, v in batch.items()}
-    compiled = steps._step.lower(steps.base, adapters, opt_states, batches,
+    compiled = steps._jits[remat].lower(steps.base, adapters, opt_states, batches,
                                  np.zeros(users, np.float32),
                                  np.zeros((users, 2), np.uint32)).compile()
     analysis = compiled.memory_analysis()
@@ -652,7 +650,8 @@ def print_memory(results: list[dict], args):
           f"{m['peak_rss'] / GIB:8.2f} {m['seconds']:6.1f}")
     if m.get("xla_temp_without_remat"):
       print(f"    (without remat XLA planned {m['xla_temp_without_remat'] / GIB:.1f} GiB of "
-            f"temporaries, above --memory_limit_gb {args.memory_limit_gb}: ran with remat)")
+            f"temporaries, above --memory_limit_gb {args.memory_limit_gb}: the trainer chose "
+            "remat)")
   ok = [m for m in results if "error" not in m]
   if len(ok) >= 2 and ok[0]["remat"] == ok[-1]["remat"]:
     a, b = ok[0], ok[-1]

@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tokenizer = ""  # HF directory or .gguf; "" = the model's own (embedded GGUF if none)
   c.model.param_dtype = "float32"
   c.model.compute_dtype = "bfloat16"  # bf16 matmul inputs, f32 accumulation (fast on this CPU)
-  c.model.remat = False
+  c.model.remat = False  # True: always recompute activations (else train.remat decides)
   c.model.cutoff = 512  # tokens per training sequence (reference: 2048)
   c.model.seq_buckets = (64, 80, 96, 112, 128, 160, 192, 256, 384, 512, 1024, 2048)
   c.model.target_buckets = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -74,6 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 4
   c.train.epochs = 2
   c.train.slots = 8  # users trained side by side in one compiled step
+  c.train.remat = "auto"  # auto: recompute activations only when a step would not fit in memory
+  c.train.memory_budget_gb = 0.0  # 0: 90 % of the memory available when a step compiles
 
   # Stage 3: evaluation.
   c.eval = ml_collections.ConfigDict()

@@ -15,6 +15,7 @@ recompilation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any, Callable, Iterable
@@ -38,6 +39,14 @@ class TrainConfig:
   warmup_ratio: float = 0.1
   slots: int = 8  # U: users trained side by side in one step
   seed: int = 0
+  # Recompute each layer's activations in the backward pass: "auto" does so only for a step whose
+  # planned memory exceeds the budget; "always" / "never" force it.
+  remat: str = "auto"
+  memory_budget_gb: float = 0.0  # 0: 90 % of the memory available when the step is compiled
+
+  def __post_init__(self):
+    if self.remat not in ("auto", "always", "never"):
+      raise ValueError(f"train.remat: {self.remat!r}; choose auto, always or never")
 
 
 @dataclasses.dataclass
@@ -62,7 +71,8 @@ def train_users(
   """Trains one adapter per plan; returns user id -> UserResult (also passed to on_user_done).
 
   progress(tokens_in_step, users_finished) is called after every step; `stats`, if given, gets
-  "step_compilations" (how many times the step was traced, i.e. compiled) and "steps".
+  "step_compilations" (how many times the step was traced, i.e. compiled), "steps" and "remat"
+  (batch shape -> whether that step recomputes activations).
   """
   plans = list(plans)
   trainer = _StepFunctions(model, peft, config, mesh)
@@ -76,6 +86,7 @@ def train_users(
   if stats is not None:
     stats["step_compilations"] = trainer.traces
     stats["steps"] = trainer.steps
+    stats["remat"] = dict(trainer.remat_used)
   return results
 
 
@@ -148,9 +159,15 @@ class _StepFunctions:
     self.peft = peft
     self.mesh = mesh
     self.tx = optim.adamw_without_lr(config.weight_decay, config.clip_norm)
+    self.config = config
     self.traces = 0
     self.steps = 0
-    self._step = jax.jit(self._step_impl, donate_argnums=(1, 2))
+    self.remat_used = {}  # batch shape -> whether its step recomputes activations
+    self._jits = {
+        remat: jax.jit(functools.partial(self._step_impl, remat=remat), donate_argnums=(1, 2))
+        for remat in (False, True)
+    }
+    self._compiled = {}
     self._reset = jax.jit(self._reset_impl, donate_argnums=(0, 1))
     if mesh is not None:
       from oppu_jax.train import mesh as mesh_lib
@@ -185,21 +202,44 @@ class _StepFunctions:
     if self.mesh is not None:
       batches, lrs, keys = jax.device_put((batches, lrs, keys), self._users)
     self.steps += 1
-    return self._step(self.base, adapters, opt_states, batches, lrs, keys)
+    args = (self.base, adapters, opt_states, batches, lrs, keys)
+    shape = tuple((k, v.shape) for k, v in sorted(batches.items()))
+    if shape not in self._compiled:
+      self._compiled[shape] = self._compile(shape, args)
+    return self._compiled[shape](*args)
 
-  def _step_impl(self, base, adapters, opt_states, batches, lrs, keys):
+  def _compile(self, shape, args):
+    """Compiles the step for one batch shape, with remat only if it would not fit otherwise."""
+    remat = self.config.remat == "always" or self.model_config.remat
+    compiled = self._jits[remat].lower(*args).compile()
+    need, budget = _planned_bytes(compiled), _memory_budget(self.config)
+    if not remat and self.config.remat == "auto" and need is not None and need > budget:
+      logging.info("the step for batch shape %s plans %.1f GB > the %.1f GB budget: recomputing "
+                   "activations in the backward pass (remat)", shape, need / 1e9, budget / 1e9)
+      remat, compiled = True, self._jits[True].lower(*args).compile()
+      need = _planned_bytes(compiled)
+    if need is not None and need > budget:
+      logging.warning("the step for batch shape %s plans %.1f GB, over the %.1f GB budget; lower "
+                      "train.slots or train.batch_size if it runs out of memory", shape,
+                      need / 1e9, budget / 1e9)
+    self.remat_used[shape] = remat
+    return compiled
+
+  def _step_impl(self, base, adapters, opt_states, batches, lrs, keys, remat):
     self.traces += 1  # runs only while tracing: one per compilation
     def one_user(adapter, opt_state, batch, lr, key):
-      loss, grads = jax.value_and_grad(self._loss)(adapter, base, batch, key)
+      loss, grads = jax.value_and_grad(self._loss)(adapter, base, batch, key, remat)
       updates, opt_state = self.tx.update(grads, opt_state, adapter)
       adapter = jax.tree.map(lambda p, u: p - lr * u, adapter, updates)
       return adapter, opt_state, loss
 
     return jax.vmap(one_user)(adapters, opt_states, batches, lrs, keys)
 
-  def _loss(self, adapter, base, batch, key):
+  def _loss(self, adapter, base, batch, key, remat=False):
     """Mean cross-entropy over the user's target tokens; logits only at target positions."""
     model = nnx.merge(self.graphdef, base)
+    if remat:
+      model.config = model.config.replace(remat=True)
     hidden = forward(model, self.peft, adapter, batch["tokens"], batch["positions"],
                      batch["attention_mask"], rng=key, return_hidden=True)  # [B, T, D]
     at_targets = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)  # [B,K,D]
@@ -208,3 +248,26 @@ class _StepFunctions:
     gold = jnp.take_along_axis(logits, batch["target_ids"][..., None], axis=-1)[..., 0]
     weight = batch["target_weight"]
     return jnp.sum((log_z - gold) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def _planned_bytes(compiled) -> int | None:
+  """Memory the step needs beyond its inputs: XLA's temporaries and its non-donated outputs."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # not every backend reports it
+    return None
+
+
+def _memory_budget(config: TrainConfig) -> int:
+  if config.memory_budget_gb > 0:
+    return int(config.memory_budget_gb * 1e9)
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:  # accelerators
+    return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+  try:  # CPU: what the operating system can still give
+    with open("/proc/meminfo") as f:
+      info = dict(line.split(":", 1) for line in f)
+    return int(0.9 * int(info["MemAvailable"].split()[0]) * 1024)
+  except (OSError, KeyError, ValueError):
+    return 2**62

@@ -72,6 +72,21 @@ def test_slot_refill_gives_every_user_its_epochs_and_compiles_once(model):
   assert stats["steps"] >= sum(p.total_steps for p in plans) / 2
 
 
+def test_remat_is_chosen_from_the_memory_budget_and_changes_nothing(model):
+  plans = [su.plan(i, 6) for i in range(3)]
+  runs = {}
+  for budget in (1000.0, 1e-6):  # GB: ample, then too small for any step
+    stats = {}
+    config = multi_user.TrainConfig(learning_rate=1e-2, slots=3, memory_budget_gb=budget)
+    runs[budget] = multi_user.train_users(model, lora.Lora(rank=4, dropout=0.1), plans, config,
+                                          stats=stats)
+    assert list(stats["remat"].values()) == [budget < 1]
+  for p in plans:
+    assert _rel(runs[1e-6][p.user_id].adapter, runs[1000.0][p.user_id].adapter) <= 1e-5
+  with pytest.raises(ValueError, match="train.remat"):
+    multi_user.TrainConfig(remat="sometimes")
+
+
 def test_each_user_sees_each_of_its_examples_once_per_epoch():
   from oppu_jax.train import user_batches as ub
   p = su.plan(0, 11, epochs=3, batch_size=4)
