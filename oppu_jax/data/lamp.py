@@ -171,23 +171,12 @@ def _load_official(path, task, splits, max_words) -> LampData:
     if not isinstance(records, list):
       raise DataError(f"{qpath}: expected a list of questions, got {type(records).__name__}")
     for i, rec in enumerate(records):
-      where = f"{qpath}: record {i}"
-      if not isinstance(rec, dict):
-        raise DataError(f"{where}: expected an object, got {type(rec).__name__}")
-      where = f"{where} (id {rec.get('id')!r})"
-      qid = _string(rec, "id", where)
-      if qid in seen_ids:
-        raise DataError(f"{where}: duplicate question id (also in {seen_ids[qid]})")
-      seen_ids[qid] = qpath
+      where, qid = _record_with_id(rec, f"{qpath}: record {i}", seen_ids, qpath, "question")
       user_id = rec.get("user_id", qid)
       if not isinstance(user_id, (str, int)):
         raise DataError(f"{where}: field 'user_id' must be a string, got {type(user_id).__name__}")
       user_id = str(user_id)
-      gold = None
-      if golds is not None:
-        if qid not in golds:
-          raise DataError(f"{where}: question has no gold in {opath}")
-        gold = golds.pop(qid)
+      gold = None if golds is None else _pop_gold(golds, qid, where, opath, "question")
       items = _check_profile(task, rec.get("profile"), where)
       history = histories.setdefault(user_id, {})
       for item in items:
@@ -296,18 +285,9 @@ def _read_oppu_users(upath, task, golds, seen_users, seen_queries) -> list[User]
       dedup.setdefault(item["id"], item)
     queries = []
     for j, q in enumerate(raw_queries):
-      qwhere = f"{where} query {j}"
-      if not isinstance(q, dict):
-        raise DataError(f"{qwhere}: expected an object, got {type(q).__name__}")
-      qwhere = f"{qwhere} (id {q.get('id')!r})"
-      qid = _string(q, "id", qwhere)
-      if qid in seen_queries:
-        raise DataError(f"{qwhere}: duplicate query id (also in {seen_queries[qid]})")
-      seen_queries[qid] = upath
+      qwhere, qid = _record_with_id(q, f"{where} query {j}", seen_queries, upath, "query")
       if golds is not None:
-        if qid not in golds:
-          raise DataError(f"{qwhere}: query has no gold in {OPPU_FILES['labels']}")
-        gold = golds.pop(qid)
+        gold = _pop_gold(golds, qid, qwhere, OPPU_FILES["labels"], "query")
       else:
         gold = q.get("gold", q.get("output"))
         if gold is not None:
@@ -315,6 +295,27 @@ def _read_oppu_users(upath, task, golds, seen_users, seen_queries) -> list[User]
       queries.append(_query(task, q, gold, qwhere))
     users.append(User(user_id, tuple(dedup.values()), tuple(queries)))
   return users
+
+
+def _record_with_id(rec, where: str, seen: dict[str, str], source: str, kind: str):
+  """A question or query record: an object with a string id not seen before in any file.
+
+  Returns (`where` naming the id, the id); records the id as coming from `source`.
+  """
+  if not isinstance(rec, dict):
+    raise DataError(f"{where}: expected an object, got {type(rec).__name__}")
+  where = f"{where} (id {rec.get('id')!r})"
+  qid = _string(rec, "id", where)
+  if qid in seen:
+    raise DataError(f"{where}: duplicate {kind} id (also in {seen[qid]})")
+  seen[qid] = source
+  return where, qid
+
+
+def _pop_gold(golds: dict, qid: str, where: str, gold_file: str, kind: str):
+  if qid not in golds:
+    raise DataError(f"{where}: {kind} has no gold in {gold_file}")
+  return golds.pop(qid)
 
 
 def _read_profiles(ppath, users) -> dict[str, str]:

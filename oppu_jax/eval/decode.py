@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from oppu_jax.models import generate as gen
-from oppu_jax.models.llama import Llama, init_cache
+from oppu_jax.models.llama import Llama, init_cache, with_frozen_bits
 from oppu_jax.peft import apply
 
 
@@ -56,6 +56,7 @@ def generate_for_rows(
   """
   _check(peft, adapters, rows)
   graphdef, base = nnx.split(model)
+  base = with_frozen_bits(base)  # bf16 stacks as free uint16 views (layers.frozen_bits)
   adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
   n_virtual = _n_virtual(peft, adapters)
   cache = functools.partial(_init_cache, model.config, n_virtual)

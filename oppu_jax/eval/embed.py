@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oppu_jax.models.llama import Llama
+from oppu_jax.models.llama import Llama, with_frozen_bits
 from oppu_jax.models.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def mean_pooled_embedder(
   rows, so a run compiles a few programs; a text's vector does not depend on its batch.
   """
   graphdef, state = nnx.split(model)
+  state = with_frozen_bits(state)  # bf16 stacks as free uint16 views (layers.frozen_bits)
   pool = _pool_fn(graphdef)
   buckets = _buckets(max_tokens)
   pad_id = tokenizer.pad_id

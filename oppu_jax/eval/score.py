@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oppu_jax.models.llama import Llama
+from oppu_jax.models.llama import Llama, with_frozen_bits
 from oppu_jax.peft import apply
 
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
@@ -60,6 +60,7 @@ def score_choices(
   _check(peft, adapters, rows, choices, batch_size)
   plan = _Plan(choices)
   graphdef, base = nnx.split(model)
+  base = with_frozen_bits(base)  # bf16 stacks as free uint16 views (layers.frozen_bits)
   adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
   n = len(rows)
   size = min(batch_size, 1 << max(n - 1, 0).bit_length())

@@ -4,10 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oppu_jax.models import llama, load
+from oppu_jax.models import llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+from tiny_hf import tiny_hf_pair  # noqa: E402 (needs torch)
 
 
 def _left_padded_batch():
@@ -25,28 +26,9 @@ def _hf_logits(hf_model, tokens, mask, positions):
     ).logits.numpy()
 
 
-def _tiny_hf_pair(tie: bool):
-  cfg = llama.tiny_config(tie_embeddings=tie)
-  hf_cfg = transformers.LlamaConfig(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-      intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
-      num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-      rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=tie,
-  )
-  torch.manual_seed(0)
-  hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-  # Random norm weights, so a wrong norm wiring cannot hide behind ones.
-  with torch.no_grad():
-    for name, p in hf.named_parameters():
-      if "norm" in name:
-        p.copy_(1 + 0.1 * torch.randn_like(p))
-  ours = load.from_hf_state_dict(cfg, {k: v.numpy() for k, v in hf.state_dict().items()})
-  return ours, hf
-
-
 @pytest.mark.parametrize("tie", [False, True])
 def test_tiny_gqa_logits_match_transformers(tie):
-  ours, hf = _tiny_hf_pair(tie)
+  _, ours, hf = tiny_hf_pair(tie)
   tokens, mask, positions = _left_padded_batch()
   got, _ = ours(jnp.asarray(tokens), positions=jnp.asarray(positions),
                 attention_mask=jnp.asarray(mask))
@@ -58,7 +40,7 @@ def test_tiny_gqa_logits_match_transformers(tie):
 
 
 def test_kv_cache_decoding_equals_full_recompute():
-  ours, _ = _tiny_hf_pair(False)
+  _, ours, _ = tiny_hf_pair()
   tokens, mask, positions = _left_padded_batch()
   full, _ = ours(jnp.asarray(tokens), positions=jnp.asarray(positions),
                  attention_mask=jnp.asarray(mask))
@@ -81,7 +63,7 @@ def test_kv_cache_decoding_equals_full_recompute():
 
 
 def test_bf16_compute_path_stays_close():
-  ours, _ = _tiny_hf_pair(False)
+  _, ours, _ = tiny_hf_pair()
   tokens, mask, positions = _left_padded_batch()
   f32, _ = ours(jnp.asarray(tokens), positions=jnp.asarray(positions),
                 attention_mask=jnp.asarray(mask))

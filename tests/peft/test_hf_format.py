@@ -21,13 +21,14 @@ from oppu_jax.peft.prompt_tuning import PromptTuning
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft_lib = pytest.importorskip("peft")
+from tiny_hf import tiny_hf_pair  # noqa: E402 (needs torch)
 
 ALL = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def test_lora_matches_peft_with_same_weights(forward):
   for targets in [("q", "v"), ALL]:
-    cfg, ours, hf = _tiny_pair()
+    cfg, ours, hf = tiny_hf_pair()
     lora = Lora(targets=targets, rank=4, alpha=8.0)
     adapter = _random_lora(cfg, lora, seed=1)
     hf_peft = peft_lib.get_peft_model(hf, peft_lib.LoraConfig(
@@ -43,7 +44,7 @@ def test_lora_matches_peft_with_same_weights(forward):
 
 
 def test_lora_export_loads_with_peft_from_pretrained(forward, tmp_path):
-  cfg, ours, hf = _tiny_pair()
+  cfg, ours, hf = tiny_hf_pair()
   lora = Lora(targets=ALL, rank=4, alpha=6.0)
   adapter = _random_lora(cfg, lora, seed=2)
   save_adapter(tmp_path / "u0", lora, adapter)
@@ -52,7 +53,7 @@ def test_lora_export_loads_with_peft_from_pretrained(forward, tmp_path):
 
 
 def test_lora_saved_by_peft_imports(forward, tmp_path):
-  cfg, ours, hf = _tiny_pair()
+  cfg, ours, hf = tiny_hf_pair()
   hf_peft = peft_lib.get_peft_model(hf, peft_lib.LoraConfig(
       r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "down_proj"],
       task_type="CAUSAL_LM")).eval()
@@ -64,7 +65,7 @@ def test_lora_saved_by_peft_imports(forward, tmp_path):
 
 
 def test_ia3_both_ways(forward, tmp_path):
-  cfg, ours, hf = _tiny_pair()
+  cfg, ours, hf = tiny_hf_pair()
   ia3 = IA3(targets=("k", "v", "up", "down"), feedforward=("down",))
   adapter = _perturb(ia3.init(cfg, None), seed=3, std=0.3)
   save_adapter(tmp_path / "ours", ia3, adapter)
@@ -82,7 +83,7 @@ def test_ia3_both_ways(forward, tmp_path):
 
 
 def test_prompt_tuning_both_ways_unpadded(forward, tmp_path):
-  cfg, ours, hf = _tiny_pair()
+  cfg, ours, hf = tiny_hf_pair()
   pt = PromptTuning(num_virtual_tokens=5)
   adapter = {"prompt": jnp.asarray(_rng(4).normal(0, 0.5, (5, cfg.hidden_size)), jnp.float32)}
   save_adapter(tmp_path / "ours", pt, adapter, model_config=cfg)
@@ -100,7 +101,7 @@ def test_prompt_tuning_both_ways_unpadded(forward, tmp_path):
 
 
 def test_files_are_what_peft_writes(tmp_path):
-  cfg, _, hf = _tiny_pair()
+  cfg, _, hf = tiny_hf_pair()
   cases = [
       (Lora(targets=("q", "v"), rank=4, alpha=8.0),
        peft_lib.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
@@ -137,7 +138,7 @@ def test_save_then_load_gives_identical_pytrees(tmp_path):
 
 
 def test_bf16_adapter_saved_by_peft_loads_as_f32(tmp_path):
-  cfg, _, hf = _tiny_pair()
+  cfg, _, hf = tiny_hf_pair()
   hf_peft = peft_lib.get_peft_model(hf.to(torch.bfloat16), peft_lib.LoraConfig(
       r=2, lora_alpha=4, target_modules=["v_proj"], task_type="CAUSAL_LM"),
       autocast_adapter_dtype=False)  # PEFT keeps adapters in f32 unless told otherwise
@@ -225,25 +226,6 @@ def test_smollm2_lora_export_matches_peft(forward, smollm2, smollm2_hf, tmp_path
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-def _tiny_pair():
-  """(config, our Llama, transformers' Llama) on the same random weights, random norms."""
-  cfg = llama.tiny_config()
-  hf_cfg = transformers.LlamaConfig(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-      intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
-      num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-      rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=False,
-  )
-  torch.manual_seed(0)
-  hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-  with torch.no_grad():
-    for name, p in hf.named_parameters():
-      if "norm" in name:
-        p.copy_(1 + 0.1 * torch.randn_like(p))
-  ours = load.from_hf_state_dict(cfg, {k: v.numpy() for k, v in hf.state_dict().items()})
-  return cfg, ours, hf
 
 
 def _random_lora(cfg, lora, seed, b_std=0.1):
