@@ -137,6 +137,9 @@ def parse_args():
   p.add_argument("--memory_limit_gb", type=float, default=12.0,
                  help="the trainer's memory budget in the memory runs (train.memory_budget_gb):"
                       " above it, the trainer recomputes activations (remat)")
+  p.add_argument("--memory_vmapped", action="store_true",
+                 help="memory runs with the U users vmapped (train.users_per_pass=U), as on "
+                      "accelerators; default: the trainer's choice (looped on a CPU)")
   p.add_argument("--profile", action="store_true",
                  help="also trace one user's steps per dtype and print where the time goes")
   p.add_argument("--threads", type=int, default=0,
@@ -297,19 +300,23 @@ def run_ours(plans, args, peaks) -> list[Row]:
       model, config = load_model(param_dtype=args.bf16_params, compute_dtype="bfloat16")
     short = {"float32": "f32", "bfloat16": "bf16"}
     label = "f32" if dtype == "f32" else f"bf16 (params {short[args.bf16_params]})"
-    for method, slots in (("(a) ours, U slots", len(plans)), ("(b) ours, 1 slot", 1)):
+    # (a) as the trainer runs by default (on a CPU: the U users looped inside the one step), and
+    # with the U users vmapped, as on accelerators.
+    for method, slots, per_pass in (("(a) ours, U slots", len(plans), 0),
+                                    ("(a) ours, U vmapped", len(plans), len(plans)),
+                                    ("(b) ours, 1 slot", 1, 0)):
       rows.append(time_ours(model, config, plans, slots, method, label,
-                            peaks["jax f32" if dtype == "f32" else "jax bf16"]))
+                            peaks["jax f32" if dtype == "f32" else "jax bf16"], per_pass))
     del model
     gc.collect()
   return rows
 
 
-def time_ours(model, config, plans, slots, method, dtype_label, peak) -> Row:
+def time_ours(model, config, plans, slots, method, dtype_label, peak, users_per_pass) -> Row:
   peft = Lora(targets=TARGETS, rank=RANK, alpha=ALPHA, dropout=DROPOUT)
   train_config = multi_user.TrainConfig(learning_rate=LR, weight_decay=WEIGHT_DECAY,
                                         clip_norm=CLIP, warmup_ratio=WARMUP, slots=slots,
-                                        seed=SEED)
+                                        seed=SEED, users_per_pass=users_per_pass)
   step_times = []
   last = [0.0]
 
@@ -462,7 +469,7 @@ def print_table(rows: list[Row], plans, args):
     if ref_bf16:
       x = ref_bf16.s_per_adapter / r.s_per_adapter
       checks.append(f"{x:.2f}x c-bf16 {'ok' if x >= 1 else 'MISSED'}")
-    print(f"  (a) {r.dtype}: " + ", ".join(checks))
+    print(f"  {r.method} {r.dtype}: " + ", ".join(checks))
   print(flush=True)
 
 
@@ -526,7 +533,8 @@ def run_memory_child(users: int, args) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--memory_child", str(users),
          "--threads", str(args.threads),
          "--seq_len", str(args.seq_len), "--memory_batch_size", str(args.memory_batch_size),
-         "--memory_limit_gb", str(args.memory_limit_gb)]
+         "--memory_limit_gb", str(args.memory_limit_gb)] + (
+             ["--memory_vmapped"] if args.memory_vmapped else [])
   print(f"memory run U={users} ...", flush=True)
   done = subprocess.run(cmd, capture_output=True, text=True)
   for line in done.stdout.splitlines():
@@ -560,7 +568,8 @@ def memory_child(args):
   # XLA's plan exceeds the budget.
   config = multi_user.TrainConfig(learning_rate=LR, weight_decay=WEIGHT_DECAY, clip_norm=CLIP,
                                   warmup_ratio=WARMUP, slots=users, seed=SEED,
-                                  memory_budget_gb=args.memory_limit_gb)
+                                  memory_budget_gb=args.memory_limit_gb,
+                                  users_per_pass=users if args.memory_vmapped else 0)
   model, model_config = load_model(param_dtype="float32", compute_dtype="float32")
   no_remat_plan = _xla_memory_plan(model, peft, config, plans[0], users, remat=False)
   remat_plan = _xla_memory_plan(model, peft, config, plans[0], users, remat=True)
@@ -628,8 +637,9 @@ def _proc_status(field: str) -> int:
 
 def print_memory(results: list[dict], args):
   print()
+  mode = "vmapped" if args.memory_vmapped else "the trainer's default (looped on a CPU)"
   print(f"Peak memory, f32, one training step of U users x {args.memory_batch_size} row(s) x "
-        f"{args.seq_len} tokens (GiB), one fresh process per U.")
+        f"{args.seq_len} tokens (GiB), one fresh process per U; users {mode}.")
   print("expected growth = U x (adapter + AdamW) + activations (XLA's planned temporaries); "
         "growth = peak RSS in the step - RSS with the model loaded")
   header = (f"{'U':>3} {'remat':>5} {'base':>5} {'U x (ad+opt)':>12} {'act (XLA)':>9} "

@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.slots = 8  # users trained side by side in one compiled step
   c.train.remat = "auto"  # auto: recompute activations only when a step would not fit in memory
   c.train.memory_budget_gb = 0.0  # 0: 90 % of the memory available when a step compiles
+  c.train.users_per_pass = 0  # users vmapped together inside a step; 0: 1 on CPU, all elsewhere
 
   # Stage 3: evaluation.
   c.eval = ml_collections.ConfigDict()

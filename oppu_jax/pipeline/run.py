@@ -173,7 +173,8 @@ def _task_model(config, workdir, task, base_model, tokenizer, other_users, base,
         learning_rate=ta.learning_rate, weight_decay=config.train.weight_decay,
         clip_norm=config.train.clip_norm, warmup_ratio=config.train.warmup_ratio, slots=1,
         seed=config.seed, remat=config.train.remat,
-        memory_budget_gb=config.train.memory_budget_gb)
+        memory_budget_gb=config.train.memory_budget_gb,
+        users_per_pass=config.train.users_per_pass)
     with progress.bar(f"stage 1: task adaptation ({base})", plan.total_steps, "steps",
                       config.progress) as bar:
       result = multi_user.train_users(base_model, lora, [plan], train_config,
@@ -228,7 +229,7 @@ def _train_user_adapters(config, workdir, task, model, tokenizer, users, setting
   train_config = multi_user.TrainConfig(
       learning_rate=t.learning_rate, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
       warmup_ratio=t.warmup_ratio, slots=t.slots, seed=config.seed, remat=t.remat,
-      memory_budget_gb=t.memory_budget_gb)
+      memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass)
 
   def save(result):
     hf_format.save_adapter(_adapter_dir(workdir, setting, result.user_id), peft, result.adapter,

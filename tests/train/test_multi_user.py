@@ -72,6 +72,14 @@ def test_slot_refill_gives_every_user_its_epochs_and_compiles_once(model):
   assert stats["steps"] >= sum(p.total_steps for p in plans) / 2
 
 
+def test_users_looped_or_vmapped_inside_the_step_give_the_same_adapters(model):
+  plans = [su.plan(i, 5 + 2 * i, seed=6) for i in range(4)]
+  runs = {n: _train(model, plans, slots=4, users_per_pass=n) for n in (1, 3, 4)}  # 3: remainder
+  for n in (1, 3):
+    for p in plans:
+      assert _rel(runs[n][p.user_id].adapter, runs[4][p.user_id].adapter) <= 1e-5, (n, p.user_id)
+
+
 def test_remat_is_chosen_from_the_memory_budget_and_changes_nothing(model):
   plans = [su.plan(i, 6) for i in range(3)]
   runs = {}
