@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.path = ""  # HF directory or .gguf; "" = the embedded SmolLM2
   c.model.tokenizer = ""  # HF directory or .gguf; "" = the model's own (embedded GGUF if none)
-  c.model.param_dtype = "float32"
+  c.model.param_dtype = "bfloat16"  # frozen bf16 weights: the fast path (the reference trains bf16)
   c.model.compute_dtype = "bfloat16"  # bf16 matmul inputs, f32 accumulation (fast on this CPU)
   c.model.remat = False  # True: always recompute activations (else train.remat decides)
   c.model.cutoff = 512  # tokens per training sequence (reference: 2048)

@@ -1,8 +1,10 @@
 """The multi-user trainer: many users' adapters train in one compiled step.
 
 The adapters and optimizer states of U users form one pytree whose leaves carry a leading [U]
-axis. One jit-compiled step maps (jax.vmap) the loss, gradient and AdamW update over that axis,
-with the frozen base weights broadcast, never copied per user. Each user reads only its own
+axis. One jit-compiled step maps the loss, gradient and AdamW update over that axis, with the
+frozen base weights broadcast, never copied per user: jax.vmap on accelerators, a loop inside the
+step on a CPU (`TrainConfig.users_per_pass`). The step is compiled once per batch shape, with
+activation recomputation (remat) only if XLA's memory plan exceeds the budget. Each user reads only its own
 batches, its own dropout keys and its own learning-rate schedule, so its adapter is a function of
 its data and the config alone.
 
