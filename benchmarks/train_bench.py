@@ -1,6 +1,7 @@
 """Per-user LoRA training, three ways side by side on the same data, with SmolLM2-135M.
 
-  (a) our multi-user trainer, U users in U slots of one compiled step;
+  (a) our multi-user trainer, U users in U slots of one compiled step: as it runs by default (on a
+      CPU the users are looped inside the step), and with the U users vmapped (as on accelerators);
   (b) our trainer one user at a time (slots=1);
   (c) the reference pattern: PyTorch + HF PEFT, a fresh `get_peft_model` per user on the base
       transformers model, a Trainer-style loop (AdamW, clip, linear warm-up/decay, loss on the
@@ -30,7 +31,7 @@ Timing and counting (what the table means):
   are XLA's planned temporary buffers for that step (`memory_analysis()`); a copy of the base per
   user would show as ~0.5 GiB more per user.
 
-  .venv/bin/python benchmarks/train_bench.py            # ~8-10 min on the 2-core dev box, quiet
+  .venv/bin/python benchmarks/train_bench.py            # ~12 min on the 2-core dev box, quiet
   .venv/bin/python benchmarks/train_bench.py --quick    # ~3 min, a smoke run
   .venv/bin/python benchmarks/train_bench.py --memory_only --memory_batch_size 4
   taskset -c 1 .venv/bin/python benchmarks/train_bench.py --threads 1   # a busy box: per thread
