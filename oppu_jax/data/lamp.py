@@ -298,7 +298,7 @@ def _read_oppu_users(upath, task, golds, seen_users, seen_queries) -> list[User]
 
 
 def _record_with_id(rec, where: str, seen: dict[str, str], source: str, kind: str):
-  """A question or query record: an object with a string id not seen before in any file.
+  """A question, query or gold record: an object with a string id not seen before.
 
   Returns (`where` naming the id, the id); records the id as coming from `source`.
   """
@@ -401,14 +401,9 @@ def _read_golds(path, task) -> dict[str, str]:
   if task is not None and "task" in doc and _family(str(doc["task"])) != _family(task.name):
     raise DataError(f"{path}: golds of task {doc['task']!r}, not {task.name}")
   out: dict[str, str] = {}
+  seen: dict[str, str] = {}
   for i, g in enumerate(doc["golds"]):
-    where = f"{path}: gold {i}"
-    if not isinstance(g, dict):
-      raise DataError(f"{where}: expected an object, got {type(g).__name__}")
-    where = f"{where} (id {g.get('id')!r})"
-    gid = _string(g, "id", where)
-    if gid in out:
-      raise DataError(f"{where}: duplicate id")
+    where, gid = _record_with_id(g, f"{path}: gold {i}", seen, path, "gold")
     out[gid] = _gold_string(task, g.get("output"), where) if task else _string(g, "output", where)
   return out
 

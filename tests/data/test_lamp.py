@@ -182,6 +182,21 @@ def test_gold_without_question(tmp_path):
   assert "dev_outputs.json: gold id 'q9' has no question in" in message
 
 
+def test_duplicate_question_and_gold_ids(tmp_path):
+  questions = [_question("q1", [_review("i1")]), _question("q1", [_review("i2")])]
+  path = _official(tmp_path, questions, [("q1", "3")])
+  assert "dev_questions.json: record 1 (id 'q1'): duplicate question id (also in" in _error(path)
+  path = _official(tmp_path, questions[:1], [("q1", "3"), ("q1", "2")])
+  assert "dev_outputs.json: gold 1 (id 'q1'): duplicate gold id (also in" in _error(path)
+  users = [{"user_id": "u1", "profile": [_review("i1")],
+            "query": [{"id": "q1", "input": tasks.make_input("LaMP_3", text="x")}] * 2}]
+  oppu = tmp_path / "oppu"
+  oppu.mkdir()
+  _dump(oppu / lamp.OPPU_FILES["test"], users)
+  message = _error(str(oppu))
+  assert "user 0 (user_id 'u1') query 1 (id 'q1'): duplicate query id (also in" in message
+
+
 def test_empty_history(tmp_path):
   path = _official(tmp_path, [_question("q1", [_review("i1")]), _question("q2", [])],
                    [("q1", "3"), ("q2", "3")])
