@@ -79,6 +79,20 @@ def _from_bits(a):
   return jax.lax.bitcast_convert_type(a, jnp.bfloat16)
 
 
+def _residual(a: jax.Array) -> jax.Array:
+  """What the backward pass keeps of a matmul input.
+
+  bf16 halves the memory, but XLA:CPU stores the layer scan's stacked bf16 residuals as f32 and
+  converts them outside the loop (at 8 users x 4 rows: 3.3 of a 26.6 s step); there the input is
+  kept as it came and cast in the backward.
+  """
+  return a if _on_cpu() else a.astype(jnp.bfloat16)
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == "cpu"
+
+
 # JAX's own transpose of dot(bf16, bf16 -> f32) receives an f32 cotangent and runs the backward
 # GEMMs in f32, ~2x slower here. These VJPs apply the usual mixed-precision rule instead: cast the
 # cotangent to bf16 and accumulate in f32.
@@ -97,20 +111,6 @@ def _bf16_matmul_bwd(res, g):
   xb, wb, gb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), g.astype(jnp.bfloat16)
   dx = _dot_f32(gb, _transposed(wb)).astype(x_like.dtype)
   return dx, _weight_grad(xb, gb, wb.ndim).astype(w_like.dtype)
-
-
-def _residual(a: jax.Array) -> jax.Array:
-  """What the backward pass keeps of a matmul input.
-
-  bf16 halves the memory, but XLA:CPU stores the layer scan's stacked bf16 residuals as f32 and
-  converts them outside the loop (at 8 users x 4 rows: 3.3 of a 26.6 s step); there the input is
-  kept as it came and cast in the backward.
-  """
-  return a if _on_cpu() else a.astype(jnp.bfloat16)
-
-
-def _on_cpu() -> bool:
-  return jax.default_backend() == "cpu"
 
 
 _bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)

@@ -44,7 +44,9 @@ class LlamaConfig:
   bos_id: int | None = 1
   eos_id: int = 2
   pad_id: int = 0
-  param_dtype: str = "float32"  # how weights are stored: float32 | bfloat16
+  # How weights are stored: float32 | bfloat16. bf16 projection weights are frozen: the layer
+  # scan reads them as uint16 bits (layers.frozen_bits) and they get no gradient.
+  param_dtype: str = "float32"
   compute_dtype: str = "float32"  # matmul inputs: float32 | bfloat16 (accumulation is f32)
   remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
 
