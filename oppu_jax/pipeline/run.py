@@ -146,6 +146,15 @@ def _profiles(config, workdir, task, model, tokenizer, data, settings):
 # -- stage 1: task adaptation -------------------------------------------------------------------
 
 
+def _train_config(config, learning_rate: float, slots: int) -> multi_user.TrainConfig:
+  """The trainer settings both training stages share (config.train), at a stage's rate and slots."""
+  t = config.train
+  return multi_user.TrainConfig(
+      learning_rate=learning_rate, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
+      warmup_ratio=t.warmup_ratio, slots=slots, seed=config.seed, remat=t.remat,
+      memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass)
+
+
 def _task_model(config, workdir, task, base_model, tokenizer, other_users, base, profiles):
   """The base LLM adapted to the task (variant B, R or P): a LoRA trained on the other users'
   queries, then merged into the base weights, as the paper does."""
@@ -169,12 +178,7 @@ def _task_model(config, workdir, task, base_model, tokenizer, other_users, base,
                      batch_size=ta.batch_size, epochs=ta.epochs,
                      seq_buckets=tuple(config.model.seq_buckets),
                      target_buckets=tuple(config.model.target_buckets))
-    train_config = multi_user.TrainConfig(
-        learning_rate=ta.learning_rate, weight_decay=config.train.weight_decay,
-        clip_norm=config.train.clip_norm, warmup_ratio=config.train.warmup_ratio, slots=1,
-        seed=config.seed, remat=config.train.remat,
-        memory_budget_gb=config.train.memory_budget_gb,
-        users_per_pass=config.train.users_per_pass)
+    train_config = _train_config(config, ta.learning_rate, slots=1)
     with progress.bar(f"stage 1: task adaptation ({base})", plan.total_steps, "steps",
                       config.progress) as bar:
       result = multi_user.train_users(base_model, lora, [plan], train_config,
@@ -225,11 +229,7 @@ def _train_user_adapters(config, workdir, task, model, tokenizer, users, setting
                            batch_size=config.train.batch_size, epochs=config.train.epochs,
                            seq_buckets=tuple(config.model.seq_buckets),
                            target_buckets=tuple(config.model.target_buckets)))
-  t = config.train
-  train_config = multi_user.TrainConfig(
-      learning_rate=t.learning_rate, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
-      warmup_ratio=t.warmup_ratio, slots=t.slots, seed=config.seed, remat=t.remat,
-      memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass)
+  train_config = _train_config(config, config.train.learning_rate, config.train.slots)
 
   def save(result):
     hf_format.save_adapter(_adapter_dir(workdir, setting, result.user_id), peft, result.adapter,
