@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from oppu_jax.models.weights import Weight, WeightTable
 from oppu_jax.models.layers import (
     attention, frozen_bits, frozen_bits_view, matmul, rms_norm, rope,
 )
@@ -88,6 +89,39 @@ def layer_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
       "up": (d, f),
       "down": (f, d),
   }
+
+
+def weight_table(config: LlamaConfig) -> WeightTable:
+  """Every Llama weight: HF / GGUF names, our shape [d_in, d_out], logical axes, adaptability."""
+  n = config.num_layers
+  shapes = layer_shapes(config)
+  layer_axes = {
+      "attn_norm": ("embed",), "q": ("embed", "heads"), "k": ("embed", "kv_heads"),
+      "v": ("embed", "kv_heads"), "o": ("heads", "embed"), "mlp_norm": ("embed",),
+      "gate": ("embed", "mlp"), "up": ("embed", "mlp"), "down": ("mlp", "embed"),
+  }
+  names = {  # ours -> (HF suffix after "model.layers.{i}.", GGUF suffix after "blk.{i}.")
+      "attn_norm": ("input_layernorm", "attn_norm"), "q": ("self_attn.q_proj", "attn_q"),
+      "k": ("self_attn.k_proj", "attn_k"), "v": ("self_attn.v_proj", "attn_v"),
+      "o": ("self_attn.o_proj", "attn_output"),
+      "mlp_norm": ("post_attention_layernorm", "ffn_norm"), "gate": ("mlp.gate_proj", "ffn_gate"),
+      "up": ("mlp.up_proj", "ffn_up"), "down": ("mlp.down_proj", "ffn_down"),
+  }
+  d, v = config.hidden_size, config.vocab_size
+  weights = [Weight(("embed",), "model.embed_tokens.weight", "token_embd.weight", (v, d),
+                    ("vocab", "embed"))]
+  for name in LAYER_WEIGHTS:
+    hf, gguf = names[name]
+    weights.append(Weight(
+        ("layers", name), f"model.layers.{{i}}.{hf}.weight", f"blk.{{i}}.{gguf}.weight",
+        shapes[name], layer_axes[name], hf_transposed=name in PROJECTIONS,
+        projection=name if name in PROJECTIONS else None, num_layers=n))
+  weights.append(Weight(("final_norm",), "model.norm.weight", "output_norm.weight", (d,),
+                        ("embed",)))
+  if not config.tie_embeddings:
+    weights.append(Weight(("lm_head",), "lm_head.weight", "output.weight", (d, v),
+                          ("embed", "vocab"), hf_transposed=True))
+  return WeightTable(tuple(weights))
 
 
 class DecoderLayers(nnx.Module):
