@@ -1,7 +1,7 @@
 """Batched multi-user generation: every row decodes under its own user's adapter, in one batch.
 
 Drives `models/generate.py` with a forward that gathers each row's adapter from the stacked
-adapters (`jnp.take` on a [rows] user index) and vmaps the per-row model call over rows, with the
+adapters (`UserAdapters.gather` on a [rows] user index) and vmaps the per-row model call over rows, with the
 base weights broadcast and each row's KV-cache slice (cache batch axis 1) going with its adapter.
 Beam search works too: generate turns row r into rows r*num_beams.., so the forward repeats each
 user index num_beams times once it sees num_beams times as many rows.
@@ -14,6 +14,7 @@ numbers them: virtual 0..P-1, real tokens from P).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Sequence
 
@@ -25,12 +26,12 @@ from flax import nnx
 from oppu_jax.models import generate as gen
 from oppu_jax.models.llama import Llama, init_cache, with_frozen_bits
 from oppu_jax.peft import apply
+from oppu_jax.peft.stack import UserAdapters
 
 
 def generate_for_rows(
     model: Llama,
-    peft,
-    adapters: Any,
+    adapters: UserAdapters | None,
     rows: Sequence[tuple[int, Sequence[int]]],
     *,
     max_new_tokens: int,
@@ -47,18 +48,20 @@ def generate_for_rows(
 ) -> list[list[int]]:
   """Generated ids per row (cut before the first EOS), in the order of `rows`.
 
-  peft: Lora, IA3, PromptTuning, or None with adapters None (the bare base).
-  adapters: a pytree whose leaves have a leading [n_users] axis; rows: (user_index, prompt ids).
+  adapters: the users' stacked adapters (their method inside), or None for the bare base.
+  rows: (user_index, prompt ids).
   method: 'greedy' | 'sample' (temperature, top_k, top_p) | 'beam' (num_beams), as
     `generate.generate`. Sampling draws depend on `seed` and on the row's place in its batch
     (rows are batched by prompt length), so they are reproducible for the same rows.
   buckets: prompt lengths (left-padded); one program per (bucket, batch, method).
   """
-  _check(peft, adapters, rows)
+  _check(adapters, rows)
   graphdef, base = nnx.split(model)
   base = with_frozen_bits(base)  # bf16 stacks as free uint16 views (layers.frozen_bits)
   adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
-  n_virtual = _n_virtual(peft, adapters)
+  n_virtual = _n_virtual(adapters)
+  # Equal for equal graphs, so generate's jitted loops find their compiled programs again.
+  rows_forward = _RowsForward(graphdef)
   cache = functools.partial(_init_cache, model.config, n_virtual)
   n = len(rows)
   size = min(batch_size, 1 << max(n - 1, 0).bit_length())
@@ -71,8 +74,7 @@ def generate_for_rows(
     users = np.zeros(size, np.int32)
     users[:len(index)] = [rows[i][0] for i in index]
     prompts = [list(rows[i][1]) for i in index] + [[pad_id]] * (size - len(index))
-    forward = jax.tree_util.Partial(_rows_forward(graphdef, peft), base, adapters,
-                                    jnp.asarray(users))
+    forward = jax.tree_util.Partial(rows_forward, base, adapters, jnp.asarray(users))
     out = gen.generate(
         forward, prompts, init_cache=cache, max_new_tokens=max_new_tokens, eos_id=eos_id,
         pad_id=pad_id, method=method, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -84,48 +86,51 @@ def generate_for_rows(
   return outputs
 
 
-@functools.cache
-def _rows_forward(graphdef, peft):
-  # Cached per (architecture, method): one function object, hence one compiled program per shape.
-  def forward(base, adapters, users, tokens, positions, attention_mask, cache, cache_index):
+@dataclasses.dataclass(frozen=True)
+class _RowsForward:
+  """generate's forward for rows of mixed users. A value (equal for equal graphs), not a fresh
+  closure, because the jitted generation loops key their compiled programs on it."""
+
+  graphdef: Any
+
+  def __call__(self, base, adapters, users, tokens, positions, attention_mask, cache,
+               cache_index):
     """tokens, positions [B, T]; attention_mask [B, slots]; cache leaves [layers, B, ...];
     users [B or B / num_beams] -> (logits [B, V] at the last position, cache)."""
     rows = tokens.shape[0]
     if rows != users.shape[0]:  # beam search: row r is now rows r*num_beams ..
       users = jnp.repeat(users, rows // users.shape[0])
-    picked = None if adapters is None else jax.tree.map(
-        lambda a: jnp.take(a, users, axis=0), adapters)
+    method = None if adapters is None else adapters.method
+    picked = None if adapters is None else adapters.gather(users)
 
     def one_row(adapter, toks, pos, mask, row_cache):
-      model = nnx.merge(graphdef, base)
+      model = nnx.merge(self.graphdef, base)
       row_cache = jax.tree.map(lambda c: c[:, None], row_cache)
       hidden, row_cache = apply.forward_with_cache(
-          model, peft, adapter, toks[None], pos[None], mask[None], row_cache, cache_index)
+          model, method, adapter, toks[None], pos[None], mask[None], row_cache, cache_index)
       return model.logits(hidden[0, -1]), jax.tree.map(lambda c: c[:, 0], row_cache)
 
     return jax.vmap(one_row, in_axes=(0, 0, 0, 0, 1), out_axes=(0, 1))(
         picked, tokens, positions, attention_mask, cache)
-
-  return forward
 
 
 def _init_cache(config, n_virtual: int, batch: int, length: int):
   return init_cache(config, batch, length + n_virtual)
 
 
-def _n_virtual(peft, adapters) -> int:
-  if peft is None:
+def _n_virtual(adapters: UserAdapters | None) -> int:
+  if adapters is None:
     return 0
-  one = jax.tree.map(lambda a: a[0], adapters)
-  prefix = jax.eval_shape(peft.prefix, one)
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), adapters.tree)
+  prefix = jax.eval_shape(adapters.method.prefix, one)
   return 0 if prefix is None else prefix.shape[0]
 
 
-def _check(peft, adapters, rows):
-  if (peft is None) != (adapters is None):
-    raise ValueError("pass both peft and adapters, or neither (the bare base)")
+def _check(adapters, rows):
+  if adapters is not None and not isinstance(adapters, UserAdapters):
+    raise TypeError(f"adapters: a UserAdapters or None, got {type(adapters).__name__}")
   if adapters is not None and rows:
-    n_users = jax.tree.leaves(adapters)[0].shape[0]
+    n_users = adapters.num_users
     bad = [u for u, _ in rows if not 0 <= u < n_users]
     if bad:
       raise ValueError(f"user index {bad[0]} out of range for {n_users} stacked adapters")

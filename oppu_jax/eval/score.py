@@ -12,14 +12,16 @@ appended alone. A choice's last token is never an input (nothing after it is sco
 left out; a one-token label costs no extra sequence slot. Logits are computed only at the
 positions that predict choice tokens (the LM head over the prompt is waste).
 
-Rows of a batch may belong to different users: the jitted function gathers the rows' adapters
-from the stacked adapters (`jnp.take`) and vmaps the per-row forward with the base weights
-broadcast, never merging an adapter into the base.
+Rows of a batch may belong to different users: the compiled function gathers the rows' adapters
+from the stacked adapters (`UserAdapters.gather`) and vmaps the per-row forward with the base
+weights broadcast, never merging an adapter into the base.
+
+Compilation happens on the host, in `Programs`: one executable per (architecture, method, input
+shapes), so counting its entries counts compilations.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import jax
@@ -29,36 +31,38 @@ from flax import nnx
 
 from oppu_jax.models.llama import Llama, with_frozen_bits
 from oppu_jax.peft import apply
+from oppu_jax.peft.stack import UserAdapters
 
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
-_TRACES = [0]
 
 
 def score_choices(
     model: Llama,
-    peft,
-    adapters: Any,
+    adapters: UserAdapters | None,
     rows: Sequence[tuple[int, Sequence[int]]],
     choices: Sequence[Sequence[int]],
     *,
     batch_size: int = 16,
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     stats: dict | None = None,
+    programs: "Programs | None" = None,
 ) -> np.ndarray:
   """Summed log-probabilities [n_rows, n_choices] (f32) of each choice's tokens after each prompt.
 
-  peft: the method object (Lora, IA3, PromptTuning), or None with adapters None (the bare base).
-  adapters: a pytree whose leaves have a leading [n_users] axis (host or device arrays).
+  adapters: the users' stacked adapters (their method inside), or None for the bare base.
   rows: (user_index, prompt_tokens) per row; the prompt includes any BOS / chat template.
   choices: token ids of each candidate, shared by all rows, scored exactly as given: append the
     EOS to each choice if the score should also say "and the answer ends here" (without it, " 1"
     and " 10" are not told apart by " 1"'s score).
   buckets: allowed packed lengths T (prompt + choice tokens); one program per (T, batch_size).
-  stats: if given, gets "compilations" (programs traced by this call) and "batches".
+  stats: if given, gets "compilations" (programs this call added to `programs`) and "batches".
+  programs: the compiled programs to use and extend; pass the same one to several calls to share
+    them (default: a fresh one for this call).
   """
   choices = [list(c) for c in choices]
-  _check(peft, adapters, rows, choices, batch_size)
+  _check(adapters, rows, choices, batch_size)
   plan = _Plan(choices)
+  programs = Programs() if programs is None else programs
   graphdef, base = nnx.split(model)
   base = with_frozen_bits(base)  # bf16 stacks as free uint16 views (layers.frozen_bits)
   adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
@@ -67,7 +71,7 @@ def score_choices(
   # Rows of similar length share a batch (less padding); scores go back to the given order.
   order = sorted(range(n), key=lambda i: -len(rows[i][1]))
   out = np.zeros((n, len(choices)), np.float32)
-  traces_before = _TRACES[0]
+  programs_before = len(programs)
   batches = 0
   for start in range(0, n, size):
     index = order[start:start + size]
@@ -75,13 +79,13 @@ def score_choices(
     length = _bucket(longest + plan.extra, buckets)
     users, tokens, mask, positions = _pack(
         [rows[i] for i in index], size, length, plan, pad_id=model.config.pad_id)
-    token_logp = np.asarray(_score_batch(graphdef, peft, base, adapters, users, tokens, mask,
+    token_logp = np.asarray(programs.run(graphdef, base, adapters, users, tokens, mask,
                                          positions, plan.segment, plan.source, plan.target))
     # Sum each choice's token log-probs: [R, C] @ [C, n_choices].
     out[index] = token_logp[:len(index)] @ plan.owner_onehot
     batches += 1
   if stats is not None:
-    stats["compilations"] = _TRACES[0] - traces_before
+    stats["compilations"] = len(programs) - programs_before
     stats["batches"] = batches
   return out
 
@@ -116,12 +120,29 @@ class _Plan:
         self.starts[s] = self.starts[s - 1] + 1
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _score_batch(graphdef, peft, base, adapters, users, tokens, mask, positions, segment, source,
+class Programs:
+  """The scorer's compiled executables, keyed by (model graph, input structure and shapes); the
+  method is static inside the `UserAdapters` structure. `len()` counts them."""
+
+  def __init__(self):
+    self._compiled: dict[Any, Any] = {}
+
+  def __len__(self) -> int:
+    return len(self._compiled)
+
+  def run(self, graphdef, *args):
+    """`_score_batch(graphdef, *args)`, compiling it first for a new key."""
+    leaves, structure = jax.tree.flatten(args)
+    key = (graphdef, structure, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
+    if key not in self._compiled:
+      self._compiled[key] = _SCORE_BATCH.lower(graphdef, *args).compile()
+    return self._compiled[key](*args)
+
+
+def _score_batch(graphdef, base, adapters, users, tokens, mask, positions, segment, source,
                  target):
   """users [R]; tokens, positions [R, T]; mask [R, T] (real slots); segment [E] (E = tail length,
   the tail is the last E slots); source, target [C] -> log-probs of the choice tokens [R, C]."""
-  _TRACES[0] += 1  # runs only while tracing: one per compilation
   t = tokens.shape[1]
   e = segment.shape[0]
   prompt_end = t - e  # the tail starts here; the last prompt token is at prompt_end - 1
@@ -131,19 +152,22 @@ def _score_batch(graphdef, peft, base, adapters, users, tokens, mask, positions,
   same_branch = (seg[None, :] == -1) | (seg[None, :] == seg[:, None])  # key is prompt or kin
   tree = (slots[None, :] <= slots[:, None]) & same_branch  # [T, T]
   gather = jnp.where(source < 0, prompt_end - 1, prompt_end + source)  # [C]
-  picked = None if adapters is None else jax.tree.map(
-      lambda a: jnp.take(a, users, axis=0), adapters)
+  method = None if adapters is None else adapters.method
+  picked = None if adapters is None else adapters.gather(users)
 
   def one_row(adapter, toks, msk, pos):
     model = nnx.merge(graphdef, base)
     full = (tree & msk[None, :])[None]  # [1, T, T]
-    hidden = apply.forward(model, peft, adapter, toks[None], pos[None], full,
+    hidden = apply.forward(model, method, adapter, toks[None], pos[None], full,
                            return_hidden=True)[0]  # [T, D]
     logits = model.logits(jnp.take(hidden, gather, axis=0))  # [C, V]
     logp = jax.nn.log_softmax(logits, axis=-1)
     return jnp.take_along_axis(logp, target[:, None], axis=1)[:, 0]  # [C]
 
   return jax.vmap(one_row)(picked, tokens, mask, positions)  # [R, C]
+
+
+_SCORE_BATCH = jax.jit(_score_batch, static_argnums=0)
 
 
 def _pack(rows, size: int, length: int, plan: _Plan, *, pad_id: int):
@@ -175,9 +199,9 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
   return fits[0]
 
 
-def _check(peft, adapters, rows, choices, batch_size):
-  if (peft is None) != (adapters is None):
-    raise ValueError("pass both peft and adapters, or neither (the bare base)")
+def _check(adapters, rows, choices, batch_size):
+  if adapters is not None and not isinstance(adapters, UserAdapters):
+    raise TypeError(f"adapters: a UserAdapters or None, got {type(adapters).__name__}")
   if not choices or any(len(c) == 0 for c in choices):
     raise ValueError("need at least one choice, each with at least one token")
   if any(len(prompt) == 0 for _, prompt in rows):
@@ -185,7 +209,7 @@ def _check(peft, adapters, rows, choices, batch_size):
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if adapters is not None and rows:
-    n_users = jax.tree.leaves(adapters)[0].shape[0]
+    n_users = adapters.num_users
     bad = [u for u, _ in rows if not 0 <= u < n_users]
     if bad:
       raise ValueError(f"user index {bad[0]} out of range for {n_users} stacked adapters")

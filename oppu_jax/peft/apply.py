@@ -1,7 +1,8 @@
 """Running the base model with one adapter: the one place that joins a PEFT method to the model.
 
-`peft` is a method object (Lora, IA3, PromptTuning, or None for the bare base); `adapter` is
-its pytree. Batched over users by the caller with `jax.vmap` (base broadcast, adapter mapped).
+`peft` is a method object (see peft/method.py; None for the bare base); `adapter` is its pytree.
+Batched over users by the caller with `jax.vmap` (base broadcast, adapter mapped). The model's
+projection hook gets the method's `project` with the model's own matmul bound.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from oppu_jax.models import layers
 from oppu_jax.models.llama import Llama
 
 
@@ -44,13 +46,22 @@ def forward(
     attention_mask = _with_prefix_mask(attention_mask.astype(bool), n_prefix)
     positions = jnp.concatenate(
         [jnp.broadcast_to(jnp.arange(n_prefix), (batch, n_prefix)), positions + n_prefix], axis=1)
-  project = functools.partial(peft.project, compute_dtype=jnp.dtype(model.config.compute_dtype))
   out, _ = model(
       embeds=embeds, positions=positions, attention_mask=attention_mask,
-      adapter_layers=adapter.get("layers"), project=project, rng=rng,
+      adapter_layers=adapter.get("layers"), project=bind_project(model, peft), rng=rng,
       return_hidden=return_hidden,
   )
   return out[:, n_prefix:]
+
+
+def bind_project(model: Llama, peft):
+  """The model's hook `project(name, x, w, adapter_layer, rng)`: the method's, with the model's
+  matmul (`Llama.matmul`, or the plain dtype-policy matmul for a model without one)."""
+  matmul = getattr(model, "matmul", None)
+  if matmul is None:
+    matmul = functools.partial(layers.matmul,
+                               compute_dtype=jnp.dtype(model.config.compute_dtype))
+  return functools.partial(peft.project, matmul=matmul)
 
 
 def _with_prefix_mask(mask: jax.Array, n_prefix: int) -> jax.Array:
@@ -90,8 +101,7 @@ def forward_with_cache(model, peft, adapter, tokens, positions, mask, cache, cac
     else:
       positions = positions + n
       cache_index = cache_index + n
-  project = functools.partial(peft.project, compute_dtype=jnp.dtype(model.config.compute_dtype))
   hidden, cache = model(embeds=embeds, positions=positions, attention_mask=mask, cache=cache,
                         cache_index=cache_index, adapter_layers=adapter.get("layers"),
-                        project=project, return_hidden=True)
+                        project=bind_project(model, peft), return_hidden=True)
   return hidden, cache

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oppu_jax.models.llama import Llama, with_frozen_bits
+from oppu_jax.models.llama import Llama, weight_table, with_frozen_bits
 from oppu_jax.peft.apply import forward
 from oppu_jax.train import optim
 from oppu_jax.train.user_batches import UserPlan, batch_for_step, empty_batch, user_seed
@@ -184,7 +184,7 @@ class _StepFunctions:
 
   def fresh_slots(self, slots: int):
     key = jax.random.PRNGKey(0)
-    one = self.peft.init(self.model_config, key, self.embed)
+    one = self.peft.init(weight_table(self.model_config), key, self.embed)
     adapters = jax.tree.map(lambda x: jnp.zeros((slots, *x.shape), x.dtype), one)
     opt_states = jax.tree.map(lambda x: jnp.zeros((slots, *x.shape), x.dtype),
                               self.tx.init(one))
@@ -197,7 +197,7 @@ class _StepFunctions:
     return self._reset(adapters, opt_states, slot, key, self.embed)
 
   def _reset_impl(self, adapters, opt_states, slot, key, embed):
-    fresh = self.peft.init(self.model_config, key, embed)
+    fresh = self.peft.init(weight_table(self.model_config), key, embed)
     fresh_opt = self.tx.init(fresh)
     put = lambda stacked, new: stacked.at[slot].set(new)
     return jax.tree.map(put, adapters, fresh), jax.tree.map(put, opt_states, fresh_opt)

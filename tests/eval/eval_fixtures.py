@@ -13,6 +13,7 @@ from oppu_jax.peft import apply
 from oppu_jax.peft.ia3 import IA3
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.prompt_tuning import PromptTuning
+from oppu_jax.peft.stack import UserAdapters
 
 N_USERS = 3
 METHODS = {"lora": Lora(targets=("q", "v", "down"), rank=4, alpha=8.0), "ia3": IA3(),
@@ -24,15 +25,20 @@ def tiny_model(scale: float = 0.02):
   by op); a larger `scale` gives peaked distributions (greedy choices not decided by noise)."""
   cfg = llama.tiny_config()
   rng = np.random.default_rng(0)
-  tensors = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size),
-             "model.norm.weight": (cfg.hidden_size,),
-             "lm_head.weight": (cfg.vocab_size, cfg.hidden_size)}
-  for ours, (d_in, *d_out) in llama.layer_shapes(cfg).items():
-    for i in range(cfg.num_layers):
-      tensors[f"model.layers.{i}.{load.HF_LAYER_NAMES[ours]}"] = (*d_out, d_in)
+  tensors = hf_tensor_shapes(llama.weight_table(cfg))
   tensors = {k: (1 + 0.1 * rng.standard_normal(s) if "norm" in k else
                  scale * rng.standard_normal(s)).astype(np.float32) for k, s in tensors.items()}
   return load.from_hf_state_dict(cfg, tensors)
+
+
+def hf_tensor_shapes(table):
+  """{HF tensor name: HF shape}: top-level weights first, then each layer weight per layer."""
+  shapes = {}
+  for w in sorted(table.weights, key=lambda w: w.stacked):
+    shape = w.shape[::-1] if w.hf_transposed else w.shape
+    for i in range(w.num_layers) if w.stacked else [None]:
+      shapes[w.hf_name(i)] = shape
+  return shapes
 
 
 def stacked_adapters(model, method, seed: int = 0):
@@ -40,9 +46,10 @@ def stacked_adapters(model, method, seed: int = 0):
   if method is None:
     return None
   embed = np.asarray(model.embed[...])
+  table = llama.weight_table(model.config)
   users = []
   for u in range(N_USERS):
-    one = method.init(model.config, jax.random.key(seed + u), jnp.asarray(embed))
+    one = method.init(table, jax.random.key(seed + u), jnp.asarray(embed))
     rng = np.random.default_rng(100 + u)
     if isinstance(method, Lora):
       one = jax.tree.map(lambda x: np.asarray(x) + 0.3 * rng.standard_normal(x.shape), one)
@@ -50,12 +57,16 @@ def stacked_adapters(model, method, seed: int = 0):
       one = jax.tree.map(lambda x: np.asarray(x) + 0.5 * rng.standard_normal(x.shape), one)
     else:
       one = jax.tree.map(lambda x: np.asarray(x) * 3 + 0.1 * rng.standard_normal(x.shape), one)
-    users.append(one)
-  return jax.tree.map(lambda *xs: np.stack(xs).astype(np.float32), *users)
+    users.append(jax.tree.map(lambda x: np.asarray(x, np.float32), one))
+  return UserAdapters.stack(method, users)
 
 
 def user_adapter(adapters, user: int):
-  return None if adapters is None else jax.tree.map(lambda a: jnp.asarray(a[user]), adapters)
+  return None if adapters is None else jax.tree.map(jnp.asarray, adapters.user(user))
+
+
+def method_of(adapters):
+  return None if adapters is None else adapters.method
 
 
 def full_logprobs(model, method, adapter, tokens, length: int = 32) -> np.ndarray:
