@@ -1,8 +1,9 @@
 """Batched multi-user generation: every row decodes under its own user's adapter, in one batch.
 
 Drives `models/generate.py` with a forward that gathers each row's adapter from the stacked
-adapters (`UserAdapters.gather` on a [rows] user index) and vmaps the per-row model call over rows, with the
-base weights broadcast and each row's KV-cache slice (cache batch axis 1) going with its adapter.
+adapters (`UserAdapters.gather` on a [rows] user index) and vmaps the per-row model call over
+rows, with the base weights broadcast and each row's KV-cache slice (cache batch axis 1) going
+with its adapter.
 Beam search works too: generate turns row r into rows r*num_beams.., so the forward repeats each
 user index num_beams times once it sees num_beams times as many rows.
 

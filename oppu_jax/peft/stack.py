@@ -33,7 +33,7 @@ class UserAdapters:
 
   @classmethod
   def like(cls, method, one: Any, num_users: int) -> "UserAdapters":
-    """`num_users` zero-filled slots shaped like the single adapter `one` (a placeholder to fill)."""
+    """`num_users` zero-filled slots shaped like the single adapter `one` (placeholders to fill)."""
     return cls(jax.tree.map(lambda x: jnp.zeros((num_users, *x.shape), x.dtype), one), method)
 
   @property

@@ -20,10 +20,11 @@ METHODS = {"lora": Lora(targets=("q", "v", "down"), rank=4, alpha=8.0), "ia3": I
            "prompt": PromptTuning(num_virtual_tokens=5), "none": None}
 
 
-def tiny_model(scale: float = 0.02):
-  """Our Llama on the tiny GQA config, random weights built in numpy (eager JAX init compiles op
-  by op); a larger `scale` gives peaked distributions (greedy choices not decided by noise)."""
-  cfg = llama.tiny_config()
+def tiny_model(scale: float = 0.02, **config):
+  """Our Llama on the tiny GQA config (`config` overrides), random weights built in numpy (eager
+  JAX init compiles op by op); a larger `scale` gives peaked distributions (greedy choices not
+  decided by noise)."""
+  cfg = llama.tiny_config(**config)
   rng = np.random.default_rng(0)
   tensors = hf_tensor_shapes(llama.weight_table(cfg))
   tensors = {k: (1 + 0.1 * rng.standard_normal(s) if "norm" in k else

@@ -31,14 +31,14 @@ def test_greedy_mixed_batch_equals_each_row_alone_and_full_recompute(model, name
   method = ef.METHODS[name]
   adapters = ef.stacked_adapters(model, method)
   rows = list(zip(USERS, PROMPTS))
-  together = generate_for_rows(model, method, adapters, rows, **KW)
+  together = generate_for_rows(model, adapters, rows, **KW)
   for (user, prompt), got in zip(rows, together):
     assert len(got) == N
     assert got == _recompute_greedy(model, method, ef.user_adapter(adapters, user), prompt)
     if name in ("lora", "ia3"):  # (one more program each; the others share this code path)
-      assert got == generate_for_rows(model, method, adapters, [(user, prompt)], **KW)[0]
+      assert got == generate_for_rows(model, adapters, [(user, prompt)], **KW)[0]
   if method is not None:  # the users' adapters matter
-    others = generate_for_rows(model, method, adapters, [((u + 1) % ef.N_USERS, p)
+    others = generate_for_rows(model, adapters, [((u + 1) % ef.N_USERS, p)
                                                          for u, p in rows], **KW)
     assert others != together
 
@@ -48,10 +48,10 @@ def test_beam_rows_keep_their_users_adapter(model):
   adapters = ef.stacked_adapters(model, method)
   rows = list(zip(USERS, PROMPTS))
   beam = dict(KW, method="beam", num_beams=3)
-  together = generate_for_rows(model, method, adapters, rows, **beam)
+  together = generate_for_rows(model, adapters, rows, **beam)
   for row, got in zip(rows, together):
-    assert got == generate_for_rows(model, method, adapters, [row], **beam)[0]
-  others = generate_for_rows(model, method, adapters, [((u + 1) % ef.N_USERS, p)
+    assert got == generate_for_rows(model, adapters, [row], **beam)[0]
+  others = generate_for_rows(model, adapters, [((u + 1) % ef.N_USERS, p)
                                                        for u, p in rows], **beam)
   assert others != together
 
@@ -61,12 +61,24 @@ def test_sampling_with_prompt_tuning_runs_and_is_reproducible(model):
   adapters = ef.stacked_adapters(model, method)
   rows = list(zip(USERS, PROMPTS))
   kw = dict(KW, method="sample", temperature=0.7, top_k=10, top_p=0.9, seed=3, eos_id=2)
-  first = generate_for_rows(model, method, adapters, rows, **kw)
-  assert first == generate_for_rows(model, method, adapters, rows, **kw)
+  first = generate_for_rows(model, adapters, rows, **kw)
+  assert first == generate_for_rows(model, adapters, rows, **kw)
   assert all(2 not in ids and len(ids) <= N for ids in first)
 
 
 def test_bad_user_index_is_refused(model):
   adapters = ef.stacked_adapters(model, ef.METHODS["ia3"])
   with pytest.raises(ValueError, match="out of range"):
-    generate_for_rows(model, ef.METHODS["ia3"], adapters, [(7, [3])], **KW)
+    generate_for_rows(model, adapters, [(7, [3])], **KW)
+
+
+def test_rows_forward_is_equal_for_equal_graphs(model):
+  """generate's jitted loops key their programs on the forward's function: two calls on the same
+  architecture must hand them equal (and equally hashed) functions, or every call recompiles."""
+  from flax import nnx
+
+  from oppu_jax.eval.decode import _RowsForward
+
+  a, b = _RowsForward(nnx.split(model)[0]), _RowsForward(nnx.split(ef.tiny_model())[0])
+  assert a == b and hash(a) == hash(b)
+  assert a != _RowsForward(nnx.split(ef.tiny_model(num_layers=3))[0])

@@ -17,15 +17,19 @@ def tiny():
   """(config, our Llama) on the tiny GQA config, random weights and random norm weights."""
   cfg = llama.tiny_config()
   rng = np.random.default_rng(0)
-  tensors = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size),
-             "model.norm.weight": (cfg.hidden_size,),
-             "lm_head.weight": (cfg.vocab_size, cfg.hidden_size)}
-  for ours, (d_in, *d_out) in llama.layer_shapes(cfg).items():
-    for i in range(cfg.num_layers):
-      tensors[f"model.layers.{i}.{load.HF_LAYER_NAMES[ours]}"] = (*d_out, d_in)  # HF: [out, in]
+  tensors = {}
+  for w in sorted(llama.weight_table(cfg).weights, key=lambda w: w.stacked):
+    shape = w.shape[::-1] if w.hf_transposed else w.shape  # HF: [out, in]
+    for i in range(w.num_layers) if w.stacked else [None]:
+      tensors[w.hf_name(i)] = shape
   tensors = {k: (1 + 0.1 * rng.standard_normal(s) if "norm" in k else
                  0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in tensors.items()}
   return cfg, load.from_hf_state_dict(cfg, tensors)
+
+
+@pytest.fixture(scope="session")
+def table(tiny):
+  return llama.weight_table(tiny[0])
 
 
 @pytest.fixture(scope="session")

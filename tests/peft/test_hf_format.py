@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from oppu_jax.models import llama, load
+from oppu_jax.errors import AdapterFormatError
+from oppu_jax.models import llama
 from oppu_jax.peft import hf_format
-from oppu_jax.peft.hf_format import AdapterFormatError, load_adapter, save_adapter
+from oppu_jax.peft.hf_format import load_adapter, save_adapter
 from oppu_jax.peft.ia3 import IA3
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.prompt_tuning import PromptTuning
@@ -47,7 +48,7 @@ def test_lora_export_loads_with_peft_from_pretrained(forward, tmp_path):
   cfg, ours, hf = tiny_hf_pair()
   lora = Lora(targets=ALL, rank=4, alpha=6.0)
   adapter = _random_lora(cfg, lora, seed=2)
-  save_adapter(tmp_path / "u0", lora, adapter)
+  save_adapter(tmp_path / "u0", lora, adapter, _table(cfg))
   hf_peft = peft_lib.PeftModel.from_pretrained(hf, tmp_path / "u0").eval()
   _assert_same_logits(forward, ours, lora, adapter, hf_peft)
 
@@ -59,7 +60,7 @@ def test_lora_saved_by_peft_imports(forward, tmp_path):
       task_type="CAUSAL_LM")).eval()
   _randomize(hf_peft, "lora_", lambda p: torch.nn.init.normal_(p, std=0.1))
   hf_peft.save_pretrained(tmp_path / "peft")
-  lora, adapter = load_adapter(tmp_path / "peft", cfg)
+  lora, adapter = load_adapter(tmp_path / "peft", _table(cfg))
   assert lora == Lora(targets=("q", "k", "down"), rank=4, alpha=16.0, dropout=0.0)
   _assert_same_logits(forward, ours, lora, adapter, hf_peft)
 
@@ -67,8 +68,8 @@ def test_lora_saved_by_peft_imports(forward, tmp_path):
 def test_ia3_both_ways(forward, tmp_path):
   cfg, ours, hf = tiny_hf_pair()
   ia3 = IA3(targets=("k", "v", "up", "down"), feedforward=("down",))
-  adapter = _perturb(ia3.init(cfg, None), seed=3, std=0.3)
-  save_adapter(tmp_path / "ours", ia3, adapter)
+  adapter = _perturb(ia3.init(_table(cfg), None), seed=3, std=0.3)
+  save_adapter(tmp_path / "ours", ia3, adapter, _table(cfg))
   exported = peft_lib.PeftModel.from_pretrained(copy.deepcopy(hf), tmp_path / "ours").eval()
   _assert_same_logits(forward, ours, ia3, adapter, exported)
 
@@ -77,7 +78,7 @@ def test_ia3_both_ways(forward, tmp_path):
       task_type="CAUSAL_LM")).eval()
   _randomize(hf_peft, "ia3_l", lambda p: p.copy_(1 + 0.3 * torch.randn_like(p)))
   hf_peft.save_pretrained(tmp_path / "peft")
-  ia3, adapter = load_adapter(tmp_path / "peft", cfg)
+  ia3, adapter = load_adapter(tmp_path / "peft", _table(cfg))
   assert ia3 == IA3(targets=("k", "v", "down"), feedforward=("down",))
   _assert_same_logits(forward, ours, ia3, adapter, hf_peft)
 
@@ -86,7 +87,7 @@ def test_prompt_tuning_both_ways_unpadded(forward, tmp_path):
   cfg, ours, hf = tiny_hf_pair()
   pt = PromptTuning(num_virtual_tokens=5)
   adapter = {"prompt": jnp.asarray(_rng(4).normal(0, 0.5, (5, cfg.hidden_size)), jnp.float32)}
-  save_adapter(tmp_path / "ours", pt, adapter, model_config=cfg)
+  save_adapter(tmp_path / "ours", pt, adapter, _table(cfg), model_config=cfg)
   exported = peft_lib.PeftModel.from_pretrained(copy.deepcopy(hf), tmp_path / "ours").eval()
   # HF numbers the virtual + real tokens 0..n+T-1 (it ignores position_ids under prompt
   # tuning), which equals our n + position only when no row is padded.
@@ -95,7 +96,7 @@ def test_prompt_tuning_both_ways_unpadded(forward, tmp_path):
   hf_peft = peft_lib.get_peft_model(hf, peft_lib.PromptTuningConfig(
       num_virtual_tokens=3, task_type="CAUSAL_LM")).eval()
   hf_peft.save_pretrained(tmp_path / "peft")
-  pt, adapter = load_adapter(tmp_path / "peft", cfg)
+  pt, adapter = load_adapter(tmp_path / "peft", _table(cfg))
   assert pt.num_virtual_tokens == 3
   _assert_same_logits(forward, ours, pt, adapter, hf_peft, padded=False)
 
@@ -114,7 +115,7 @@ def test_files_are_what_peft_writes(tmp_path):
   for i, (method, peft_config) in enumerate(cases):
     ours_dir, peft_dir = tmp_path / f"ours{i}", tmp_path / f"peft{i}"
     adapter = _init(method, cfg, seed=i)
-    save_adapter(ours_dir, method, adapter, model_config=cfg)
+    save_adapter(ours_dir, method, adapter, _table(cfg), model_config=cfg)
     peft_lib.get_peft_model(copy.deepcopy(hf), peft_config).save_pretrained(peft_dir)
     ours_cfg, peft_cfg = (_config(ours_dir), _config(peft_dir))
     assert ours_cfg == peft_cfg, {k: (ours_cfg.get(k), peft_cfg.get(k))
@@ -129,8 +130,8 @@ def test_save_then_load_gives_identical_pytrees(tmp_path):
                               IA3(targets=("k", "v", "gate", "down"), feedforward=("down",)),
                               PromptTuning(num_virtual_tokens=4, init_token_ids=(3, 9))]):
     adapter = _perturb(_init(method, cfg, seed=i), seed=i, std=1.0)
-    save_adapter(tmp_path / str(i), method, adapter, model_config=cfg)
-    loaded_method, loaded = load_adapter(tmp_path / str(i), cfg)
+    save_adapter(tmp_path / str(i), method, adapter, _table(cfg), model_config=cfg)
+    loaded_method, loaded = load_adapter(tmp_path / str(i), _table(cfg))
     assert jax.tree.structure(loaded) == jax.tree.structure(adapter)
     jax.tree.map(np.testing.assert_array_equal, loaded, adapter)
     if isinstance(method, Lora):
@@ -146,7 +147,7 @@ def test_bf16_adapter_saved_by_peft_loads_as_f32(tmp_path):
   hf_peft.save_pretrained(tmp_path / "bf16")
   with safe_open(tmp_path / "bf16" / hf_format.WEIGHTS_NAME, "flax") as f:
     assert {f.get_tensor(k).dtype for k in f.keys()} == {jnp.dtype(jnp.bfloat16)}
-  _, adapter = load_adapter(tmp_path / "bf16", cfg)
+  _, adapter = load_adapter(tmp_path / "bf16", _table(cfg))
   want = _hf_module(hf_peft, 1, "v").lora_B["default"].weight.detach().float().numpy().T
   assert adapter["layers"]["v"]["b"].dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(adapter["layers"]["v"]["b"][1]), want)
@@ -156,11 +157,11 @@ def test_overwrite_is_atomic_and_clean(tmp_path, monkeypatch):
   cfg = llama.tiny_config()
   directory = tmp_path / "user7"
   lora = Lora(rank=2)
-  save_adapter(directory, lora, _init(lora, cfg, seed=0))
+  save_adapter(directory, lora, _init(lora, cfg, seed=0), _table(cfg))
   (directory / "README.md").write_text("mine")
   ia3 = IA3()
-  save_adapter(directory, ia3, _init(ia3, cfg, seed=0))
-  assert isinstance(load_adapter(directory, cfg)[0], IA3)
+  save_adapter(directory, ia3, _init(ia3, cfg, seed=0), _table(cfg))
+  assert isinstance(load_adapter(directory, _table(cfg))[0], IA3)
   assert (directory / "README.md").read_text() == "mine"  # other files are left alone
   assert sorted(os.listdir(tmp_path)) == ["user7"]  # no temp dirs left behind
 
@@ -169,8 +170,8 @@ def test_overwrite_is_atomic_and_clean(tmp_path, monkeypatch):
 
   monkeypatch.setattr(hf_format, "save_file", fail)
   with pytest.raises(OSError, match="disk full"):
-    save_adapter(directory, lora, _init(lora, cfg, seed=1))
-  assert isinstance(load_adapter(directory, cfg)[0], IA3)  # the old adapter is intact
+    save_adapter(directory, lora, _init(lora, cfg, seed=1), _table(cfg))
+  assert isinstance(load_adapter(directory, _table(cfg))[0], IA3)  # the old adapter is intact
   assert sorted(os.listdir(tmp_path)) == ["user7"]
 
 
@@ -181,17 +182,17 @@ def test_errors_are_one_line_and_name_the_file(tmp_path):
 
   def expect(match, model_config=cfg):
     with pytest.raises(AdapterFormatError, match=match) as err:
-      load_adapter(directory, model_config)
+      load_adapter(directory, _table(model_config))
     assert "\n" not in str(err.value) and str(directory) in str(err.value)
 
   def edit_config(**changes):
-    save_adapter(directory, lora, _init(lora, cfg, seed=0))
+    save_adapter(directory, lora, _init(lora, cfg, seed=0), _table(cfg))
     config = _config(directory)
     config.update(changes)
     (directory / hf_format.CONFIG_NAME).write_text(json.dumps(config))
 
   expect(f"{hf_format.CONFIG_NAME}: missing")
-  save_adapter(directory, lora, _init(lora, cfg, seed=0))
+  save_adapter(directory, lora, _init(lora, cfg, seed=0), _table(cfg))
   os.remove(directory / hf_format.WEIGHTS_NAME)
   expect(f"{hf_format.WEIGHTS_NAME}: missing")
   edit_config(peft_type="LOHA")
@@ -216,7 +217,8 @@ def test_smollm2_lora_export_matches_peft(forward, smollm2, smollm2_hf, tmp_path
   model, cfg = smollm2
   lora = Lora(targets=("q", "v"), rank=8, alpha=16.0)
   adapter = _random_lora(cfg, lora, seed=5, b_std=0.02)
-  save_adapter(tmp_path / "smol", lora, adapter, base_model_name_or_path="SmolLM2-135M-Instruct")
+  save_adapter(tmp_path / "smol", lora, adapter, _table(cfg),
+               base_model_name_or_path="SmolLM2-135M-Instruct")
   # from_pretrained injects the LoRA layers in place: a copy keeps the session fixture bare.
   hf_peft = peft_lib.PeftModel.from_pretrained(copy.deepcopy(smollm2_hf), tmp_path / "smol")
   tokens = np.array([[1, 504, 3458, 314, 253, 1234, 28, 30, 40, 3124, 9, 17],
@@ -231,9 +233,9 @@ def test_smollm2_lora_export_matches_peft(forward, smollm2, smollm2_hf, tmp_path
 def _random_lora(cfg, lora, seed, b_std=0.1):
   """A LoRA adapter with PEFT-style uniform A and a random (nonzero) B; numpy, as eager
   jax.random compiles op by op."""
-  rng, shapes, layers = _rng(seed), llama.layer_shapes(cfg), {}
+  rng, projections, layers = _rng(seed), _table(cfg).projections, {}
   for target in lora.targets:
-    d_in, d_out = shapes[target]
+    d_in, d_out = projections[target].shape
     bound = 1 / np.sqrt(d_in)
     a = rng.uniform(-bound, bound, (cfg.num_layers, d_in, lora.rank))
     b = rng.normal(0, b_std, (cfg.num_layers, lora.rank, d_out))
@@ -245,7 +247,7 @@ def _init(method, cfg, seed):
   if isinstance(method, Lora):
     return _random_lora(cfg, method, seed)
   embed = _rng(seed).normal(0, 1, (cfg.vocab_size, cfg.hidden_size)).astype(np.float32)
-  return method.init(cfg, None, embed=jnp.asarray(embed))
+  return method.init(_table(cfg), None, embed=jnp.asarray(embed))
 
 
 def _perturb(adapter, seed, std):
@@ -285,13 +287,19 @@ def _batch(padded):
   return tokens, mask
 
 
+def _table(cfg):
+  return llama.weight_table(cfg)
+
+
 def _hf_names(targets):
-  return [load.HF_LAYER_NAMES[t].split(".")[1] for t in targets]
+  projections = _table(llama.tiny_config()).projections
+  return [projections[t].hf_module(0).split(".")[-1] for t in targets]
 
 
 def _hf_module(hf_peft, layer, target):
   block = hf_peft.base_model.model.model.layers[layer]
-  parent, name = load.HF_LAYER_NAMES[target].split(".")[:2]
+  # "model.layers.0.self_attn.q_proj" -> block.self_attn.q_proj
+  parent, name = _table(llama.tiny_config()).projections[target].hf_module(0).split(".")[3:5]
   return getattr(getattr(block, parent), name)
 
 

@@ -3,10 +3,12 @@ embeddings, and a left-padded row gives what it gives alone."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
+from oppu_jax.peft import method
 from oppu_jax.peft.prompt_tuning import PromptTuning
 
 TOKENS = np.array([[5, 17, 33, 2, 91, 64, 8, 12], [0, 0, 0, 44, 9, 71, 3, 100]])
@@ -30,13 +32,20 @@ def test_changes_logits_and_drops_virtual_outputs(tiny, forward):
   np.testing.assert_allclose(got, np.asarray(full)[:, n:], atol=1e-5)
 
 
-def test_init_takes_token_rows_cycled(tiny):
+def test_init_takes_token_rows_cycled(tiny, table):
   cfg, model = tiny
   embed = model.embed[...]
-  prompt = PromptTuning(num_virtual_tokens=5, init_token_ids=(3, 9)).init(cfg, None, embed)
+  prompt = PromptTuning(num_virtual_tokens=5, init_token_ids=(3, 9)).init(table, None, embed)
   np.testing.assert_array_equal(np.asarray(prompt["prompt"]), np.asarray(embed)[[3, 9, 3, 9, 3]])
   with pytest.raises(ValueError, match="embedding table"):
-    PromptTuning(num_virtual_tokens=5).init(cfg, jax.random.key(0))
+    PromptTuning(num_virtual_tokens=5).init(table, jax.random.key(0))
+
+
+def test_built_from_config_starts_from_the_instruction(table):
+  peft = ml_collections.ConfigDict(dict(method="prompt_tuning", num_virtual_tokens=6))
+  encode = lambda text: [len(word) for word in text.split()]
+  got = method.build(peft, table=table, encode=encode, instruction="rate this review")
+  assert got == PromptTuning(num_virtual_tokens=6, init_token_ids=(4, 4, 6))
 
 
 def test_left_padded_rows_equal_rows_alone(tiny, forward):
