@@ -85,12 +85,14 @@ _BY_PEFT_TYPE: dict[str, type] = {}
 
 def register(cls: type) -> type:
   """Class decorator: makes `cls` available by its `name` and its `peft_type`."""
-  for table, key in ((_BY_NAME, cls.name), (_BY_PEFT_TYPE, cls.peft_type)):
+  entries = ((_BY_NAME, cls.name), (_BY_PEFT_TYPE, cls.peft_type))
+  for table, key in entries:
     old = table.get(key)
     # The same class defined again (a re-imported module) replaces itself; another class may not.
     if old is not None and (old.__module__, old.__qualname__) != (cls.__module__,
                                                                   cls.__qualname__):
       raise ValueError(f"PEFT method {key!r} is already registered by {old.__qualname__}")
+  for table, key in entries:
     table[key] = cls
   return cls
 

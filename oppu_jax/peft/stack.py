@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from oppu_jax.errors import AdapterFormatError
+from oppu_jax.peft import hf_format
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +58,7 @@ class UserAdapters:
   def set_user(self, index, adapter: Any) -> "UserAdapters":
     """A copy with slot `index` replaced by `adapter` (jit-friendly; traced `index` allowed)."""
     return dataclasses.replace(
-        self, tree=jax.tree.map(lambda s, a: s.at[index].set(a), self.tree, adapter))
+        self, tree=jax.tree.map(lambda s, a: jnp.asarray(s).at[index].set(a), self.tree, adapter))
 
   def gather(self, users: jax.Array) -> Any:
     """Per-row adapters: users [rows] int -> the method's pytree with leaves [rows, ...]."""
@@ -63,17 +66,14 @@ class UserAdapters:
 
   def save_user(self, index: int, directory: str, table, **kw) -> None:
     """Writes one user's adapter as an HF PEFT directory (see peft/hf_format.py)."""
-    from oppu_jax.peft import hf_format
-
     hf_format.save_adapter(directory, self.method, self.user(index), table, **kw)
 
   @classmethod
-  def load(cls, directories: Sequence[str], table) -> "UserAdapters":
+  def load(cls, directories: Sequence[str], table, model_config=None) -> "UserAdapters":
     """Reads users' HF PEFT directories (one method for all) into one stack, on host."""
-    from oppu_jax.errors import AdapterFormatError
-    from oppu_jax.peft import hf_format
-
-    loaded = [hf_format.load_adapter(d, table) for d in directories]
+    if not directories:
+      raise ValueError("UserAdapters.load: no directories")
+    loaded = [hf_format.load_adapter(d, table, model_config) for d in directories]
     method = loaded[0][0]
     for d, (m, _) in zip(directories, loaded):
       if m != method:

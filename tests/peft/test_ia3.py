@@ -1,12 +1,13 @@
 """(IA)³: a fresh adapter is the identity; the vectors scale the right side of each projection."""
 
-import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from oppu_jax.errors import ConfigError
+from oppu_jax.peft import method
 from oppu_jax.peft.ia3 import IA3
 
 TOKENS = jnp.array([[5, 17, 33, 2, 91, 64, 8, 12], [0, 0, 0, 44, 9, 71, 3, 100]])
@@ -56,3 +57,9 @@ def test_bad_targets_raise(table):
     IA3(targets=("k", "value")).init(table, None)
   with pytest.raises(ConfigError, match=r"unknown projection\(s\) \['mlp'\]"):
     IA3(feedforward=("mlp",)).init(table, None)
+
+
+def test_built_from_config_on_the_papers_targets(table):
+  """`peft.targets` are LoRA's (q, v): (IA)³ keeps k, v and down."""
+  peft = ml_collections.ConfigDict(dict(method="ia3", targets=("q", "v"), rank=8))
+  assert method.build(peft, table=table) == IA3(targets=("k", "v", "down"), feedforward=("down",))
