@@ -122,7 +122,10 @@ class _Plan:
 
 class Programs:
   """The scorer's compiled executables, keyed by (model graph, input structure and shapes); the
-  method is static inside the `UserAdapters` structure. `len()` counts them."""
+  method is static inside the `UserAdapters` structure. `len()` counts them.
+
+  Compiling happens here, on the host, through `jit(...).lower(...).compile()` (JAX keeps its own
+  in-process cache of those, so a fresh `Programs` does not make XLA compile a shape again)."""
 
   def __init__(self):
     self._compiled: dict[Any, Any] = {}

@@ -1,8 +1,8 @@
 """Running the base model with one adapter: the one place that joins a PEFT method to the model.
 
-`peft` is a method object (see peft/method.py; None for the bare base); `adapter` is its pytree.
-Batched over users by the caller with `jax.vmap` (base broadcast, adapter mapped). The model's
-projection hook gets the method's `project` with the model's own matmul bound.
+`method` is a PEFT method object (see peft/method.py; None for the bare base); `adapter` is its
+pytree. Batched over users by the caller with `jax.vmap` (base broadcast, adapter mapped). The
+model's projection hook gets the method's `project` with the model's own matmul bound.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from oppu_jax.models.llama import Llama
 
 def forward(
     model: Llama,
-    peft,
+    method,
     adapter,
     tokens: jax.Array,
     positions: jax.Array,
@@ -32,12 +32,12 @@ def forward(
   With prompt tuning the virtual tokens come first, at positions 0..n-1; the real tokens follow
   at n + position, as HF PEFT numbers them. Their outputs are dropped before returning.
   """
-  if peft is None:
+  if method is None:
     out, _ = model(tokens, positions=positions, attention_mask=attention_mask,
                    return_hidden=return_hidden)
     return out
   embeds = model.embed_tokens(tokens)
-  prefix = peft.prefix(adapter)
+  prefix = method.prefix(adapter)
   n_prefix = 0
   if prefix is not None:
     batch = tokens.shape[0]
@@ -48,20 +48,20 @@ def forward(
         [jnp.broadcast_to(jnp.arange(n_prefix), (batch, n_prefix)), positions + n_prefix], axis=1)
   out, _ = model(
       embeds=embeds, positions=positions, attention_mask=attention_mask,
-      adapter_layers=adapter.get("layers"), project=bind_project(model, peft), rng=rng,
+      adapter_layers=adapter.get("layers"), project=bind_project(model, method), rng=rng,
       return_hidden=return_hidden,
   )
   return out[:, n_prefix:]
 
 
-def bind_project(model: Llama, peft):
+def bind_project(model: Llama, method):
   """The model's hook `project(name, x, w, adapter_layer, rng)`: the method's, with the model's
   matmul (`Llama.matmul`, or the plain dtype-policy matmul for a model without one)."""
   matmul = getattr(model, "matmul", None)
   if matmul is None:
     matmul = functools.partial(layers.matmul,
                                compute_dtype=jnp.dtype(model.config.compute_dtype))
-  return functools.partial(peft.project, matmul=matmul)
+  return functools.partial(method.project, matmul=matmul)
 
 
 def _with_prefix_mask(mask: jax.Array, n_prefix: int) -> jax.Array:
@@ -79,17 +79,17 @@ def _with_prefix_mask(mask: jax.Array, n_prefix: int) -> jax.Array:
                           real_rows], axis=1)
 
 
-def forward_with_cache(model, peft, adapter, tokens, positions, mask, cache, cache_index):
+def forward_with_cache(model, method, adapter, tokens, positions, mask, cache, cache_index):
   """`forward` with a KV cache -> (final hidden states [B, T, D], cache), for generation.
 
   Prompt tuning takes n extra cache slots in front: the prefill (the call with the literal
   cache_index 0) writes the virtual tokens there; later calls shift positions and the index by n.
   mask: [B, cache_len - n] over the caller's slots."""
-  if peft is None:
+  if method is None:
     return model(tokens, positions=positions, attention_mask=mask, cache=cache,
                  cache_index=cache_index, return_hidden=True)
   embeds = model.embed_tokens(tokens)
-  prefix = peft.prefix(adapter)
+  prefix = method.prefix(adapter)
   if prefix is not None:
     n = prefix.shape[0]
     mask = jnp.concatenate([jnp.ones((1, n), bool), mask.astype(bool)], axis=1)
@@ -103,5 +103,5 @@ def forward_with_cache(model, peft, adapter, tokens, positions, mask, cache, cac
       cache_index = cache_index + n
   hidden, cache = model(embeds=embeds, positions=positions, attention_mask=mask, cache=cache,
                         cache_index=cache_index, adapter_layers=adapter.get("layers"),
-                        project=bind_project(model, peft), return_hidden=True)
+                        project=bind_project(model, method), return_hidden=True)
   return hidden, cache
