@@ -29,7 +29,8 @@ import re
 from typing import Any
 
 from oppu_jax.data import tasks as tasks_lib
-from oppu_jax.data.types import DataError, LampData, Query, User
+from oppu_jax.data.types import LampData, Query, User
+from oppu_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import rank_bm25
 
-from oppu_jax.data.types import DataError
+from oppu_jax.errors import DataError
 
 Item = Mapping[str, Any]
 # A history item's text: a field name, or a function of the item (e.g. title + " " + text).

@@ -25,7 +25,7 @@ import random
 from typing import Any
 import zlib
 
-from oppu_jax.data.types import DataError
+from oppu_jax.errors import DataError
 
 Item = Mapping[str, Any]
 ANSWER_SEP = " "

@@ -1,4 +1,5 @@
-"""The run directory: the config it belongs to, atomic writes, and what is already done.
+"""The run directory: the config it belongs to, and the one rule for outputs: a result is done
+when its path exists, and every path appears whole (written aside, then renamed).
 
 Layout: config.json, data/ (generated data, if no path was given), checkpoints/task_<B|R|P>
 (orbax: the task-adaptation LoRA), adapters/<setting>/<user_id>/ (HF PEFT format),
@@ -7,17 +8,48 @@ profiles.json, predictions/<setting>.json, results.json, results.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
+
+from oppu_jax.errors import WorkdirError
 
 # Keys that do not change results: a rerun may differ in them.
 _NOT_FINGERPRINTED = ("overwrite", "progress", "distributed")
 
 
-class WorkdirError(ValueError):
-  """The workdir holds another run; the message is one line."""
+def is_done(path: str) -> bool:
+  """Whether a stage's output is there. Sound because outputs appear whole: through `output`,
+  orbax (which renames a finished checkpoint into place) or hf_format (a finished directory)."""
+  return os.path.exists(path)
+
+
+@contextlib.contextmanager
+def output(path: str):
+  """Yields a temporary sibling of `path` to write (a file or a directory), renamed onto `path`
+  when the block ends without error: a killed run leaves the old path or the new one, never half.
+  """
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  _remove(tmp)  # a killed run's leftover
+  try:
+    yield tmp
+    if os.path.isdir(tmp):
+      _remove(path)  # os.replace cannot replace a directory that has files
+    os.replace(tmp, path)
+  finally:
+    _remove(tmp)
+
+
+def write_json(path: str, doc) -> None:
+  with output(path) as tmp, open(tmp, "w") as f:
+    json.dump(doc, f, indent=2, sort_keys=True)
+
+
+def write_text(path: str, text: str) -> None:
+  with output(path) as tmp, open(tmp, "w") as f:
+    f.write(text)
 
 
 def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
@@ -39,18 +71,11 @@ def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
   write_json(path, config_dict)
 
 
-def write_json(path: str, doc) -> None:
-  """Writes JSON atomically: a killed process leaves the old file or the new one, never half."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(doc, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+def _remove(path: str) -> None:
+  if os.path.isdir(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
 
 
 def _fingerprint(config_dict: dict) -> dict:
