@@ -1,6 +1,6 @@
 """Read and write LaMP data: the official release, OPPU's processed release, predictions.
 
-Layouts (DESIGN.md §1):
+Layouts:
 - "official": `{split}_questions.json` (records `id`, `input`, `profile`, optionally `user_id`
   and `date`) and, when the golds are public, `{split}_outputs.json`. Records sharing a
   `user_id` are one user: their profiles merge into one history (deduplicated by item id, the

@@ -1,4 +1,4 @@
-"""LaMP metrics with the official evaluator's semantics (DESIGN.md §3), without `evaluate`.
+"""LaMP metrics with the official evaluator's semantics, without `evaluate`.
 
 - Predictions and golds are stripped.
 - Classification (LaMP_1, LaMP_2N, LaMP_2M): each string maps to its index in the task's label

@@ -43,8 +43,7 @@ def output(path: str):
 
 
 def write_json(path: str, doc) -> None:
-  with output(path) as tmp, open(tmp, "w") as f:
-    json.dump(doc, f, indent=2, sort_keys=True)
+  write_text(path, json.dumps(doc, indent=2, sort_keys=True))
 
 
 def write_text(path: str, text: str) -> None:
