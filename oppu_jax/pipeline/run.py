@@ -138,7 +138,8 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
                history_mode=c.data.history_mode), c.train.batch_size, c.train.epochs)
            for u in todo]
   method = make_peft(exp, model)
-  save = lambda result: _save_adapter(exp, model, method, setting, result)
+  save = lambda result: hf_format.save_adapter(  # later: UserAdapters.save_user
+      _adapter_dir(exp, setting, result.user_id), method, result.adapter, model_config=model.config)
   _train(exp, model, method, plans, c.train.learning_rate, c.train.slots,
          f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.mesh)
 
@@ -277,11 +278,6 @@ def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: i
     # TODO(lead): progress=bar once the trainer reports StepReport.
     on_step = progress.from_legacy(bar, total, len(plans), min(slots, len(plans)))
     return multi_user.train_users(model, method, plans, train_config, progress=on_step, **kw)
-
-
-def _save_adapter(exp: Experiment, model, method, setting: Setting, result) -> None:
-  hf_format.save_adapter(_adapter_dir(exp, setting, result.user_id), method, result.adapter,
-                         model_config=model.config)
 
 
 def _load_adapters(exp: Experiment, model, setting: Setting):

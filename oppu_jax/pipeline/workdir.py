@@ -54,17 +54,15 @@ def write_text(path: str, text: str) -> None:
 def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
   """Creates the workdir for this config, or checks that it already belongs to it."""
   path = os.path.join(workdir, "config.json")
-  mine = _fingerprint(config_dict)
   if os.path.exists(path):
     with open(path) as f:
-      theirs = _fingerprint(json.load(f))
-    if theirs != mine:
-      if not overwrite:
-        diff = sorted(k for k in set(_flat(mine)) | set(_flat(theirs))
-                      if _flat(mine).get(k) != _flat(theirs).get(k))
-        raise WorkdirError(
-            f"{workdir} holds a run with a different config (differs in {', '.join(diff[:5])});"
-            " use another --workdir or pass --config.overwrite=True to replace it")
+      theirs, mine = _flat(json.load(f)), _flat(config_dict)
+    diff = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k))
+    if diff and not overwrite:
+      raise WorkdirError(
+          f"{workdir} holds a run with a different config (differs in {', '.join(diff[:5])});"
+          " use another --workdir or pass --config.overwrite=True to replace it")
+    if diff:
       shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
   write_json(path, config_dict)
@@ -77,15 +75,13 @@ def _remove(path: str) -> None:
     os.remove(path)
 
 
-def _fingerprint(config_dict: dict) -> dict:
-  # Through JSON, so tuples and lists (as a reloaded config has them) compare equal.
-  return json.loads(json.dumps(
-      {k: v for k, v in config_dict.items() if k not in _NOT_FINGERPRINTED}, sort_keys=True))
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
+def _flat(d: dict, prefix: str = "") -> dict[str, str]:
+  """{"train.epochs": "2", ...} without the keys that do not change results; through JSON, so
+  tuples and lists (as a reloaded config has them) compare equal."""
   out = {}
   for k, v in d.items():
+    if not prefix and k in _NOT_FINGERPRINTED:
+      continue
     if isinstance(v, dict):
       out.update(_flat(v, f"{prefix}{k}."))
     else:
