@@ -6,7 +6,8 @@ seeded by (seed, user id) through `retrieval.random_k`, and kept in time order),
 `max_words` words, the task's Appendix J prompt (in the chat template for an instruct model),
 greedy decoding with the plain (un-adapted) model.
 
-The cache is one JSON file, rewritten whole (pipeline/workdir.output) after every batch, so a killed run resumes:
+The cache is one JSON file, rewritten whole (pipeline/workdir.output) after every batch, so a
+killed run resumes:
   {"settings": {...}, "profiles": {user_id: text}, "prompts": {user_id: digest of prompt ids}}
 `settings` fingerprints what the prompt ids do not show (generation settings and the model's
 weights); a mismatch drops the whole cache. The per-user prompt digest catches the rest (a changed
