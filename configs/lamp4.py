@@ -2,19 +2,13 @@
 
   python -m oppu_jax.main --config=configs/lamp4.py --workdir=/tmp/oppu_lamp4
 
-With no data path, the run generates LaMP-format LaMP_4 data with learnable per-user preferences
-(oppu_jax/data/synth.py), adapts the base to the task on the other users, trains one adapter per
-test user, and reports ROUGE-1 and ROUGE-L for non_personalized and oppu_k0 in results.md.
-Expected result: not yet measured on this machine for LaMP_4 (the measured run is configs/lamp3.py;
-see the README). Run the whole Table 1 grid with --config.settings=all.
+Generates synthetic LaMP-format data (no data.path), adapts the base to the task, trains one adapter
+per test user and reports ROUGE-1 and ROUGE-L in results.md. Not yet measured (the measured run is
+configs/lamp3.py). Differences from the base: oppu_jax/config.py TASK_DIFFERENCES.
 """
 
-from oppu_jax import config as base
+from oppu_jax import config
 
 
 def get_config():
-  c = base.get_config()
-  c.task = "LaMP_4"
-  c.train.epochs = 2  # the paper: 2 epochs for generation tasks
-  c.task_adapt.epochs = 2
-  return c
+  return config.for_task("LaMP_4")

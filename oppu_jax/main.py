@@ -21,13 +21,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes and resume
 
 def main(argv) -> None:
   del argv
-  from oppu_jax.data.types import DataError
-  from oppu_jax.eval import report
-  from oppu_jax.models.load import ModelError
-  from oppu_jax.peft.hf_format import AdapterFormatError
-  from oppu_jax.pipeline import run
-  from oppu_jax.pipeline.workdir import WorkdirError
-
   logging.getLogger().setLevel(logging.INFO)
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     handler.addFilter(_quiet_libraries)
@@ -42,11 +35,21 @@ def main(argv) -> None:
     import jax
 
     jax.distributed.initialize()
+  print(run_and_report(config, _WORKDIR.value))
+
+
+def run_and_report(config, workdir: str) -> str:
+  """Runs the experiment; the results table. An OppuError (bad input) exits with its one-line
+  message; anything else is a bug and keeps its traceback."""
+  from oppu_jax.errors import OppuError
+  from oppu_jax.eval import report
+  from oppu_jax.pipeline import run
+
   try:
-    results = run.run(config, _WORKDIR.value)
-  except (DataError, ModelError, AdapterFormatError, WorkdirError, ValueError) as e:
+    results = run.run(config, workdir)
+  except OppuError as e:
     sys.exit(f"error: {e}")
-  print(report.markdown_table(config.task, results))
+  return report.markdown_table(config.task, results)
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:

@@ -23,6 +23,8 @@ import dataclasses
 
 import numpy as np
 
+from oppu_jax.errors import ConfigError
+
 Batch = dict[str, np.ndarray]
 
 
@@ -50,7 +52,7 @@ def encode_pair(
   """[BOS] prompt answer EOS, with the loss on the answer tokens and EOS only."""
   bos = [] if bos_id is None else [bos_id]
   if cutoff is not None and cutoff < len(bos) + 2:
-    raise ValueError(f"cutoff {cutoff} leaves no room for a prompt and an answer")
+    raise ConfigError(f"config.model.cutoff: {cutoff} leaves no room for a prompt and an answer")
   p, a, eos = list(encode(prompt)), list(encode(answer)), [eos_id]
   if cutoff is not None and len(bos) + len(p) + len(a) + 1 > cutoff:
     room = cutoff - len(bos)
@@ -76,7 +78,7 @@ def encode_text(
   """Next-token example: the loss covers every text token (and EOS); cut-off keeps the start."""
   bos = [] if bos_id is None else [bos_id]
   if cutoff is not None and cutoff < len(bos) + 1:
-    raise ValueError(f"cutoff {cutoff} leaves no room for the text")
+    raise ConfigError(f"config.model.cutoff: {cutoff} leaves no room for the text")
   body = list(encode(text)) + ([eos_id] if add_eos else [])
   if cutoff is not None and len(bos) + len(body) > cutoff:
     body = body[: cutoff - len(bos)]  # A cut text did not end: its EOS goes with the cut.
@@ -88,8 +90,8 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
   for b in sorted(buckets):
     if b >= n:
       return b
-  raise ValueError(f"sequence of {n} tokens exceeds the largest bucket {max(buckets)}; "
-                   "lower the cut-off or add a bucket")
+  raise ConfigError(f"config.model.seq_buckets: a sequence of {n} tokens exceeds the largest "
+                    f"bucket {max(buckets)}; lower config.model.cutoff or add a bucket")
 
 
 def make_batches(

@@ -1,6 +1,6 @@
 """Read and write LaMP data: the official release, OPPU's processed release, predictions.
 
-Layouts (DESIGN.md §1):
+Layouts:
 - "official": `{split}_questions.json` (records `id`, `input`, `profile`, optionally `user_id`
   and `date`) and, when the golds are public, `{split}_outputs.json`. Records sharing a
   `user_id` are one user: their profiles merge into one history (deduplicated by item id, the
@@ -29,7 +29,8 @@ import re
 from typing import Any
 
 from oppu_jax.data import tasks as tasks_lib
-from oppu_jax.data.types import DataError, LampData, Query, User
+from oppu_jax.data.types import LampData, Query, User
+from oppu_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 

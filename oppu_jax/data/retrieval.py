@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import rank_bm25
 
-from oppu_jax.data.types import DataError
+from oppu_jax.errors import DataError
 
 Item = Mapping[str, Any]
 # A history item's text: a field name, or a function of the item (e.g. title + " " + text).
@@ -160,35 +160,6 @@ def stable_seed(*parts: Any) -> int:
   """A 64-bit seed from the parts' string forms; the same in every process and run."""
   digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
   return int.from_bytes(digest[:8], "little")
-
-
-def least_similar(query_vec: np.ndarray, item_vecs: np.ndarray, m: int) -> list[int]:
-  """Indices (ascending, i.e. time order) of the m items least cosine-similar to the query.
-
-  query_vec: [d], or [q, d] for several queries (an item's similarity is then its maximum over
-  the queries, so an item close to any query is dropped). item_vecs: [n, d]. Ties by index.
-  """
-  if len(item_vecs) == 0:
-    return []
-  q = np.atleast_2d(np.asarray(query_vec, np.float64))  # [q, d]
-  x = np.asarray(item_vecs, np.float64).reshape(len(item_vecs), -1)  # [n, d]
-  # Zero vectors get similarity 0 instead of NaN.
-  qn = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
-  xn = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-  sim = (xn @ qn.T).max(axis=-1)  # [n]
-  return sorted(top_k_indices(-sim, m))
-
-
-def least_similar_history(
-    query_texts: Sequence[str],
-    history_texts: Sequence[str],
-    m: int,
-    embed: Callable[[list[str]], np.ndarray],
-) -> list[int]:
-  """The paper's behavior-shift history: `least_similar` on `embed`'s vectors ([n, d])."""
-  if not history_texts:
-    return []
-  return least_similar(embed(list(query_texts)), embed(list(history_texts)), m)
 
 
 def _rank(method, query, history, visible, k, doc_text, tokenize, seed_parts, date_key):

@@ -5,9 +5,9 @@ A prompt is a plain string; an answer is the gold string as the LaMP evaluator c
 answer as `ANSWER_SEP + answer` (`model_pair`) so the space belongs to the answer, as the
 reference's `"... score: {score}"` tokenizes; a pair with an empty prompt is plain text.
 
-Sources (DESIGN.md §1–§2): the OPPU task prompts (paper Appendix I; wording and line breaks as
-in OPPU's `prompt/prompt.json`), the profile prompts (Appendix J), the RAG prompt and CONVERT of
-the PEFT-vs-RAG study (its Tables 3 and 4, as LaMP's `prompts/prompts.py` builds them). Departures
+Sources: the OPPU task prompts (paper Appendix I; wording and line breaks as in OPPU's
+`prompt/prompt.json`), the profile prompts (Appendix J), CONVERT of the PEFT-vs-RAG study (its
+Table 4, as LaMP's `prompts/prompts.py` builds it). Departures
 from the reference code, on purpose:
 - LaMP_1's task prompt keeps both reference options (the reference formats them into a template
   with one slot, so they vanish); its text-mode item is the title (the reference's
@@ -25,7 +25,7 @@ import random
 from typing import Any
 import zlib
 
-from oppu_jax.data.types import DataError
+from oppu_jax.errors import DataError
 
 Item = Mapping[str, Any]
 ANSWER_SEP = " "
@@ -73,7 +73,6 @@ class Task:
   input_marker: str  # regex; the query text starts after its first match
   prompt: str  # OPPU task prompt (Appendix I), same slots as lamp_input
   history_line: str  # a retrieved item in the OPPU prompt, slots are item fields
-  rag_line: str  # a retrieved item in the RAG prompt (PEFT-vs-RAG Table 3 "PPEP")
   profile_instruction: str  # Appendix J; "{}" takes the user history
 
   @property
@@ -191,26 +190,6 @@ def retrieval_query(task: Task | str, query_input: str) -> str:
   return query_text(task, query_input)
 
 
-def rag_prompt(task: Task | str, query_input: str, retrieved_items: Sequence[Item]) -> str:
-  """The PEFT-vs-RAG study's RAG prompt (its Table 3, LaMP's `create_*_prompt`), without the
-  reference's token-budget cut: truncate items beforehand if needed."""
-  task = _task(task)
-  if not retrieved_items:
-    return query_input
-  joined = ", and ".join(task.rag_line.format(**item) for item in retrieved_items)
-  if task.name == "LaMP_1":
-    # LaMP's add_string_after_title: insert right after the first "title" of the input.
-    at = query_input.find("title")
-    if at == -1:
-      return query_input
-    return query_input[: at + 5] + ", and " + joined + query_input[at + 5:]
-  if task.name == "LaMP_5":
-    return f"{joined}. Following the given patterns {query_input}"
-  if task.name == "LaMP_7":
-    return f"{joined} are written by a person. Following the given patterns {query_input}"
-  return f"{joined}. {query_input}"
-
-
 def profile_prompt(task: Task | str, history_items: Sequence[Item], max_words: int = 200) -> str:
   """The Appendix J prompt that asks an instruct LLM for the user's profile. Each item's fields
   are cut to `max_words` words, as the reference does; choose the items (the reference samples
@@ -284,7 +263,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (
             "Please respond with only the number that corresponds to the reference.\n"
             "paper title: {title}\nreference: [1] - {option1} [2] - {option2}\nanswer:"),
         history_line="paper title: {title}",
-        rag_line='"{title}"',
         profile_instruction=(
             "Write a summary, in English, of the research interests and topics of a researcher "
             "who has published the following papers. Only generate the summary, no other text. "
@@ -304,7 +282,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (
             "answer with the category name without further explanation. categories: ["
             + _PROMPT_CATEGORIES + "]\narticle: {text} category:"),
         history_line="article: {text} category: {category}",
-        rag_line='the category for the article: "{text}" is "{category}" ',
         profile_instruction=(
             "Look at the following past articles this journalist has written and determine the "
             "most popular category they write in. Answer in the following form: most popular "
@@ -324,7 +301,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (
             "tag name without further explanation. tags: [" + _PROMPT_TAGS + "]\n"
             "description: {text} tag:"),
         history_line="description: {description} tag: {tag}",
-        rag_line='the tag for the movie: "{description}" is "{tag}" ',
         profile_instruction=(
             "Look at the following past movies this user has watched and determine the most "
             "popular tag they labeled. Answer in the following form: most popular tag: <tag>. "
@@ -342,7 +318,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (
             "What is the score of the following review on a scale of 1 to 5? just answer with "
             "1, 2, 3, 4, or 5 without further explanation.\nreview: {text} score:"),
         history_line="review: {text} score: {score}",
-        rag_line='{score} is the score for "{text}" ',
         profile_instruction=(
             "Based on this user's past reviews, what are the most common scores they give for "
             "positive and negative reviews? Answer in the following form: most common positive "
@@ -357,7 +332,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         input_marker=r"following article:",
         prompt="Generate a headline for the following article.\narticle: {text} headline:",
         history_line="article: {text} headline: {title}",
-        rag_line='"{title}" is the title for "{text}" ',
         profile_instruction=(
             "Given this author's previous articles, try to describe a template for their "
             "headlines. I want to be able to accurately predict the headline gives one of their "
@@ -372,7 +346,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         input_marker=r"abstract of a paper:",
         prompt="Generate a title for the following abstract of a paper.\nabstract: {text} title:",
         history_line="abstract: {abstract} title: {title}",
-        rag_line='"{title}" is the title for "{abstract}" ',
         profile_instruction=(
             "Given this author's previous publications, try to describe a template for their "
             "titles. I want to be able to accurately predict the title of one of the papers from "
@@ -387,7 +360,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         input_marker=r"following email:",
         prompt="Generate a subject for the following email.\nemail: {text} subject:",
         history_line="email: {text} subject: {title}",
-        rag_line='"{title}" is the title for "{text}" ',
         profile_instruction=(
             "Given this person's previous emails, try to describe a template for their email "
             "subjects. I want to be able to accurately predict the subject of one of their "
@@ -404,7 +376,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (
             "Following the given pattern, paraphrase the following text into tweet without any "
             "explanation before or after it.\ntext: {text} tweet:"),
         history_line="tweet: {text}",
-        rag_line='"{text}" ',
         profile_instruction=(
             "Given this person's previous tweets, try to describe a template for their tweets. I "
             "want to take a generic sentence and rephrase it to sound like one of their tweets, "

@@ -23,7 +23,7 @@ import json
 import os
 from typing import Any
 
-from oppu_jax.data.types import DataError
+from oppu_jax.errors import DataError
 
 TASKS = ("LaMP_1", "LaMP_2N", "LaMP_2M", "LaMP_3", "LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7")
 SPLITS = ("train", "dev", "test")
@@ -33,16 +33,16 @@ NAME = "lamp"  # the TFDS dataset name: tfds.data_source("lamp/LaMP_3", data_dir
 def prepare(task: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike):
   """Builds (once; later calls reuse it) the array_record dataset of `task`; the builder."""
   tfds = _tfds()
-  b = builder(task, data_dir)
+  b = _builder(task, data_dir)
   b.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir)))
   return b
 
 
-def builder(task: str, data_dir: str | os.PathLike):
+def _builder(task: str, data_dir: str | os.PathLike):
   """The LaMP builder for `task` (a config name in TASKS) writing array_record to data_dir."""
   if task not in TASKS:
-    raise ValueError(f"unknown LaMP task {task!r}; expected one of {', '.join(TASKS)}")
+    raise DataError(f"unknown LaMP task {task!r}; expected one of {', '.join(TASKS)}")
   return builder_class()(config=task, data_dir=os.path.expanduser(data_dir),
                          file_format="array_record")
 

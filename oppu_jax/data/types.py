@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-
-class DataError(ValueError):
-  """Bad input data. The message is one line naming the file and the record."""
+from oppu_jax.errors import DataError  # noqa: F401  (re-exported: `types.DataError` is the same)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""LaMP metrics with the official evaluator's semantics (DESIGN.md §3), without `evaluate`.
+"""LaMP metrics with the official evaluator's semantics, without `evaluate`.
 
 - Predictions and golds are stripped.
 - Classification (LaMP_1, LaMP_2N, LaMP_2M): each string maps to its index in the task's label
@@ -23,6 +23,7 @@ import numpy as np
 from rouge_score import rouge_scorer
 
 from oppu_jax.data import tasks
+from oppu_jax.errors import DataError
 
 
 def evaluate(
@@ -36,14 +37,14 @@ def evaluate(
   task = tasks.get_task(task_name)
   task_name = task.name
   if not golds:
-    raise ValueError(f"{task_name}: no gold ids to evaluate")
+    raise DataError(f"{task_name}: no gold ids to evaluate")
   missing = [i for i in golds if i not in preds]
   if missing:
-    raise ValueError(f"{task_name}: no prediction for id {missing[0]!r} "
+    raise DataError(f"{task_name}: no prediction for id {missing[0]!r} "
                      f"({len(missing)} of {len(golds)} gold ids missing)")
   extra = [i for i in preds if i not in golds]
   if extra:
-    raise ValueError(f"{task_name}: prediction for unknown id {extra[0]!r} "
+    raise DataError(f"{task_name}: prediction for unknown id {extra[0]!r} "
                      f"({len(extra)} ids without a gold)")
   ids = list(golds)
   g, p = [golds[i] for i in ids], [preds[i] for i in ids]
@@ -116,4 +117,4 @@ def _gold_rating(s: str, where) -> float:
   try:
     return float(str(s).strip())
   except ValueError:
-    raise ValueError(f"gold rating {s!r} of id {where!r} is not a number") from None
+    raise DataError(f"gold rating {s!r} of id {where!r} is not a number") from None

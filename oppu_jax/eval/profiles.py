@@ -6,7 +6,8 @@ seeded by (seed, user id) through `retrieval.random_k`, and kept in time order),
 `max_words` words, the task's Appendix J prompt (in the chat template for an instruct model),
 greedy decoding with the plain (un-adapted) model.
 
-The cache is one JSON file, rewritten atomically after every batch, so a killed run resumes:
+The cache is one JSON file, rewritten whole (pipeline/workdir.output) after every batch, so a
+killed run resumes:
   {"settings": {...}, "profiles": {user_id: text}, "prompts": {user_id: digest of prompt ids}}
 `settings` fingerprints what the prompt ids do not show (generation settings and the model's
 weights); a mismatch drops the whole cache. The per-user prompt digest catches the rest (a changed
@@ -21,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -35,6 +35,7 @@ from oppu_jax.data.types import LampData, User
 from oppu_jax.models.generate import DEFAULT_BUCKETS, generate, make_forward
 from oppu_jax.models.llama import Llama
 from oppu_jax.models.tokenizer import Tokenizer
+from oppu_jax.pipeline import workdir
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ def user_profiles(
         log.warning("user %s: the model generated an empty profile", user.id)
       out[user.id] = cache["profiles"][user.id] = text
       cache["prompts"][user.id] = digest
-    _write_json_atomic(cache_path, cache)
+    with workdir.output(cache_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+      json.dump(cache, f, ensure_ascii=False, indent=1)
     done = b + len(chunk)
     log.info("profiles %d/%d (%.1f s/user)", done, len(pending),
              (time.perf_counter() - start) / done)
@@ -182,7 +184,8 @@ def model_digest(model: Llama) -> str:
   for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model)):
     a = np.ascontiguousarray(np.asarray(leaf))
     h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
+    # Raw bytes: a buffer of bf16 (ml_dtypes) has no format code memoryview can cast.
+    h.update(a.reshape(-1).view(np.uint8))
   return h.hexdigest()
 
 
@@ -228,21 +231,3 @@ def _read_cache(path: str, settings: dict[str, Any]) -> dict[str, Any]:
                 path, ", ".join(changed), len(profiles))
     return empty
   return {"settings": settings, "profiles": profiles, "prompts": prompts}
-
-
-def _write_json_atomic(path: str, doc: Any) -> None:
-  # A temp file in the same directory, then os.replace: a reader (or a resumed run) sees the old
-  # file or the new one, never half of one.
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(doc, f, ensure_ascii=False, indent=1)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

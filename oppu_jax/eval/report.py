@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 # Lower is better for these; higher for the rest.
 LOWER_IS_BETTER = ("mae", "rmse")
 METRIC_ORDER = ("accuracy", "f1", "mae", "rmse", "rouge-1", "rouge-L")
@@ -28,9 +25,3 @@ def markdown_table(task: str, results: dict[str, dict[str, float]]) -> str:
   lines += ["", f"Best per metric in bold ({arrows} is better)."]
   return "\n".join(lines) + "\n"
 
-
-def write_markdown(path: str, task: str, results: dict[str, dict[str, float]]) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    f.write(markdown_table(task, results))
-  os.replace(tmp, path)

@@ -1,27 +1,32 @@
-"""The OPPU pipeline, top to bottom: data -> task adaptation -> one PEFT per user -> evaluation.
+"""The OPPU pipeline, as the paper's stages of one experiment: data -> profiles -> task
+adaptation (per base variant) -> one PEFT per user -> evaluation -> report.
 
-Every stage writes its result atomically into the workdir and is skipped when that result is
-already there, so a killed run (kill -9 included) continues where it stopped, and a rerun of a
-finished run only reports. Per-user work restarts at user granularity: a user whose adapter was
-not yet written is trained again from scratch, which gives the identical adapter (its batches,
-dropout and initialisation depend only on its data, the config and the seed).
+Every output is written whole and a stage whose output exists is skipped (pipeline/workdir.py),
+so a killed run (kill -9 included) continues where it stopped and a rerun of a finished run only
+reports. A user whose adapter was not yet written is trained again from scratch, which gives the
+identical adapter (its batches, dropout and initialisation depend only on its data, the config
+and the seed). Work is ordered by base variant, so only one task-adapted model is alive at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import shutil
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from oppu_jax import config as config_lib
 from oppu_jax.data import lamp, synth
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.batching import encode_pair, encode_text
-from oppu_jax.eval import metrics, report
+from oppu_jax.data.types import User
+from oppu_jax.errors import DataError
+from oppu_jax.eval import decode, metrics, profiles as profiles_lib, report, score
 from oppu_jax.models import load
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax.peft import hf_format
@@ -30,80 +35,163 @@ from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge_lora
 from oppu_jax.peft.prompt_tuning import PromptTuning
 from oppu_jax.pipeline import examples, progress, workdir as wd
-from oppu_jax.pipeline.settings import parse_settings
-from oppu_jax.train import multi_user
+from oppu_jax.pipeline.settings import Setting, parse_settings
+from oppu_jax.train import mesh as mesh_lib, multi_user
 from oppu_jax.train.user_batches import plan_user
+
+BASE_VARIANTS = ("B", "R", "P")  # the order of the work; see settings.py
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What every stage reads, built once by `setup`."""
+
+  config: Any  # ml_collections.ConfigDict
+  workdir: str
+  task: tasks_lib.Task
+  settings: list[Setting]
+  test_users: tuple[User, ...]  # the N most active users: one adapter each
+  other_users: tuple[User, ...]  # the rest: task adaptation
+  tokenizer: Tokenizer
+  base_model: Any  # the plain LLM
+  profiles: dict[str, str]  # user id -> profile text, where a setting or variant P needs them
+  mesh: Any = None
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
 
 
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the configured experiment; returns {setting: {metric: value}}."""
+  exp = setup(config, workdir)
+  for base in BASE_VARIANTS:
+    todo = [s for s in exp.settings if s.base == base and not wd.is_done(_predictions(exp, s))]
+    if todo:
+      model = adapt_to_task(exp, base)  # dropped when this variant's settings are done
+      for setting in todo:
+        if setting.personal:
+          train_user_adapters(exp, model, setting)
+        evaluate(exp, model, setting)
+      del model
+  return write_report(exp)
+
+
+def setup(config, workdir: str) -> Experiment:
+  """Checks the config, claims the workdir, loads (or generates) the data, the tokenizer, the
+  base model, and the profiles if a setting needs them."""
+  config_lib.check(config)
   settings = parse_settings(config.settings)
   task = tasks_lib.get_task(config.task)
   wd.claim(workdir, config.to_dict(), config.overwrite)
-  data = _load_data(config, workdir, task)
-  test_users, other_users = lamp.select_users(data, config.data.num_test_users)
+  data = _data(config, workdir, task)
+  test, others = lamp.select_users(data, config.data.num_test_users)
   if config.data.max_task_users:
-    other_users = lamp.select_users(other_users, config.data.max_task_users)[0]
+    others = lamp.select_users(others, config.data.max_task_users)[0]
   logging.info("%s: %d test users (%d queries), %d users for task adaptation", task.name,
-               len(test_users.users), sum(len(u.queries) for u in test_users.users),
-               len(other_users.users))
+               len(test.users), sum(len(u.queries) for u in test.users), len(others.users))
+  mesh = None if config.mesh.users == config.mesh.model == 1 else mesh_lib.make_mesh(
+      config.mesh.users, config.mesh.model)
+  exp = Experiment(config, workdir, task, settings, test.users, others.users,
+                   _tokenizer(config), _load_model(config), {}, mesh)
+  if any(s.profile or s.base == "P" for s in settings):
+    exp.profiles = profiles_lib.user_profiles(
+        exp.base_model, exp.tokenizer, task, data.users, cache_path=exp.path("profiles.json"),
+        num_items=config.profile.num_items, max_new_tokens=config.profile.max_new_tokens,
+        seed=config.seed, given=profiles_lib.profiles_from_release(data))
+  return exp
 
-  tokenizer = _tokenizer(config)
-  base_model, _ = load.load_model(config.model.path or None, param_dtype=config.model.param_dtype,
-                                  compute_dtype=config.model.compute_dtype,
-                                  remat=config.model.remat)
-  profiles = _profiles(config, workdir, task, base_model, tokenizer, data, settings)
 
-  task_models = {}
-  for base in sorted({s.base for s in settings}):
-    task_models[base] = _task_model(config, workdir, task, base_model, tokenizer, other_users,
-                                    base, profiles)
+def adapt_to_task(exp: Experiment, base: str):
+  """The base LLM adapted to the task (variant B, R or P): a LoRA trained on the other users'
+  queries, then merged into the base weights, as the paper does."""
+  ta = exp.config.task_adapt
+  if not ta.enabled:
+    return exp.base_model
+  checkpoint = os.path.abspath(exp.path("checkpoints", f"task_{base}"))
+  if wd.is_done(checkpoint):
+    logging.info("task adaptation %s: restored from %s", base, checkpoint)
+    return _merge_task_lora(exp, checkpoint)
+  pairs = examples.task_adaptation_pairs(exp.task, exp.other_users, base, ta.k, exp.profiles,
+                                         seed=exp.config.seed)
+  if not pairs:
+    raise DataError("task adaptation has no training pairs: the non-test users have no queries "
+                    "with golds (set config.task_adapt.enabled=False to skip it)")
+  plan = _plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
+  result = _train(exp, exp.base_model, _task_lora(exp.config), [plan], ta.learning_rate, 1,
+                  f"stage 1: task adaptation ({base})")[plan.user_id]
+  logging.info("task adaptation %s: %d pairs, %d steps, loss %.3f -> %.3f", base, len(pairs),
+               plan.total_steps, np.mean(result.losses[:3]), np.mean(result.losses[-3:]))
+  return _merge_task_lora(exp, checkpoint, result.adapter)
 
-  mesh = _mesh(config)
-  for setting in settings:
-    if setting.personal:
-      _train_user_adapters(config, workdir, task, task_models[setting.base], tokenizer,
-                           test_users.users, setting, profiles, mesh)
 
+def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
+  """One PEFT per test user on its own history; each adapter is saved as soon as it is done."""
+  todo = [u for u in exp.test_users if not wd.is_done(_adapter_dir(exp, setting, u.id))]
+  if len(todo) < len(exp.test_users):
+    logging.info("%s: %d of %d user adapters already trained", setting.name,
+                 len(exp.test_users) - len(todo), len(exp.test_users))
+  if not todo:
+    return
+  c = exp.config
+  plans = [_plan(exp, u.id, examples.user_training_pairs(
+               exp.task, u, setting, exp.profiles.get(u.id), seed=c.seed,
+               history_mode=c.data.history_mode), c.train.batch_size, c.train.epochs)
+           for u in todo]
+  method = make_peft(exp, model)
+  save = lambda result: hf_format.save_adapter(  # later: UserAdapters.save_user
+      _adapter_dir(exp, setting, result.user_id), method, result.adapter, model_config=model.config)
+  _train(exp, model, method, plans, c.train.learning_rate, c.train.slots,
+         f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.mesh)
+
+
+def evaluate(exp: Experiment, model, setting: Setting) -> None:
+  """Writes predictions/<setting>.json: every test query, each row with its own user's adapter
+  (stacked, gathered per row), never a merged per-user model."""
+  adapters = _load_adapters(exp, model, setting) if setting.personal else None
+  rows, ids = [], []
+  budget = exp.config.model.cutoff - exp.config.eval.max_new_tokens
+  for index, user in enumerate(exp.test_users):
+    for qid, prompt in examples.query_prompts(exp.task, user, setting, exp.profiles.get(user.id),
+                                              seed=exp.config.seed):
+      rows.append((index, exp.tokenizer.encode(prompt)[-budget:]))  # too long: keep the end
+      ids.append(qid)
+  with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.config.progress) as b:
+    preds = _predict(exp, model, adapters, rows)
+    b.update(len(rows))
+  with wd.output(_predictions(exp, setting)) as tmp:
+    lamp.write_predictions(tmp, exp.task, dict(zip(ids, preds)))
+
+
+def write_report(exp: Experiment) -> dict:
+  """results.json and results.md from the predictions: {setting: {metric: value}}."""
+  golds = {q.id: q.gold for u in exp.test_users for q in u.queries if q.gold is not None}
   results = {}
-  for setting in settings:
-    preds_path = os.path.join(workdir, "predictions", f"{setting.name}.json")
-    if not os.path.exists(preds_path):
-      preds = _evaluate(config, workdir, task, task_models[setting.base], tokenizer,
-                        test_users.users, setting, profiles)
-      os.makedirs(os.path.dirname(preds_path), exist_ok=True)
-      lamp.write_predictions(preds_path + ".tmp", task, preds)
-      os.replace(preds_path + ".tmp", preds_path)  # atomic: a killed run never leaves half
-    golds = {q.id: q.gold for u in test_users.users for q in u.queries if q.gold is not None}
-    preds = lamp.read_outputs(preds_path)
-    results[setting.name] = metrics.evaluate(task.name, golds,
+  for setting in exp.settings:
+    preds = lamp.read_outputs(_predictions(exp, setting))
+    results[setting.name] = metrics.evaluate(exp.task.name, golds,
                                              {i: preds.get(i, "") for i in golds})
-  wd.write_json(os.path.join(workdir, "results.json"), results)
-  report.write_markdown(os.path.join(workdir, "results.md"), task.name, results)
+  wd.write_json(exp.path("results.json"), results)
+  wd.write_text(exp.path("results.md"), report.markdown_table(exp.task.name, results))
   return results
 
 
-# -- data ---------------------------------------------------------------------------------------
+# -- helpers ------------------------------------------------------------------------------------
 
 
-def _load_data(config, workdir, task):
+def _data(config, workdir: str, task):
   path = config.data.path
   if not path:
     path = os.path.join(workdir, "data")
-    if not os.path.exists(os.path.join(path, "dev_outputs.json")):
-      # Written aside and renamed, so a killed run never leaves a half-written data set.
+    if not wd.is_done(path):
       s = config.data.synth
-      tmp = path + ".tmp"
-      shutil.rmtree(tmp, ignore_errors=True)
-      synth.generate(task.name, tmp, num_users=s.num_users, seed=config.seed,
-                     history_min=s.history_min, history_max=s.history_max,
-                     queries_per_user=s.queries_per_user, text_words=s.text_words,
-                     shift=s.shift, noise=s.noise)
-      shutil.rmtree(path, ignore_errors=True)
-      os.replace(tmp, path)
+      with wd.output(path) as tmp:
+        synth.generate(task.name, tmp, num_users=s.num_users, seed=config.seed,
+                       history_min=s.history_min, history_max=s.history_max,
+                       queries_per_user=s.queries_per_user, text_words=s.text_words,
+                       shift=s.shift, noise=s.noise)
       logging.info("generated LaMP-format %s data into %s", task.name, path)
   elif not os.path.exists(path):
-    raise lamp.DataError(f"config.data.path {path!r} does not exist")
+    raise DataError(f"config.data.path {path!r} does not exist")
   return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
 
 
@@ -120,172 +208,98 @@ def _tokenizer(config) -> Tokenizer:
   return Tokenizer.from_gguf(path or None)
 
 
-def _encode(pairs, tokenizer, cutoff):
-  out = []
-  for prompt, answer in pairs:
-    if prompt:
-      p, a = tasks_lib.model_pair(prompt, answer)
-      out.append(encode_pair(p, a, tokenizer.encode, eos_id=tokenizer.eos_id, cutoff=cutoff))
-    else:
-      out.append(encode_text(answer, tokenizer.encode, eos_id=tokenizer.eos_id, cutoff=cutoff))
-  return out
+def _plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int):
+  """(prompt, answer) pairs -> the trainer's plan; an empty prompt is next-token on the answer."""
+  tok, cutoff = exp.tokenizer, exp.config.model.cutoff
+  encoded = [encode_pair(*tasks_lib.model_pair(p, a), tok.encode, eos_id=tok.eos_id,
+                         cutoff=cutoff) if p
+             else encode_text(a, tok.encode, eos_id=tok.eos_id, cutoff=cutoff) for p, a in pairs]
+  return plan_user(plan_id, encoded, batch_size=batch_size, epochs=epochs,
+                   seq_buckets=tuple(exp.config.model.seq_buckets),
+                   target_buckets=tuple(exp.config.model.target_buckets))
 
 
-def _profiles(config, workdir, task, model, tokenizer, data, settings):
-  """User id -> profile text, for the settings and base variants that use one."""
-  if not any(s.profile or s.base == "P" for s in settings):
-    return {}
-  from oppu_jax.eval import profiles as profiles_lib
-
-  return profiles_lib.user_profiles(
-      model, tokenizer, task, data.users, cache_path=os.path.join(workdir, "profiles.json"),
-      num_items=config.profile.num_items, max_new_tokens=config.profile.max_new_tokens,
-      seed=config.seed, given=profiles_lib.profiles_from_release(data))
+def _predictions(exp: Experiment, setting: Setting) -> str:
+  return exp.path("predictions", f"{setting.name}.json")
 
 
-# -- stage 1: task adaptation -------------------------------------------------------------------
+def _adapter_dir(exp: Experiment, setting: Setting, user_id: str) -> str:
+  return exp.path("adapters", setting.name, user_id)
 
 
-def _train_config(config, learning_rate: float, slots: int) -> multi_user.TrainConfig:
-  """The trainer settings both training stages share (config.train), at a stage's rate and slots."""
-  t = config.train
-  return multi_user.TrainConfig(
-      learning_rate=learning_rate, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
-      warmup_ratio=t.warmup_ratio, slots=slots, seed=config.seed, remat=t.remat,
-      memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass)
+# -- calls into models/, peft/, train/ and eval/: one place each --------------------------------
 
 
-def _task_model(config, workdir, task, base_model, tokenizer, other_users, base, profiles):
-  """The base LLM adapted to the task (variant B, R or P): a LoRA trained on the other users'
-  queries, then merged into the base weights, as the paper does."""
-  ta = config.task_adapt
-  if not ta.enabled:
-    return base_model
-  lora = Lora(targets=tuple(ta.targets), rank=ta.rank, alpha=ta.alpha, dropout=ta.dropout)
-  ckpt = os.path.abspath(os.path.join(workdir, "checkpoints", f"task_{base}"))
-  checkpointer = ocp.StandardCheckpointer()
-  if os.path.exists(ckpt):
-    like = lora.init(base_model.config, jax.random.PRNGKey(0))
-    adapter = checkpointer.restore(ckpt, like)
-    logging.info("task adaptation %s: restored from %s", base, ckpt)
-  else:
-    pairs = examples.task_adaptation_pairs(task, other_users.users, base, ta.k, profiles,
-                                           seed=config.seed)
-    if not pairs:
-      raise ValueError("task adaptation has no training pairs: the non-test users have no "
-                       "queries with golds (set config.task_adapt.enabled=False to skip it)")
-    plan = plan_user(f"task_{base}", _encode(pairs, tokenizer, config.model.cutoff),
-                     batch_size=ta.batch_size, epochs=ta.epochs,
-                     seq_buckets=tuple(config.model.seq_buckets),
-                     target_buckets=tuple(config.model.target_buckets))
-    train_config = _train_config(config, ta.learning_rate, slots=1)
-    with progress.bar(f"stage 1: task adaptation ({base})", plan.total_steps, "steps",
-                      config.progress) as bar:
-      result = multi_user.train_users(base_model, lora, [plan], train_config,
-                                      progress=bar.step_callback(count="steps"))
-    adapter = result[plan.user_id].adapter
-    logging.info("task adaptation %s: %d pairs, %d steps, loss %.3f -> %.3f", base, len(pairs),
-                 plan.total_steps, np.mean(result[plan.user_id].losses[:3]),
-                 np.mean(result[plan.user_id].losses[-3:]))
-    checkpointer.save(ckpt, jax.tree.map(jnp.asarray, adapter))
-    checkpointer.wait_until_finished()
-  return merge_lora(base_model, lora, jax.tree.map(jnp.asarray, adapter))
+def _load_model(config):
+  # TODO(lead): pass backend=config.model.backend once models/ takes it.
+  model, _ = load.load_model(config.model.path or None, param_dtype=config.model.param_dtype,
+                             compute_dtype=config.model.compute_dtype, remat=config.model.remat)
+  return model
 
 
-# -- stage 2: one PEFT per user -----------------------------------------------------------------
-
-
-def make_peft(config, tokenizer, model_config):
-  p = config.peft
+def make_peft(exp: Experiment, model):
+  """The per-user PEFT method of config.peft (later: oppu_jax.peft.method.build)."""
+  del model  # the registry's build takes model.weight_table()
+  p = exp.config.peft
   if p.method == "lora":
     return Lora(targets=tuple(p.targets), rank=p.rank, alpha=p.alpha, dropout=p.dropout)
   if p.method == "ia3":
     return IA3()
-  if p.method == "prompt_tuning":
-    instruction = tasks_lib.get_task(config.task).description
-    return PromptTuning(p.num_virtual_tokens, tuple(tokenizer.encode(instruction)))
-  raise ValueError(f"config.peft.method: unknown {p.method!r}; choose lora, ia3 or prompt_tuning")
+  return PromptTuning(p.num_virtual_tokens, tuple(exp.tokenizer.encode(exp.task.description)))
 
 
-def _adapter_dir(workdir, setting, user_id):
-  return os.path.join(workdir, "adapters", setting.name, user_id)
+def _task_lora(config):
+  ta = config.task_adapt
+  return Lora(targets=tuple(ta.targets), rank=ta.rank, alpha=ta.alpha, dropout=ta.dropout)
 
 
-def _train_user_adapters(config, workdir, task, model, tokenizer, users, setting, profiles, mesh):
-  peft = make_peft(config, tokenizer, model.config)
-  todo = [u for u in users
-          if not os.path.exists(os.path.join(_adapter_dir(workdir, setting, u.id),
-                                             "adapter_config.json"))]
-  if len(todo) < len(users):
-    logging.info("%s: %d of %d user adapters already trained", setting.name,
-                 len(users) - len(todo), len(users))
-  if not todo:
-    return
-  plans = []
-  for user in todo:
-    pairs = examples.user_training_pairs(task, user, setting, profiles.get(user.id),
-                                         seed=config.seed, history_mode=config.data.history_mode)
-    plans.append(plan_user(user.id, _encode(pairs, tokenizer, config.model.cutoff),
-                           batch_size=config.train.batch_size, epochs=config.train.epochs,
-                           seq_buckets=tuple(config.model.seq_buckets),
-                           target_buckets=tuple(config.model.target_buckets)))
-  train_config = _train_config(config, config.train.learning_rate, config.train.slots)
-
-  def save(result):
-    hf_format.save_adapter(_adapter_dir(workdir, setting, result.user_id), peft, result.adapter,
-                           model_config=model.config)
-
-  with progress.bar(f"stage 2: {setting.name} adapters", len(plans), "users",
-                    config.progress) as bar:
-    multi_user.train_users(model, peft, plans, train_config, on_user_done=save, mesh=mesh,
-                           progress=bar.step_callback(count="users"))
+def _merge_task_lora(exp: Experiment, checkpoint: str, adapter=None):
+  """Saves `adapter` to the orbax checkpoint (or restores it from there) and merges it."""
+  lora, checkpointer = _task_lora(exp.config), ocp.StandardCheckpointer()
+  if adapter is None:
+    adapter = checkpointer.restore(checkpoint,
+                                   lora.init(exp.base_model.config, jax.random.PRNGKey(0)))
+  else:
+    checkpointer.save(checkpoint, jax.tree.map(jnp.asarray, adapter))
+    checkpointer.wait_until_finished()
+  return merge_lora(exp.base_model, lora, jax.tree.map(jnp.asarray, adapter))
 
 
-def _mesh(config):
-  if config.mesh.users == 1 and config.mesh.model == 1:
-    return None
-  from oppu_jax.train import mesh as mesh_lib
+def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: int, desc: str,
+           **kw):
+  """Both training stages: config.train at the stage's rate and slots, with a progress bar."""
+  t = exp.config.train
+  train_config = multi_user.TrainConfig(
+      learning_rate=learning_rate, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
+      warmup_ratio=t.warmup_ratio, slots=slots, seed=exp.config.seed, remat=t.remat,
+      memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass)
+  total = sum(p.total_steps for p in plans)
+  with progress.bar(desc, total, "steps", exp.config.progress) as bar:
+    # TODO(lead): progress=bar once the trainer reports StepReport.
+    on_step = progress.from_legacy(bar, total, len(plans), min(slots, len(plans)))
+    return multi_user.train_users(model, method, plans, train_config, progress=on_step, **kw)
 
-  return mesh_lib.make_mesh(config.mesh.users, config.mesh.model)
+
+def _load_adapters(exp: Experiment, model, setting: Setting):
+  """The test users' adapters of `setting`, stacked in test-user order (later: UserAdapters)."""
+  loaded = [hf_format.load_adapter(_adapter_dir(exp, setting, u.id), model.config)
+            for u in exp.test_users]
+  return loaded[0][0], jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                                    *[a for _, a in loaded])
 
 
-# -- stage 3: evaluation ------------------------------------------------------------------------
-
-
-def _evaluate(config, workdir, task, model, tokenizer, users, setting, profiles) -> dict[str, str]:
-  """{query id: prediction} for every query of the test users; each row uses its own user's
-  adapter (stacked, gathered per row), never a merged per-user model."""
-  from oppu_jax.eval import decode, score
-
-  peft, adapters = None, None
-  if setting.personal:
-    loaded = [hf_format.load_adapter(_adapter_dir(workdir, setting, u.id), model.config)
-              for u in users]
-    peft = loaded[0][0]
-    adapters = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
-                            *[a for _, a in loaded])
-  rows, ids = [], []
-  budget = config.model.cutoff - config.eval.max_new_tokens
-  for index, user in enumerate(users):
-    for qid, prompt in examples.query_prompts(task, user, setting, profiles.get(user.id),
-                                              seed=config.seed):
-      tokens = tokenizer.encode(prompt)
-      rows.append((index, tokens[-budget:]))  # too long: keep the end, where the question is
-      ids.append(qid)
-  e = config.eval
-  with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", config.progress) as bar:
-    if task.labels and e.classification == "score":
-      choices = [tokenizer.encode(tasks_lib.model_pair("x", label)[1]) + [tokenizer.eos_id]
-                 for label in task.labels]
-      scores = score.score_choices(model, peft, adapters, rows, choices,
-                                   batch_size=e.batch_size)
-      preds = [task.labels[int(i)] for i in np.argmax(scores, axis=1)]
-    else:
-      outs = decode.generate_for_rows(
-          model, peft, adapters, rows, max_new_tokens=e.max_new_tokens,
-          eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, method=e.decoding,
-          temperature=e.temperature, top_k=e.top_k, top_p=e.top_p, num_beams=e.num_beams,
-          seed=config.seed, batch_size=e.batch_size)
-      preds = [tokenizer.decode(o).strip() for o in outs]
-    bar.update(len(rows))
-  return dict(zip(ids, preds))
+def _predict(exp: Experiment, model, adapters, rows) -> list[str]:
+  """rows [(user index, prompt ids)] -> one prediction each: the label with the best score, or
+  the decoded text."""
+  method, stacked = adapters or (None, None)
+  e, tok, task = exp.config.eval, exp.tokenizer, exp.task
+  if task.labels and e.classification == "score":
+    choices = [tok.encode(tasks_lib.model_pair("x", label)[1]) + [tok.eos_id]
+               for label in task.labels]
+    scores = score.score_choices(model, method, stacked, rows, choices, batch_size=e.batch_size)
+    return [task.labels[int(i)] for i in np.argmax(scores, axis=1)]
+  outs = decode.generate_for_rows(
+      model, method, stacked, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,
+      pad_id=tok.pad_id, method=e.decoding, temperature=e.temperature, top_k=e.top_k,
+      top_p=e.top_p, num_beams=e.num_beams, seed=exp.config.seed, batch_size=e.batch_size)
+  return [tok.decode(o).strip() for o in outs]

@@ -1,4 +1,5 @@
-"""The run directory: the config it belongs to, atomic writes, and what is already done.
+"""The run directory: the config it belongs to, and the one rule for outputs: a result is done
+when its path exists, and every path appears whole (written aside, then renamed).
 
 Layout: config.json, data/ (generated data, if no path was given), checkpoints/task_<B|R|P>
 (orbax: the task-adaptation LoRA), adapters/<setting>/<user_id>/ (HF PEFT format),
@@ -7,61 +8,80 @@ profiles.json, predictions/<setting>.json, results.json, results.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
+
+from oppu_jax.errors import WorkdirError
 
 # Keys that do not change results: a rerun may differ in them.
 _NOT_FINGERPRINTED = ("overwrite", "progress", "distributed")
 
 
-class WorkdirError(ValueError):
-  """The workdir holds another run; the message is one line."""
+def is_done(path: str) -> bool:
+  """Whether a stage's output is there. Sound because outputs appear whole: through `output`,
+  orbax (which renames a finished checkpoint into place) or hf_format (a finished directory)."""
+  return os.path.exists(path)
+
+
+@contextlib.contextmanager
+def output(path: str):
+  """Yields a temporary sibling of `path` to write (a file or a directory), renamed onto `path`
+  when the block ends without error: a killed run leaves the old path or the new one, never half.
+  """
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  _remove(tmp)  # a killed run's leftover
+  try:
+    yield tmp
+    if os.path.isdir(tmp):
+      _remove(path)  # os.replace cannot replace a directory that has files
+    os.replace(tmp, path)
+  finally:
+    _remove(tmp)
+
+
+def write_json(path: str, doc) -> None:
+  write_text(path, json.dumps(doc, indent=2, sort_keys=True))
+
+
+def write_text(path: str, text: str) -> None:
+  with output(path) as tmp, open(tmp, "w") as f:
+    f.write(text)
 
 
 def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
   """Creates the workdir for this config, or checks that it already belongs to it."""
   path = os.path.join(workdir, "config.json")
-  mine = _fingerprint(config_dict)
   if os.path.exists(path):
     with open(path) as f:
-      theirs = _fingerprint(json.load(f))
-    if theirs != mine:
-      if not overwrite:
-        diff = sorted(k for k in set(_flat(mine)) | set(_flat(theirs))
-                      if _flat(mine).get(k) != _flat(theirs).get(k))
-        raise WorkdirError(
-            f"{workdir} holds a run with a different config (differs in {', '.join(diff[:5])});"
-            " use another --workdir or pass --config.overwrite=True to replace it")
+      theirs, mine = _flat(json.load(f)), _flat(config_dict)
+    diff = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k))
+    if diff and not overwrite:
+      raise WorkdirError(
+          f"{workdir} holds a run with a different config (differs in {', '.join(diff[:5])});"
+          " use another --workdir or pass --config.overwrite=True to replace it")
+    if diff:
       shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
   write_json(path, config_dict)
 
 
-def write_json(path: str, doc) -> None:
-  """Writes JSON atomically: a killed process leaves the old file or the new one, never half."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(doc, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def _remove(path: str) -> None:
+  if os.path.isdir(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
 
 
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def _fingerprint(config_dict: dict) -> dict:
-  # Through JSON, so tuples and lists (as a reloaded config has them) compare equal.
-  return json.loads(json.dumps(
-      {k: v for k, v in config_dict.items() if k not in _NOT_FINGERPRINTED}, sort_keys=True))
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
+def _flat(d: dict, prefix: str = "") -> dict[str, str]:
+  """{"train.epochs": "2", ...} without the keys that do not change results; through JSON, so
+  tuples and lists (as a reloaded config has them) compare equal."""
   out = {}
   for k, v in d.items():
+    if not prefix and k in _NOT_FINGERPRINTED:
+      continue
     if isinstance(v, dict):
       out.update(_flat(v, f"{prefix}{k}."))
     else:

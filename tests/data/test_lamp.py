@@ -62,11 +62,6 @@ def test_generator_official_loader_prompts_round_trip(tmp_path, name):
     for q in user.queries:
       prompt = tasks.build_prompt(task, q.input, user.history[:2], profile="P")
       assert prompt.startswith("P\n") and tasks.query_text(task, q.input) in prompt
-      rag = tasks.rag_prompt(task, q.input, user.history[:2])
-      if name == "LaMP_1":  # LaMP inserts the retrieved titles into the input, after "title".
-        assert f', and "{user.history[0]["title"]}", and "{user.history[1]["title"]}"' in rag
-      else:
-        assert rag.endswith(q.input)
       if task.labels is not None:
         assert q.gold in task.labels
   assert lamp.load(str(tmp_path), name, split="dev").users[0].queries == data.users[0].queries[1:]

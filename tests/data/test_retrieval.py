@@ -141,24 +141,3 @@ def test_random_is_deterministic_per_user_and_salt():
   # Pinned values: catch a switch to Python's salted hash() or to another RNG.
   assert retrieval.stable_seed(0, "alice", "") == 0xA7D9E27085E9152A
   assert a == [3, 23, 9, 39, 4]
-
-
-def test_least_similar():
-  q = np.array([1.0, 0.0])
-  items = np.array([[1.0, 0.1], [0.0, 1.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
-  # Cosines: ~0.995, 0, -1, 1, 0 (zero vector); ties (1, 4) break by index.
-  assert retrieval.least_similar(q, items, 2) == [1, 2]
-  assert retrieval.least_similar(q, items, 3) == [1, 2, 4]
-  assert retrieval.least_similar(q, items, 10) == [0, 1, 2, 3, 4]
-  # Several queries: the max similarity over queries counts.
-  qs = np.array([[1.0, 0.0], [0.0, 1.0]])
-  assert retrieval.least_similar(qs, items, 1) == [2]
-  assert retrieval.least_similar(q, np.zeros((0, 2)), 3) == []
-
-
-def test_least_similar_history_uses_the_given_embedder():
-  vocab = ["camera", "battery", "screen"]
-  embed = lambda texts: np.array([[t.split().count(w) for w in vocab] for t in texts], float)
-  history = ["camera camera", "battery", "screen battery", "camera"]
-  assert retrieval.least_similar_history(["camera"], history, 2, embed) == [1, 2]
-  assert retrieval.least_similar_history(["camera"], [], 2, embed) == []

@@ -118,20 +118,6 @@ def test_model_pair_puts_the_space_on_the_answer():
   assert tasks.model_pair("", "tweet: hi") == ("", "tweet: hi")
 
 
-def test_rag_prompts_follow_lamp():
-  items = [ITEMS["LaMP_3"], {"id": "2", "text": "Bad.", "score": "1"}]
-  query_input = tasks.make_input("LaMP_3", text="Meh.")
-  assert tasks.rag_prompt("LaMP_3", query_input, items) == (
-      f'4 is the score for "Works fine." , and 1 is the score for "Bad." . {query_input}')
-  assert tasks.rag_prompt("LaMP_3", query_input, []) == query_input
-  lamp1 = tasks.make_input("LaMP_1", title="T", option1="A", option2="B")
-  assert tasks.rag_prompt("LaMP_1", lamp1, [ITEMS["LaMP_1"]]).startswith(
-      'For an author who has written the paper with the title, and "Graph bounds" "T"')
-  lamp7 = tasks.make_input("LaMP_7", text="x")
-  assert tasks.rag_prompt("LaMP_7", lamp7, [ITEMS["LaMP_7"]]) == (
-      f'"{ITEMS["LaMP_7"]["text"]}"  are written by a person. Following the given patterns {lamp7}')
-
-
 def test_profile_prompt_joins_and_cuts_items():
   long_item = {"id": "2", "text": " ".join(["word"] * 300), "score": "5"}
   prompt = tasks.profile_prompt("LaMP_3", [ITEMS["LaMP_3"], long_item], max_words=200)

@@ -80,7 +80,7 @@ def test_mismatched_ids_and_bad_json_name_file_and_record(manual_dir, tmp_path):
   with pytest.raises(DataError, match=r"dev_outputs.json: invalid JSON"):
     tfds_lamp.prepare("LaMP_3", manual, tmp_path / "tfds4")
   with pytest.raises(ValueError, match="unknown LaMP task 'LaMP_9'"):
-    tfds_lamp.builder("LaMP_9", tmp_path / "tfds5")
+    tfds_lamp.prepare("LaMP_9", manual, tmp_path / "tfds5")
 
 
 def test_missing_tfds_is_one_clear_line(monkeypatch):

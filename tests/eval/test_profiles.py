@@ -7,6 +7,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
@@ -19,6 +20,7 @@ from oppu_jax.data.types import LampData, Query, User
 from oppu_jax.eval import profiles
 from oppu_jax.models import llama
 from oppu_jax.models.tokenizer import Tokenizer
+from oppu_jax.pipeline import workdir
 
 TASK = "LaMP_3"
 WORDS = "great poor camera battery screen price sound fast slow love hate box ship".split()
@@ -184,6 +186,8 @@ def test_other_weights_invalidate_the_cache(model, tokenizer, tmp_path, calls):
 
 
 def test_cache_writes_are_atomic(model, tokenizer, tmp_path, monkeypatch):
+  # Through workdir.output: a temp sibling renamed onto the cache (its failure modes are tested
+  # in tests/pipeline/test_workdir.py).
   path = tmp_path / "sub" / "profiles.json"
   replaced = []
   real_replace = os.replace
@@ -192,16 +196,26 @@ def test_cache_writes_are_atomic(model, tokenizer, tmp_path, monkeypatch):
     replaced.append((os.path.dirname(src), dst))
     return real_replace(src, dst)
 
-  monkeypatch.setattr(profiles.os, "replace", spy)
+  monkeypatch.setattr(workdir.os, "replace", spy)
   _run(model, tokenizer, _users(2), path)
   assert replaced == [(str(path.parent), str(path))]
-
-  # A write that fails half-way leaves the old file whole and no temp file behind.
-  before = path.read_text()
-  with pytest.raises(TypeError):
-    profiles._write_json_atomic(str(path), {"profiles": {"a": object()}})
-  assert path.read_text() == before
   assert os.listdir(path.parent) == ["profiles.json"]
+
+
+def test_digest_of_a_bf16_model(model):
+  # Issue 11: memoryview cannot cast a bf16 buffer; the digest must still see every weight.
+  def bf16_model(seed):
+    m = random_model(llama.tiny_config(vocab_size=model.config.vocab_size,
+                                       param_dtype="bfloat16"), seed)
+    state = nnx.state(m)
+    nnx.update(m, jax.tree.map(lambda x: x.astype(jnp.bfloat16), state))
+    return m
+
+  a = bf16_model(0)
+  assert {str(x.dtype) for x in jax.tree.leaves(nnx.state(a))} == {"bfloat16"}
+  digest = profiles.model_digest(a)
+  assert digest == profiles.model_digest(bf16_model(0))
+  assert digest != profiles.model_digest(bf16_model(1))
 
 
 def test_unreadable_cache_is_regenerated(model, tokenizer, tmp_path, calls, caplog):

@@ -25,8 +25,7 @@ def tiny_model_dir(tmp_path_factory):
 
 
 def tiny_config(task: str, model_dir: str, **overrides):
-  c = base_config.get_config()
-  c.task = task
+  c = base_config.for_task(task)
   c.progress = False
   c.model.path = model_dir
   c.model.tokenizer = ""  # the tiny checkpoint has none: the embedded GGUF's is used

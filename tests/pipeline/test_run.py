@@ -14,9 +14,8 @@ from rouge_score import rouge_scorer
 from conftest import tiny_config
 from oppu_jax.data import lamp
 from oppu_jax.data import tasks as tasks_lib
-from oppu_jax.data.types import DataError
+from oppu_jax.errors import DataError, WorkdirError
 from oppu_jax.pipeline import run
-from oppu_jax.pipeline.workdir import WorkdirError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK_CONFIGS = {"lamp1": "LaMP_1", "lamp2n": "LaMP_2N", "lamp2m": "LaMP_2M", "lamp3": "LaMP_3",
@@ -171,3 +170,38 @@ def test_cli_reports_a_mistyped_key_in_one_line():
   lines = out.stderr.strip().splitlines()
   assert lines[-1].startswith("error: unknown config key in --config.trian.epochs")
   assert "Traceback" not in out.stderr
+
+
+def test_work_is_ordered_by_base_variant_and_one_merged_model_lives_at_a_time(monkeypatch,
+                                                                            tmp_path):
+  import gc
+  import types
+  import weakref
+
+  from oppu_jax.pipeline.settings import parse_settings
+
+  class Model:
+    pass
+
+  settings = parse_settings("non_personalized,rag_k1,pag_k0,oppu_k0,oppu_k1")
+  exp = types.SimpleNamespace(settings=settings, path=lambda *p: str(tmp_path.joinpath(*p)))
+  calls, alive = [], []
+
+  def adapt_to_task(_, base):
+    gc.collect()
+    calls.append(("adapt", base, sum(r() is not None for r in alive)))
+    model = Model()
+    alive.append(weakref.ref(model))
+    return model
+
+  monkeypatch.setattr(run, "setup", lambda *_: exp)
+  monkeypatch.setattr(run, "adapt_to_task", adapt_to_task)
+  monkeypatch.setattr(run, "train_user_adapters", lambda _, m, s: calls.append(("train", s.name)))
+  monkeypatch.setattr(run, "evaluate", lambda _, m, s: calls.append(("eval", s.name)))
+  monkeypatch.setattr(run, "write_report", lambda _: "report")
+  (tmp_path / "predictions").mkdir()
+  (tmp_path / "predictions" / "pag_k0.json").write_text("{}")  # done: variant P is not built
+  assert run.run(None, str(tmp_path)) == "report"
+  assert calls == [("adapt", "B", 0), ("eval", "non_personalized"), ("train", "oppu_k0"),
+                   ("eval", "oppu_k0"), ("adapt", "R", 0), ("eval", "rag_k1"),
+                   ("train", "oppu_k1"), ("eval", "oppu_k1")]

@@ -1,0 +1,52 @@
+"""The base config, the per-task differences, the task config files, and the config check."""
+
+import importlib.util
+import os
+
+import pytest
+
+from oppu_jax import config as config_lib
+from oppu_jax.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FILES = {"lamp1": "LaMP_1", "lamp2n": "LaMP_2N", "lamp2m": "LaMP_2M", "lamp3": "LaMP_3",
+         "lamp4": "LaMP_4", "lamp5": "LaMP_5", "lamp6": "LaMP_6", "lamp7": "LaMP_7"}
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_each_config_file_is_the_base_with_its_task_differences(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  assert c.task == FILES[name]
+  assert c.to_dict() == config_lib.for_task(FILES[name]).to_dict()
+  assert module.__doc__.count(f"--config=configs/{name}.py") == 1
+  config_lib.check(c)
+
+
+def test_task_differences_are_real_differences():
+  assert set(config_lib.TASK_DIFFERENCES) == set(FILES.values())
+  base = config_lib.get_config()
+  for task, diff in config_lib.TASK_DIFFERENCES.items():
+    c = config_lib.for_task(task)
+    for key, value in diff.items():
+      section, leaf = key.split(".")
+      assert base[section][leaf] != value, (task, key)
+      assert c[section][leaf] == value
+  assert config_lib.for_task("LaMP_1").train.epochs == 3
+  assert base.model.backend == "auto"
+
+
+def test_check_names_the_key():
+  with pytest.raises(ConfigError, match="^config.task: "):
+    config_lib.for_task("LaMP_9")
+  c = config_lib.for_task("LaMP_4")
+  c.task = "LaMP-9"
+  with pytest.raises(ConfigError, match="^config.task: unknown task 'LaMP-9'"):
+    config_lib.check(c)
+  c.task = "LaMP-4"  # an alias the data loader accepts
+  config_lib.check(c)
+  c.eval.decoding = "nucleus"
+  with pytest.raises(ConfigError, match="^config.eval.decoding: unknown 'nucleus'; expected one"):
+    config_lib.check(c)

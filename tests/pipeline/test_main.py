@@ -1,0 +1,45 @@
+"""main.py: an OppuError ends in one line; anything else is a bug and keeps its traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from oppu_jax import config as config_lib
+from oppu_jax import main
+from oppu_jax.errors import ConfigError
+from oppu_jax.pipeline import run
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("override, line", [
+    ("--config.settings=oppu_k9", "error: config.settings: unknown setting(s) ['oppu_k9']"),
+    ("--config.peft.method=adapterx", "error: config.peft.method: unknown 'adapterx'"),
+])
+def test_a_bad_config_value_ends_in_one_line(tmp_path, override, line):
+  out = subprocess.run([sys.executable, "-m", "oppu_jax.main", "--config=configs/lamp3.py",
+                        f"--workdir={tmp_path}", override], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines()[-1].startswith(line)
+  assert "Traceback" not in out.stderr
+
+
+def test_only_oppu_errors_are_caught(monkeypatch, tmp_path):
+  config = config_lib.for_task("LaMP_3")
+
+  def bad_input(*_):
+    raise ConfigError("config.train.epochs: must be positive")
+
+  monkeypatch.setattr(run, "run", bad_input)
+  with pytest.raises(SystemExit, match="^error: config.train.epochs: must be positive$"):
+    main.run_and_report(config, str(tmp_path))
+
+  def bug(*_):
+    raise KeyError("a bug")
+
+  monkeypatch.setattr(run, "run", bug)
+  with pytest.raises(KeyError, match="a bug"):
+    main.run_and_report(config, str(tmp_path))
