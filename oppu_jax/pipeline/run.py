@@ -29,11 +29,10 @@ from oppu_jax.errors import DataError
 from oppu_jax.eval import decode, metrics, profiles as profiles_lib, report, score
 from oppu_jax.models import load
 from oppu_jax.models.tokenizer import Tokenizer
-from oppu_jax.peft import hf_format
-from oppu_jax.peft.ia3 import IA3
+from oppu_jax.peft import hf_format, method as method_lib
 from oppu_jax.peft.lora import Lora
-from oppu_jax.peft.merge import merge_lora
-from oppu_jax.peft.prompt_tuning import PromptTuning
+from oppu_jax.peft.merge import merge
+from oppu_jax.peft.stack import UserAdapters
 from oppu_jax.pipeline import examples, progress, workdir as wd
 from oppu_jax.pipeline.settings import Setting, parse_settings
 from oppu_jax.train import mesh as mesh_lib, multi_user
@@ -117,7 +116,7 @@ def adapt_to_task(exp: Experiment, base: str):
     raise DataError("task adaptation has no training pairs: the non-test users have no queries "
                     "with golds (set config.task_adapt.enabled=False to skip it)")
   plan = _plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
-  result = _train(exp, exp.base_model, _task_lora(exp.config), [plan], ta.learning_rate, 1,
+  result = _train(exp, exp.base_model, _task_lora(exp), [plan], ta.learning_rate, 1,
                   f"stage 1: task adaptation ({base})")[plan.user_id]
   logging.info("task adaptation %s: %d pairs, %d steps, loss %.3f -> %.3f", base, len(pairs),
                plan.total_steps, np.mean(result.losses[:3]), np.mean(result.losses[-3:]))
@@ -137,9 +136,11 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
                exp.task, u, setting, exp.profiles.get(u.id), seed=c.seed,
                history_mode=c.data.history_mode), c.train.batch_size, c.train.epochs)
            for u in todo]
-  method = make_peft(exp, model)
-  save = lambda result: hf_format.save_adapter(  # later: UserAdapters.save_user
-      _adapter_dir(exp, setting, result.user_id), method, result.adapter, model_config=model.config)
+  method = method_lib.build(c.peft, table=model.weight_table(), encode=exp.tokenizer.encode,
+                            instruction=exp.task.description)
+  save = lambda result: hf_format.save_adapter(
+      _adapter_dir(exp, setting, result.user_id), method, result.adapter, model.weight_table(),
+      model_config=model.config)
   _train(exp, model, method, plans, c.train.learning_rate, c.train.slots,
          f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.mesh)
 
@@ -237,32 +238,22 @@ def _load_model(config):
   return model
 
 
-def make_peft(exp: Experiment, model):
-  """The per-user PEFT method of config.peft (later: oppu_jax.peft.method.build)."""
-  del model  # the registry's build takes model.weight_table()
-  p = exp.config.peft
-  if p.method == "lora":
-    return Lora(targets=tuple(p.targets), rank=p.rank, alpha=p.alpha, dropout=p.dropout)
-  if p.method == "ia3":
-    return IA3()
-  return PromptTuning(p.num_virtual_tokens, tuple(exp.tokenizer.encode(exp.task.description)))
-
-
-def _task_lora(config):
-  ta = config.task_adapt
-  return Lora(targets=tuple(ta.targets), rank=ta.rank, alpha=ta.alpha, dropout=ta.dropout)
+def _task_lora(exp: Experiment) -> Lora:
+  """The task-adaptation LoRA of config.task_adapt (the paper's: q, k, v)."""
+  return Lora.from_config(exp.config.task_adapt, method_lib.BuildContext(
+      table=exp.base_model.weight_table(), key="config.task_adapt"))
 
 
 def _merge_task_lora(exp: Experiment, checkpoint: str, adapter=None):
   """Saves `adapter` to the orbax checkpoint (or restores it from there) and merges it."""
-  lora, checkpointer = _task_lora(exp.config), ocp.StandardCheckpointer()
+  lora, checkpointer = _task_lora(exp), ocp.StandardCheckpointer()
   if adapter is None:
-    adapter = checkpointer.restore(checkpoint,
-                                   lora.init(exp.base_model.config, jax.random.PRNGKey(0)))
+    like = lora.init(exp.base_model.weight_table(), jax.random.PRNGKey(0))
+    adapter = checkpointer.restore(checkpoint, like)
   else:
     checkpointer.save(checkpoint, jax.tree.map(jnp.asarray, adapter))
     checkpointer.wait_until_finished()
-  return merge_lora(exp.base_model, lora, jax.tree.map(jnp.asarray, adapter))
+  return merge(exp.base_model, lora, jax.tree.map(jnp.asarray, adapter))
 
 
 def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: int, desc: str,
@@ -280,26 +271,23 @@ def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: i
     return multi_user.train_users(model, method, plans, train_config, progress=on_step, **kw)
 
 
-def _load_adapters(exp: Experiment, model, setting: Setting):
-  """The test users' adapters of `setting`, stacked in test-user order (later: UserAdapters)."""
-  loaded = [hf_format.load_adapter(_adapter_dir(exp, setting, u.id), model.config)
-            for u in exp.test_users]
-  return loaded[0][0], jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
-                                    *[a for _, a in loaded])
+def _load_adapters(exp: Experiment, model, setting: Setting) -> UserAdapters:
+  """The test users' adapters of `setting`, stacked in test-user order."""
+  return UserAdapters.load([_adapter_dir(exp, setting, u.id) for u in exp.test_users],
+                           model.weight_table(), model.config)
 
 
 def _predict(exp: Experiment, model, adapters, rows) -> list[str]:
   """rows [(user index, prompt ids)] -> one prediction each: the label with the best score, or
   the decoded text."""
-  method, stacked = adapters or (None, None)
   e, tok, task = exp.config.eval, exp.tokenizer, exp.task
   if task.labels and e.classification == "score":
     choices = [tok.encode(tasks_lib.model_pair("x", label)[1]) + [tok.eos_id]
                for label in task.labels]
-    scores = score.score_choices(model, method, stacked, rows, choices, batch_size=e.batch_size)
+    scores = score.score_choices(model, adapters, rows, choices, batch_size=e.batch_size)
     return [task.labels[int(i)] for i in np.argmax(scores, axis=1)]
   outs = decode.generate_for_rows(
-      model, method, stacked, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,
+      model, adapters, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,
       pad_id=tok.pad_id, method=e.decoding, temperature=e.temperature, top_k=e.top_k,
       top_p=e.top_p, num_beams=e.num_beams, seed=exp.config.seed, batch_size=e.batch_size)
   return [tok.decode(o).strip() for o in outs]
