@@ -72,7 +72,7 @@ def frozen_base(state, model_config):
 
   def convert(path, leaf):
     names = tuple(getattr(k, "key", None) for k in path)
-    return frozen_bits_view(leaf) if names[:2] in paths else leaf
+    return frozen_bits_view(leaf) if any(names[:len(p)] == p for p in paths) else leaf
 
   return jax.tree_util.tree_map_with_path(convert, state)
 

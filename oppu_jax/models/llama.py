@@ -15,7 +15,7 @@ Weights are stored [d_in, d_out] (Hugging Face stores [out, in]; the loaders tra
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -311,7 +311,8 @@ class Llama(nnx.Module):
     cache_v = None if cache is None else cache["v"]
     (x, cache_k, cache_v), _ = jax.lax.scan(
         body, (x, cache_k, cache_v),
-        (self.layers.scan_arrays(backend.policy(cfg.backend)), adapter_layers, layer_rngs, jnp.arange(cfg.num_layers)),
+        (self.layers.scan_arrays(backend.policy(cfg.backend)), adapter_layers, layer_rngs,
+         jnp.arange(cfg.num_layers)),
     )
     hidden = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
     new_cache = None if cache is None else {"k": cache_k, "v": cache_v}
@@ -362,7 +363,8 @@ def _decoder_layer(cfg, p, adapter_layer, rng, x, positions, mask, project, cach
     v_all = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
   else:
     k_all, v_all = k, v
-  attn = attention(q, k_all, v_all, mask, cd, backend.policy(cfg.backend)).reshape(b, t, cfg.num_heads * hd)
+  attn = attention(q, k_all, v_all, mask, cd, backend.policy(cfg.backend))
+  attn = attn.reshape(b, t, cfg.num_heads * hd)
   x = x + proj("o", attn)
 
   h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)

@@ -66,12 +66,12 @@ def test_bf16_policies_agree_within_bf16_rounding():
   assert "u16" not in xla_jaxpr and "optimization_barrier" not in xla_jaxpr
   # The uint16 bits, the barrier and the residual dtype change no number; "xla" runs the
   # attention einsums on bf16 inputs where "cpu" uses f32, one bf16 rounding (relative 2^-9)
-  # of q, k, v and the probabilities per layer. Through 2 layers that stays well under 1 %
+  # of q, k, v and the probabilities per layer: 0.3 % here (logits and both gradients), under 1 %
   # of the norm; a real wiring difference (a lost adapter path, a wrong transpose) is O(1).
   assert not np.array_equal(cpu_logits, xla_logits)  # the attention dtype does differ
   assert _rel(xla_logits, cpu_logits) < 1e-2
   for key in ("a", "b"):
-    assert _rel(xla_grads[key], cpu_grads[key]) < 2e-2
+    assert _rel(xla_grads[key], cpu_grads[key]) < 1e-2
 
 
 def test_auto_resolves_once_to_cpu_here():
