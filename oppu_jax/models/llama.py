@@ -9,7 +9,9 @@ The model knows nothing of users. It offers two plug points for adapters:
 
 The layers are stacked (every layer weight has a leading [layers] axis) and run under `lax.scan`,
 so a 30-layer model compiles one layer body; `params['layers']['q'][i]` still addresses layer i.
-Weights are stored [d_in, d_out] (Hugging Face stores [out, in]; the loaders transpose).
+Weights are stored [d_in, d_out] (Hugging Face stores [out, in]; the loaders transpose), as
+`weight_table` lists them. Every matmul goes through `Llama.matmul`, which binds the compute dtype
+and the backend policy (`config.backend`, models/backend.py: the XLA:CPU tricks live there).
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class LlamaConfig:
   bos_id: int | None = 1
   eos_id: int = 2
   pad_id: int = 0
-  # How weights are stored: float32 | bfloat16. bf16 projection weights are frozen (no
-  # gradient; under the "cpu" backend the layer scan reads them as uint16 bits).
+  # How weights are stored: float32 | bfloat16. bf16 projection weights are for a frozen base
+  # (under the "cpu" backend the layer scan reads them as uint16 bits, with no gradient).
   param_dtype: str = "float32"
   compute_dtype: str = "float32"  # matmul inputs: float32 | bfloat16 (accumulation is f32)
   remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
