@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oppu_jax.models.llama import Llama, LlamaConfig, with_frozen_bits
+from oppu_jax.models import backend
+from oppu_jax.models.llama import Llama, LlamaConfig
 from oppu_jax.models.llama import init_cache as llama_init_cache
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
@@ -120,7 +121,7 @@ def make_forward(model: Llama) -> Forward:
   """A generation `forward` for a plain model: its weights are the pytree's leaves, and logits are
   computed at the last input position only (the LM head over every prompt position is waste)."""
   graphdef, state = nnx.split(model)
-  state = with_frozen_bits(state)  # bf16 stacks as free uint16 views (layers.frozen_bits)
+  state = backend.frozen_base(state, model.config)  # under "cpu": free uint16 views
   return jax.tree_util.Partial(_model_forward(graphdef), state)
 
 

@@ -9,22 +9,24 @@ The model knows nothing of users. It offers two plug points for adapters:
 
 The layers are stacked (every layer weight has a leading [layers] axis) and run under `lax.scan`,
 so a 30-layer model compiles one layer body; `params['layers']['q'][i]` still addresses layer i.
-Weights are stored [d_in, d_out] (Hugging Face stores [out, in]; the loaders transpose).
+Weights are stored [d_in, d_out] (Hugging Face stores [out, in]; the loaders transpose), as
+`weight_table` lists them. Every matmul goes through `Llama.matmul`, which binds the compute dtype
+and the backend policy (`config.backend`, models/backend.py: the XLA:CPU tricks live there).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from oppu_jax.errors import ModelError
+from oppu_jax.models import backend
+from oppu_jax.models.layers import attention, matmul, rms_norm, rope
 from oppu_jax.models.weights import Weight, WeightTable
-from oppu_jax.models.layers import (
-    attention, frozen_bits, frozen_bits_view, matmul, rms_norm, rope,
-)
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 LAYER_WEIGHTS = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
@@ -45,11 +47,16 @@ class LlamaConfig:
   bos_id: int | None = 1
   eos_id: int = 2
   pad_id: int = 0
-  # How weights are stored: float32 | bfloat16. bf16 projection weights are frozen: the layer
-  # scan reads them as uint16 bits (layers.frozen_bits) and they get no gradient.
+  # How weights are stored: float32 | bfloat16. bf16 projection weights are for a frozen base
+  # (under the "cpu" backend the layer scan reads them as uint16 bits, with no gradient).
   param_dtype: str = "float32"
   compute_dtype: str = "float32"  # matmul inputs: float32 | bfloat16 (accumulation is f32)
   remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
+  # The backend policy (models/backend.py): "auto" | "cpu" | "xla", stored resolved.
+  backend: str = "auto"
+
+  def __post_init__(self):
+    object.__setattr__(self, "backend", backend.resolve(self.backend))
 
   @property
   def dim_per_head(self) -> int:
@@ -67,6 +74,66 @@ def tiny_config(**kw) -> LlamaConfig:
   )
   base.update(kw)
   return LlamaConfig(**base)
+
+
+def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
+  """An HF config.json (as a dict) -> LlamaConfig; ModelError naming `source`."""
+  if hf.get("rope_scaling"):
+    raise ModelError(f"{source}: rope_scaling {hf['rope_scaling']!r} is not supported yet")
+  try:
+    eos = hf.get("eos_token_id", 2)
+    eos = eos[0] if isinstance(eos, list) else eos
+    pad = hf.get("pad_token_id")
+    return LlamaConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=hf.get("head_dim"),
+        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        bos_id=hf.get("bos_token_id"),
+        eos_id=eos,
+        pad_id=eos if pad is None else pad,
+    )
+  except KeyError as e:
+    raise ModelError(f"{source}: missing key {e.args[0]!r}") from None
+
+
+def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], source: str) -> LlamaConfig:
+  """GGUF metadata and tensor shapes (name -> GGUF's reversed shape) -> LlamaConfig."""
+  try:
+    heads = meta["llama.attention.head_count"]
+    eos = int(meta.get("tokenizer.ggml.eos_token_id", 2))
+    return LlamaConfig(
+        vocab_size=int(meta.get("llama.vocab_size") or shapes["token_embd.weight"][1]),
+        hidden_size=int(meta["llama.embedding_length"]),
+        intermediate_size=int(meta["llama.feed_forward_length"]),
+        num_layers=int(meta["llama.block_count"]),
+        num_heads=int(heads),
+        num_kv_heads=int(meta.get("llama.attention.head_count_kv", heads)),
+        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        rms_norm_eps=float(meta["llama.attention.layer_norm_rms_epsilon"]),
+        tie_embeddings="output.weight" not in shapes,
+        bos_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_id=eos,
+        pad_id=int(meta.get("tokenizer.ggml.padding_token_id", eos)),
+    )
+  except KeyError as e:
+    raise ModelError(f"{source}: GGUF metadata lacks {e.args[0]!r}") from None
+
+
+def gguf_tensor(weight: Weight, w, config: LlamaConfig):
+  """A dequantized GGUF tensor (HF layout) with llama.cpp's q/k row order undone: it interleaves
+  the rows per rotary pair, HF uses the half-split layout."""
+  n_head = {"q": config.num_heads, "k": config.num_kv_heads}.get(weight.projection)
+  if n_head is None:
+    return w
+  d, d_in = w.shape
+  return w.reshape(n_head, d // n_head // 2, 2, d_in).swapaxes(1, 2).reshape(d, d_in)
 
 
 class ProjectFn(Protocol):
@@ -140,11 +207,12 @@ class DecoderLayers(nnx.Module):
   def arrays(self) -> dict[str, jax.Array]:
     return {name: getattr(self, name)[...] for name in LAYER_WEIGHTS}
 
-  def scan_arrays(self) -> dict[str, jax.Array]:
-    """The per-layer operands of the layer scan: bf16 projections as `frozen_bits`."""
-    return {
-        name: frozen_bits(w) if name in PROJECTIONS else w for name, w in self.arrays().items()
-    }
+  def scan_arrays(self, policy: backend.Policy) -> dict[str, jax.Array]:
+    """The per-layer operands of the layer scan (bf16 projections as `backend.frozen_bits` if
+    the policy says so)."""
+    bits = policy.frozen_bits
+    return {name: backend.frozen_bits(w) if bits and name in PROJECTIONS else w
+            for name, w in self.arrays().items()}
 
 
 class Llama(nnx.Module):
@@ -162,16 +230,26 @@ class Llama(nnx.Module):
           (0.02 * jax.random.normal(rngs.params(), (d, config.vocab_size))).astype(dtype)
       )
 
+  def matmul(self, x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., d_in] @ w [d_in, d_out] -> f32, in the config's compute dtype and backend policy;
+    the one matmul every projection (and every adapter's) goes through."""
+    return matmul(x, w, jnp.dtype(self.config.compute_dtype), backend.policy(self.config.backend))
+
+  def weight_table(self) -> WeightTable:
+    return weight_table(self.config)
+
+  def init_cache(self, batch: int, length: int, dtype=jnp.float32) -> dict[str, jax.Array]:
+    return init_cache(self.config, batch, length, dtype)
+
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     """[batch, seq] int -> [batch, seq, hidden] f32."""
     return jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """[..., hidden] (after the final norm) -> [..., vocab] f32."""
-    cd = jnp.dtype(self.config.compute_dtype)
     if self.config.tie_embeddings:
-      return matmul(hidden, self.embed[...].T, cd)
-    return matmul(hidden, self.lm_head[...], cd)
+      return self.matmul(hidden, self.embed[...].T)
+    return self.matmul(hidden, self.lm_head[...])
 
   def __call__(
       self,
@@ -214,7 +292,7 @@ class Llama(nnx.Module):
       causal = slots[None, :] <= query_slots[:, None]
       mask = causal[None] & attention_mask[:, None, :].astype(bool)
 
-    project = project or _plain_project(jnp.dtype(cfg.compute_dtype))
+    project = project or _plain_project(self.matmul)
     layer_rngs = None if rng is None else jax.random.split(rng, cfg.num_layers)
 
     # The cache rides in the scan carry and each layer writes only its new keys/values into it
@@ -235,7 +313,8 @@ class Llama(nnx.Module):
     cache_v = None if cache is None else cache["v"]
     (x, cache_k, cache_v), _ = jax.lax.scan(
         body, (x, cache_k, cache_v),
-        (self.layers.scan_arrays(), adapter_layers, layer_rngs, jnp.arange(cfg.num_layers)),
+        (self.layers.scan_arrays(backend.policy(cfg.backend)), adapter_layers, layer_rngs,
+         jnp.arange(cfg.num_layers)),
     )
     hidden = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
     new_cache = None if cache is None else {"k": cache_k, "v": cache_v}
@@ -249,10 +328,10 @@ def init_cache(config: LlamaConfig, batch: int, length: int, dtype=jnp.float32) 
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def _plain_project(compute_dtype) -> ProjectFn:
+def _plain_project(matmul_fn) -> ProjectFn:
   def project(name, x, w, adapter_layer, rng):
     del name, adapter_layer, rng
-    return matmul(x, w, compute_dtype)
+    return matmul_fn(x, w)
 
   return project
 
@@ -286,7 +365,8 @@ def _decoder_layer(cfg, p, adapter_layer, rng, x, positions, mask, project, cach
     v_all = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
   else:
     k_all, v_all = k, v
-  attn = attention(q, k_all, v_all, mask, cd).reshape(b, t, cfg.num_heads * hd)
+  attn = attention(q, k_all, v_all, mask, cd, backend.policy(cfg.backend))
+  attn = attn.reshape(b, t, cfg.num_heads * hd)
   x = x + proj("o", attn)
 
   h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
@@ -301,18 +381,9 @@ def apply(graphdef: nnx.GraphDef, state: nnx.State, *args, **kwargs):
 
 
 def with_frozen_bits(state: nnx.State) -> nnx.State:
-  """The model state with its bf16 projection stacks as uint16 views (`frozen_bits_view`).
-
-  For a training step that never differentiates the base: the layer scan then slices integer
-  stacks and XLA:CPU neither converts nor copies them. The model reads such state unchanged.
-  """
-  def convert(path, leaf):
-    names = [getattr(k, "key", None) for k in path]
-    if len(names) >= 2 and names[0] == "layers" and names[1] in PROJECTIONS:
-      return frozen_bits_view(leaf)
-    return leaf
-
-  return jax.tree_util.tree_map_with_path(convert, state)
+  """Deprecated: `backend.frozen_base(state, config)`. Today's behaviour (the "cpu" policy's
+  uint16 views), for callers not yet switched."""
+  return backend.frozen_base(state, tiny_config(backend="cpu"))
 
 
 def abstract_model(config: LlamaConfig) -> Llama:

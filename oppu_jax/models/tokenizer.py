@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
-from oppu_jax.models.load import ModelError, embedded_gguf_path
+from oppu_jax.errors import ModelError
+from oppu_jax.models.load import embedded_gguf_path
 
 # GGUF token types (llama.cpp's llama_token_type).
 _CONTROL, _USER_DEFINED = 3, 4

@@ -1,8 +1,9 @@
 """Device mesh and the one table that maps logical axis names onto mesh axes.
 
 Mesh axes: `users` (adapters, optimizer states and per-user batches are split along their
-leading user axis) and `model` (base weights may be split along heads / MLP / vocab). Changing
-the parallelism is a config change: the mesh shape and, if needed, `RULES`.
+leading user axis) and `model` (base weights may be split along heads / MLP / vocab). A base
+weight's logical axes come from its family's weight table (`models/weights.py`). Changing the
+parallelism is a config change: the mesh shape and, if needed, `RULES`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from oppu_jax.models import llama
+from oppu_jax.models.weights import WeightTable
 
 # Logical axis name -> mesh axis (None = replicated).
 RULES = {
@@ -21,24 +25,6 @@ RULES = {
     "kv_heads": "model",
     "mlp": "model",
     "vocab": "model",
-}
-
-# Base weight -> logical axes of each dimension.
-BASE_AXES = {
-    "embed": ("vocab", "embed"),
-    "lm_head": ("embed", "vocab"),
-    "final_norm": ("embed",),
-    "layers": {
-        "attn_norm": ("layers", "embed"),
-        "q": ("layers", "embed", "heads"),
-        "k": ("layers", "embed", "kv_heads"),
-        "v": ("layers", "embed", "kv_heads"),
-        "o": ("layers", "heads", "embed"),
-        "mlp_norm": ("layers", "embed"),
-        "gate": ("layers", "embed", "mlp"),
-        "up": ("layers", "embed", "mlp"),
-        "down": ("layers", "mlp", "embed"),
-    },
 }
 
 
@@ -64,11 +50,16 @@ def spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) ->
   return PartitionSpec(*axes)
 
 
-def shard_base(state: nnx.State, mesh: Mesh) -> nnx.State:
-  """Places the base weights on the mesh by BASE_AXES and RULES (a copy per device only where
-  the rules replicate)."""
+def shard_base(state: nnx.State, mesh: Mesh, table: WeightTable | None = None) -> nnx.State:
+  """Places the base weights on the mesh by their logical axes in the model's weight table
+  (`model.weight_table()`) and RULES (a copy per device only where the rules replicate).
+
+  table=None: Llama's axes (deprecated; for callers that do not pass the table yet)."""
+  table = table or llama.weight_table(llama.tiny_config(backend="cpu"))
+  axes = {w.path: w.full_axes for w in table.weights}
   pure = nnx.to_pure_dict(state)
-  shardings = _shardings(pure, BASE_AXES, mesh)
+  shardings = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(mesh, spec(axes[_keys(path)], leaf.shape, mesh)), pure)
   nnx.replace_by_pure_dict(state, jax.device_put(pure, shardings))
   return state
 
@@ -78,7 +69,5 @@ def users_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec("users"))
 
 
-def _shardings(tree, axes, mesh):
-  if isinstance(tree, dict):
-    return {k: _shardings(v, axes[k], mesh) for k, v in tree.items()}
-  return NamedSharding(mesh, spec(axes, tree.shape, mesh))
+def _keys(path) -> tuple[str, ...]:
+  return tuple(k.key for k in path)

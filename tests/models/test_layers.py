@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from oppu_jax.models import layers
-from oppu_jax.models.llama import Llama, tiny_config, with_frozen_bits
+from oppu_jax.models import backend, layers
+from oppu_jax.models.llama import Llama, tiny_config
 
 
 def _xw(seed=0, shape=(3, 5, 48), d_out=40):
@@ -54,7 +54,7 @@ def test_bf16_gradients_stay_close_to_f32():
 def test_frozen_bits_give_the_bf16_result_and_no_weight_gradient():
   x, w = _xw(2)
   w16 = w.astype(jnp.bfloat16)
-  bits = layers.frozen_bits(w16)
+  bits = backend.frozen_bits(w16)
   assert bits.dtype == jnp.uint16
   np.testing.assert_array_equal(layers.matmul(x, bits), layers.matmul(x, w16, jnp.bfloat16))
   g = jax.random.normal(jax.random.PRNGKey(5), (3, 5, 40))
@@ -63,15 +63,15 @@ def test_frozen_bits_give_the_bf16_result_and_no_weight_gradient():
   np.testing.assert_array_equal(dx_bits, dx)
   assert dw_bits.dtype == jax.dtypes.float0
   # f32 weights are not reinterpreted.
-  assert layers.frozen_bits(w) is w
+  assert backend.frozen_bits(w) is w
 
 
 def test_frozen_bits_view_shares_the_buffer():
   w16 = _xw()[1].astype(jnp.bfloat16)
-  view = layers.frozen_bits_view(w16)
+  view = backend.frozen_bits_view(w16)
   assert view.dtype == jnp.uint16
   assert view.unsafe_buffer_pointer() == w16.unsafe_buffer_pointer()
-  np.testing.assert_array_equal(view, layers.frozen_bits(w16))
+  np.testing.assert_array_equal(view, backend.frozen_bits(w16))
 
 
 @pytest.mark.parametrize("param_dtype", ["bfloat16", "float32"])
@@ -82,7 +82,7 @@ def test_model_reads_state_with_frozen_bits_unchanged(param_dtype):
   positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
   mask = jnp.ones((2, 7), bool)
   run = lambda s: nnx.merge(graphdef, s)(tokens, positions=positions, attention_mask=mask)[0]
-  bits_state = with_frozen_bits(state)
+  bits_state = backend.frozen_base(state, config)
   leaf = bits_state["layers"]["q"][...]
   assert leaf.dtype == (jnp.uint16 if param_dtype == "bfloat16" else jnp.float32)
   np.testing.assert_array_equal(run(bits_state), run(state))

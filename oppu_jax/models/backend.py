@@ -1,0 +1,134 @@
+"""The backend policy: every XLA:CPU workaround of the model, chosen once per model.
+
+Config key `model.backend`: "auto" (the default: "cpu" when JAX runs on the CPU, else "xla"),
+"cpu" or "xla". `LlamaConfig` resolves it when it is built (the loader passes the key), so a
+model's config always names a concrete policy and nothing decides per call. The model reaches
+the policy through `Llama.matmul` / `layers.matmul(..., policy)` and `frozen_base`.
+
+"cpu" keeps what makes XLA:CPU fast (measured on avx512_bf16, SmolLM2-135M):
+- frozen bf16 projection stacks ride the layer scan as uint16 bits (`frozen_bits`);
+- the bf16 matmul VJPs materialise W^T behind an optimization_barrier (`transposed`);
+- matmul residuals stay in their input dtype (`residual`);
+- the attention einsums run in f32.
+"xla" is the plain path for GPU/TPU: bf16 weights as they are, JAX's transpose, bf16 residuals,
+attention in the compute dtype. Both give the same numbers within bf16 rounding
+(tests/models/test_backend.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from oppu_jax.errors import ConfigError
+
+BACKENDS = ("auto", "cpu", "xla")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """What a backend needs; hashable, so it can be a static argument."""
+
+  name: str
+  frozen_bits: bool  # bf16 projection stacks carried as uint16 bits through the scan
+  transpose_barrier: bool  # bf16 VJPs materialise W^T (XLA:CPU's fast GEMM needs it)
+  residual_in_input_dtype: bool  # matmul residuals not cast to bf16
+  f32_attention: bool  # attention einsums in f32 whatever the compute dtype
+
+
+POLICIES = {
+    "cpu": Policy("cpu", True, True, True, True),
+    "xla": Policy("xla", False, False, False, False),
+}
+
+
+def resolve(name: str, key: str = "model.backend") -> str:
+  """"auto" | "cpu" | "xla" -> "cpu" | "xla"; a ConfigError naming `key` for anything else."""
+  if name not in BACKENDS:
+    raise ConfigError(f"{key}: unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+  if name == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+  return name
+
+
+def policy(name: str | Policy) -> Policy:
+  """The policy called `name` ("auto" resolves here: for callers without a model config)."""
+  return name if isinstance(name, Policy) else POLICIES[resolve(name)]
+
+
+def frozen_base(state, model_config):
+  """The base model's state for a step that never differentiates it: under "cpu", its bf16
+  projection stacks as uint16 views (`frozen_bits_view`), which the model reads unchanged and
+  XLA:CPU neither converts nor copies in the layer scan. Identity under "xla"."""
+  if not policy(model_config.backend).frozen_bits:
+    return state
+  from oppu_jax.models.family import for_config  # the table says which weights are projections
+
+  paths = {w.path for w in for_config(model_config).weight_table(model_config).weights
+           if w.projection is not None}
+
+  def convert(path, leaf):
+    names = tuple(getattr(k, "key", None) for k in path)
+    return frozen_bits_view(leaf) if any(names[:len(p)] == p for p in paths) else leaf
+
+  return jax.tree_util.tree_map_with_path(convert, state)
+
+
+def frozen_bits(w: jax.Array) -> jax.Array:
+  """A frozen bf16 weight stack as uint16 bits, for a `lax.scan` to slice.
+
+  Why: XLA:CPU converts a bf16 stack that a scan slices to f32 outside the loop and back to bf16
+  inside it, every step (0.1-0.25 s per SmolLM2 weight stack per training step); it leaves an
+  integer stack alone. `layers.matmul` reinterprets the bits. Other dtypes pass through.
+  """
+  if w.dtype != jnp.bfloat16:
+    return w
+  return jax.lax.bitcast_convert_type(w, jnp.uint16)
+
+
+def frozen_bits_view(w: jax.Array) -> jax.Array:
+  """`frozen_bits` for a weight that lives in host memory, without a copy.
+
+  Inside a jit, XLA:CPU materialises the bitcast (0.27 s per SmolLM2 training step); a numpy view
+  of the CPU buffer reinterprets it for free. Only for CPU-resident, unsharded bf16 arrays; others
+  pass through unchanged.
+  """
+  if w.dtype != jnp.bfloat16 or not _on_one_cpu_device(w):
+    return w
+  return jax.device_put(np.asarray(w).view(np.uint16), next(iter(w.devices())))
+
+
+def from_bits(a: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(a, jnp.bfloat16)
+
+
+def transposed(w: jax.Array, p: Policy) -> jax.Array:
+  """W^T for a bf16 VJP. Under "cpu" the barrier makes XLA materialise it: a bf16 dot that
+  contracts the right operand's last dimension misses XLA:CPU's fast kernel (62 vs 172 GFLOP/s
+  at SmolLM2's shapes)."""
+  wt = jnp.swapaxes(w, -1, -2)
+  return jax.lax.optimization_barrier(wt) if p.transpose_barrier else wt
+
+
+def residual(a: jax.Array, p: Policy) -> jax.Array:
+  """What the backward pass keeps of a matmul input.
+
+  bf16 halves the memory, but XLA:CPU stores the layer scan's stacked bf16 residuals as f32 and
+  converts them outside the loop (at 8 users x 4 rows: 3.3 of a 26.6 s step); under "cpu" the
+  input is kept as it came and cast in the backward.
+  """
+  return a if p.residual_in_input_dtype else a.astype(jnp.bfloat16)
+
+
+def attention_dtype(compute_dtype, p: Policy):
+  """The attention einsums' input dtype. f32 under "cpu", for the reason given in `residual`:
+  they are ~4 % of SmolLM2's FLOPs at 128 tokens, and their bf16 residuals cost more."""
+  return jnp.float32 if p.f32_attention else compute_dtype
+
+
+def _on_one_cpu_device(w) -> bool:
+  devices = getattr(w, "devices", lambda: set())()
+  return len(devices) == 1 and next(iter(devices)).platform == "cpu"

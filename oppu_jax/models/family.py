@@ -1,0 +1,82 @@
+"""Model families: what the loader needs to know of each architecture, in one record.
+
+A new family (T5, next) is one model file (the module, its config, `weight_table`, the config
+readers) plus one `register(Family(...))` line at the bottom of this file; the loader
+(`load.load_model`), the PEFT export and the sharding rules then work from its weight table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from oppu_jax.errors import ModelError
+from oppu_jax.models import llama
+from oppu_jax.models.weights import Weight, WeightTable
+
+
+def _as_stored(weight: Weight, w: np.ndarray, config: Any) -> np.ndarray:
+  del weight, config
+  return w
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """name: ours; model: the nnx module class, `model(config, rngs=...)`; config_class: its config
+  dataclass (with `param_dtype` and `backend` fields); hf_model_types / gguf_architectures: the
+  config.json `model_type`s and GGUF `general.architecture`s it reads;
+  config_from_hf(hf_dict, source) / config_from_gguf(meta, tensor_shapes, source) -> config;
+  weight_table(config); gguf_tensor(weight, array, config) undoes llama.cpp layouts."""
+
+  name: str
+  model: type
+  config_class: type
+  hf_model_types: tuple[str, ...]
+  gguf_architectures: tuple[str, ...]
+  config_from_hf: Callable[[dict, str], Any]
+  config_from_gguf: Callable[[dict, dict, str], Any]
+  weight_table: Callable[[Any], WeightTable]
+  gguf_tensor: Callable[[Weight, np.ndarray, Any], np.ndarray] = _as_stored
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+  FAMILIES[family.name] = family
+  return family
+
+
+def for_hf(hf: dict, source: str) -> Family:
+  """The family that reads this config.json; a one-line ModelError naming `source` if none."""
+  model_type = hf.get("model_type")
+  for family in FAMILIES.values():
+    if model_type in family.hf_model_types:
+      return family
+  known = sorted(t for f in FAMILIES.values() for t in f.hf_model_types)
+  raise ModelError(f"{source}: unsupported architecture {hf.get('architectures') or model_type!r} "
+                   f"(model_type {model_type!r}); oppu_jax loads model_type {', '.join(known)}")
+
+
+def for_gguf(arch: str | None, source: str) -> Family:
+  for family in FAMILIES.values():
+    if arch in family.gguf_architectures:
+      return family
+  known = sorted(a for f in FAMILIES.values() for a in f.gguf_architectures)
+  raise ModelError(f"{source}: unsupported GGUF architecture {arch!r}; oppu_jax reads "
+                   f"{', '.join(known)}")
+
+
+def for_config(config: Any) -> Family:
+  """The family whose config class `config` is (an exact match: families do not subclass)."""
+  for family in FAMILIES.values():
+    if type(config) is family.config_class:
+      return family
+  raise TypeError(f"no model family for {type(config).__name__}")
+
+
+register(Family("llama", llama.Llama, llama.LlamaConfig, ("llama",), ("llama",),
+                llama.config_from_hf, llama.config_from_gguf, llama.weight_table,
+                llama.gguf_tensor))
