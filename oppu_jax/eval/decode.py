@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 
 from oppu_jax.models import generate as gen
-from oppu_jax.models.llama import Llama, init_cache, with_frozen_bits
+from oppu_jax.models import backend
+from oppu_jax.models.llama import Llama, init_cache
 from oppu_jax.peft import apply
 from oppu_jax.peft.stack import UserAdapters
 
@@ -58,7 +59,7 @@ def generate_for_rows(
   """
   _check(adapters, rows)
   graphdef, base = nnx.split(model)
-  base = with_frozen_bits(base)  # bf16 stacks as free uint16 views (layers.frozen_bits)
+  base = backend.frozen_base(base, model.config)  # CPU: bf16 stacks as free uint16 views
   adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
   n_virtual = _n_virtual(adapters)
   # Equal for equal graphs, so generate's jitted loops find their compiled programs again.

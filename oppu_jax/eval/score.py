@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oppu_jax.models.llama import Llama, with_frozen_bits
+from oppu_jax.models import backend
+from oppu_jax.models.llama import Llama
 from oppu_jax.peft import apply
 from oppu_jax.peft.stack import UserAdapters
 
@@ -64,7 +65,7 @@ def score_choices(
   plan = _Plan(choices)
   programs = Programs() if programs is None else programs
   graphdef, base = nnx.split(model)
-  base = with_frozen_bits(base)  # bf16 stacks as free uint16 views (layers.frozen_bits)
+  base = backend.frozen_base(base, model.config)  # CPU: bf16 stacks as free uint16 views
   adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
   n = len(rows)
   size = min(batch_size, 1 << max(n - 1, 0).bit_length())

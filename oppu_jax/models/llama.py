@@ -380,12 +380,6 @@ def apply(graphdef: nnx.GraphDef, state: nnx.State, *args, **kwargs):
   return nnx.merge(graphdef, state)(*args, **kwargs)
 
 
-def with_frozen_bits(state: nnx.State) -> nnx.State:
-  """Deprecated: `backend.frozen_base(state, config)`. Today's behaviour (the "cpu" policy's
-  uint16 views), for callers not yet switched."""
-  return backend.frozen_base(state, tiny_config(backend="cpu"))
-
-
 def abstract_model(config: LlamaConfig) -> Llama:
   """The model with shapes only (no memory), for loaders to fill."""
   return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))

@@ -26,12 +26,6 @@ __all__ = ["ModelError", "load_model", "embedded_gguf_path", "from_hf_state_dict
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# Deprecated, derived from the weight table: for peft/hf_format.py and test fixtures until they
-# read `model.weight_table()`.
-HF_LAYER_NAMES = {w.path[-1]: w.hf.removeprefix("model.layers.{i}.") for w in
-                  families.llama.weight_table(families.llama.tiny_config(backend="cpu")).weights
-                  if w.stacked}
-
 
 def load_model(path: str | None = None, backend: str = "auto", **config_overrides):
   """Loads a model from an HF directory or a GGUF file; None = the embedded SmolLM2.

@@ -12,7 +12,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from oppu_jax.models import layers
 from oppu_jax.models.llama import Llama
 
 
@@ -56,12 +55,8 @@ def forward(
 
 def bind_project(model: Llama, method):
   """The model's hook `project(name, x, w, adapter_layer, rng)`: the method's, with the model's
-  matmul (`Llama.matmul`, or the plain dtype-policy matmul for a model without one)."""
-  matmul = getattr(model, "matmul", None)
-  if matmul is None:
-    matmul = functools.partial(layers.matmul,
-                               compute_dtype=jnp.dtype(model.config.compute_dtype))
-  return functools.partial(method.project, matmul=matmul)
+  own matmul (its compute dtype and backend policy), so adapter products follow the same policy."""
+  return functools.partial(method.project, matmul=model.matmul)
 
 
 def _with_prefix_mask(mask: jax.Array, n_prefix: int) -> jax.Array:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from flax import nnx
 
-from oppu_jax.models import llama
-
 
 def merge(model, method, adapter):
   """A new model whose projection weights include the adapter; `model` is left unchanged.
@@ -18,8 +16,7 @@ def merge(model, method, adapter):
   if not getattr(method, "can_merge", False):
     raise TypeError(f"PEFT method {getattr(method, 'name', type(method).__name__)!r} cannot be "
                     "merged into the base weights (it has no merge)")
-  table = model.weight_table() if hasattr(model, "weight_table") else llama.weight_table(
-      model.config)
+  table = model.weight_table()
   graphdef, state = nnx.split(model)
   pure = nnx.to_pure_dict(state)
   paths = {name: w.path for name, w in table.projections.items()}

@@ -232,8 +232,8 @@ def _adapter_dir(exp: Experiment, setting: Setting, user_id: str) -> str:
 
 
 def _load_model(config):
-  # TODO(lead): pass backend=config.model.backend once models/ takes it.
-  model, _ = load.load_model(config.model.path or None, param_dtype=config.model.param_dtype,
+  model, _ = load.load_model(config.model.path or None, backend=config.model.backend,
+                             param_dtype=config.model.param_dtype,
                              compute_dtype=config.model.compute_dtype, remat=config.model.remat)
   return model
 

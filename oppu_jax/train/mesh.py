@@ -13,7 +13,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from oppu_jax.models import llama
 from oppu_jax.models.weights import WeightTable
 
 # Logical axis name -> mesh axis (None = replicated).
@@ -50,12 +49,9 @@ def spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) ->
   return PartitionSpec(*axes)
 
 
-def shard_base(state: nnx.State, mesh: Mesh, table: WeightTable | None = None) -> nnx.State:
+def shard_base(state: nnx.State, mesh: Mesh, table: WeightTable) -> nnx.State:
   """Places the base weights on the mesh by their logical axes in the model's weight table
-  (`model.weight_table()`) and RULES (a copy per device only where the rules replicate).
-
-  table=None: Llama's axes (deprecated; for callers that do not pass the table yet)."""
-  table = table or llama.weight_table(llama.tiny_config(backend="cpu"))
+  (`model.weight_table()`) and RULES (a copy per device only where the rules replicate)."""
   axes = {w.path: w.full_axes for w in table.weights}
   pure = nnx.to_pure_dict(state)
   shardings = jax.tree_util.tree_map_with_path(
