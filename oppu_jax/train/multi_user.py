@@ -110,7 +110,7 @@ def train_users(
     logging.info("training %d users with batch shape (T, K) = %s", len(group.plans), group.shape)
     report = _train_group(program, group, config, report, results, on_user_done, progress)
   if stats is not None:
-    stats.update(step_compilations=program.compilations, steps=program.steps,
+    stats.update(step_compilations=program.compilations(), steps=program.steps,
                  remat=dict(program.remat_used))
   return results
 
@@ -196,7 +196,7 @@ class _StepProgram:
     self.embed = model.embed[...]
     self.peft, self.config, self.mesh, self.max_steps = peft, config, mesh, max_steps
     self.tx = optim.adamw_without_lr(config.weight_decay, config.clip_norm)
-    self.compilations, self.steps = 0, 0
+    self.steps, self._compiles = 0, 0  # host-side counts
     self.remat_used = {}  # batch shape -> whether its step recomputes activations
     self._jits = {
         remat: jax.jit(functools.partial(self._step_impl, remat=remat), donate_argnums=(1,))
@@ -243,12 +243,16 @@ class _StepProgram:
       executable, remat, count = compile_policy.compile_step(
           self._jits, args, remat=self.config.remat, model_remat=self.model_config.remat,
           budget_gb=self.config.memory_budget_gb, label=shape)
-      self.compilations += count
+      self._compiles += count
       self.remat_used[shape] = remat
       # Under a mesh, the slots' shardings after a step or a refill need not be the ones the
       # executable was compiled for; jit reshards (at the price of compiling once more).
       self._compiled[shape] = executable if self.mesh is None else self._jits[remat]
     return self._compiled[shape](*args)
+
+  def compilations(self) -> int:
+    """Compilations of the step: ours, plus (under a mesh) jit's on a changed input sharding."""
+    return self._compiles + sum(j._cache_size() for j in self._jits.values())
 
   def users_per_pass(self, users: int) -> int:
     if self.config.users_per_pass > 0:

@@ -26,8 +26,9 @@ def test_default_run_shapes_refill_one_group_of_eight_at_the_largest_shape():
   groups = scheduler.schedule(plans, 8, "refill")
   assert len(groups) == 1
   assert groups[0].shape == (96, 4) and groups[0].slots == 8
-  # Longest first: most steps (u6, u5: 4 batches x 2 epochs), then most tokens among equals.
-  assert _ids(groups[0]) == ["u6", "u5", "u4", "u3", "u2", "u1", "u0", "long96"]
+  # Longest first: most steps (u6, u5: 4 batches x 2 epochs), then most tokens among equals
+  # (3 batches: u4 12 x 78 tokens, u3 11 x 78, long96 9 x 94, u2 10 x 78, u1 9 x 78).
+  assert _ids(groups[0]) == ["u6", "u5", "u4", "u3", "long96", "u2", "u1", "u0"]
 
 
 def test_exact_keeps_buckets_apart_largest_shape_first():
