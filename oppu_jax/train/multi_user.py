@@ -1,7 +1,7 @@
 """The multi-user trainer: many users' adapters train in one compiled step.
 
-U slots hold U users' adapters (a `UserAdapters`), optimizer states, step counters, PRNG keys and
-learning-rate schedules, every leaf with a leading [U] axis. One jit-compiled step maps the loss,
+U slots (`slots.Slots`) hold U users' adapters, optimizer states, step counters, PRNG keys and
+learning-rate tables. One jit-compiled step maps the loss,
 gradient and AdamW update over the slots, with the frozen base weights broadcast, never copied per
 user: jax.vmap on accelerators, a loop inside the step on a CPU (`TrainConfig.users_per_pass`),
 where an idle slot skips its work. Each user reads only its own batches, dropout keys
@@ -28,8 +28,8 @@ from flax import nnx
 from oppu_jax.errors import ConfigError
 from oppu_jax.models.llama import Llama, with_frozen_bits
 from oppu_jax.peft.apply import forward
-from oppu_jax.peft.stack import UserAdapters
 from oppu_jax.train import compile_policy, optim, scheduler
+from oppu_jax.train.slots import Slots, learning_rates
 from oppu_jax.train.user_batches import UserBatches, UserPlan, user_seed
 
 
@@ -99,7 +99,8 @@ def train_users(
   activations).
   """
   plans = list(plans)
-  program = _StepProgram(model, peft, config, mesh, max(p.total_steps for p in plans))
+  max_steps = max((p.total_steps for p in plans), default=1)
+  program = _StepProgram(model, peft, config, mesh, max_steps)
   policy = config.schedule
   if policy == "auto":
     policy = "refill" if program.users_per_pass(config.slots) > 1 else "exact"
@@ -165,25 +166,10 @@ def _fill(program, slots, occupants, slot, queue, group, config):
     return slots  # the slot's step counter has reached its total: the step leaves it idle
   plan = queue.pop(0)
   occupants[slot] = _Occupant(plan, UserBatches(plan, config.seed, shape=group.shape))
-  lrs = [optim.linear_schedule(s, plan.total_steps, config.warmup_ratio, config.learning_rate)
-         for s in range(plan.total_steps)]
-  lr_row = np.zeros(program.max_steps, np.float32)
-  lr_row[:plan.total_steps] = lrs  # float64 -> float32, as the host-side schedule was
+  lrs = learning_rates(plan.total_steps, config.warmup_ratio, config.learning_rate,
+                       program.max_steps)
   key = jax.random.PRNGKey(user_seed(config.seed, plan.user_id))
-  return program.enter(slots, slot, key, plan.total_steps, lr_row)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class _Slots:
-  """The trainer's device state, every leaf [slots, ...]."""
-
-  adapters: UserAdapters
-  opt_states: Any
-  step: jax.Array  # [U] int32: the occupant's own step
-  key: jax.Array  # [U, 2] uint32: the occupant's PRNG key (init; dropout = fold_in(key, step))
-  total: jax.Array  # [U] int32: the occupant's steps (step == total: idle)
-  lr: jax.Array  # [U, max_steps] f32: the occupant's learning rate at each of its steps
+  return program.enter(slots, slot, key, plan.total_steps, lrs)
 
 
 class _StepProgram:
@@ -214,25 +200,19 @@ class _StepProgram:
     """One user's fresh adapter (the PEFT method's init; the single place that calls it)."""
     return self.peft.init(self.model_config, key, embed)
 
-  def fresh_slots(self, n: int) -> _Slots:
+  def fresh_slots(self, n: int) -> Slots:
     one = self._init_one(jax.random.PRNGKey(0), self.embed)
-    stacked = lambda tree: jax.tree.map(lambda x: jnp.zeros((n, *x.shape), x.dtype), tree)
-    slots = _Slots(UserAdapters.like(self.peft, one, n), stacked(self.tx.init(one)),
-                   jnp.zeros(n, jnp.int32), jnp.zeros((n, 2), jnp.uint32),
-                   jnp.zeros(n, jnp.int32), jnp.zeros((n, self.max_steps), jnp.float32))
+    slots = Slots.empty(self.peft, one, self.tx.init(one), n, self.max_steps)
     return slots if self.mesh is None else jax.device_put(slots, self._users)
 
-  def enter(self, slots: _Slots, slot: int, key, total: int, lr_row) -> _Slots:
-    return self._enter(slots, slot, key, total, lr_row, self.embed)
+  def enter(self, slots: Slots, slot: int, key, total: int, lrs) -> Slots:
+    return self._enter(slots, slot, key, total, lrs, self.embed)
 
-  def _enter_impl(self, slots, slot, key, total, lr_row, embed):
+  def _enter_impl(self, slots, slot, key, total, lrs, embed):
     fresh = self._init_one(key, embed)
-    opt = jax.tree.map(lambda s, o: s.at[slot].set(o), slots.opt_states, self.tx.init(fresh))
-    return _Slots(slots.adapters.set_user(slot, fresh), opt, slots.step.at[slot].set(0),
-                  slots.key.at[slot].set(key), slots.total.at[slot].set(total),
-                  slots.lr.at[slot].set(lr_row))
+    return slots.enter(slot, fresh, self.tx.init(fresh), key, total, lrs)
 
-  def step(self, slots: _Slots, batches: dict[str, np.ndarray]):
+  def step(self, slots: Slots, batches: dict[str, np.ndarray]):
     """One step of every occupied slot -> (slots, losses [U]; 0 for idle slots)."""
     if self.mesh is not None:
       batches = jax.device_put(batches, self._users)
@@ -259,7 +239,7 @@ class _StepProgram:
       return min(self.config.users_per_pass, users)
     return 1 if self.mesh is None and jax.default_backend() == "cpu" else users
 
-  def _step_impl(self, base, slots: _Slots, batches, remat):
+  def _step_impl(self, base, slots: Slots, batches, remat):
     def one_user(adapter, opt_state, batch, lr, key):
       loss, grads = jax.value_and_grad(self._loss)(adapter, base, batch, key, remat)
       updates, opt_state = self.tx.update(grads, opt_state, adapter)
@@ -287,10 +267,7 @@ class _StepProgram:
       adapters, opt_states, losses = jax.lax.map(
           lambda xs: looped_slot(*xs), (*per_slot, slots.total, slots.lr),
           batch_size=per_pass if per_pass > 1 else None)
-    active = slots.step < slots.total
-    return dataclasses.replace(
-        slots, adapters=dataclasses.replace(slots.adapters, tree=adapters),
-        opt_states=opt_states, step=slots.step + active), losses
+    return slots.stepped(adapters, opt_states), losses
 
   def _loss(self, adapter, base, batch, key, remat=False):
     """Mean cross-entropy over the user's target tokens; logits only at target positions."""
