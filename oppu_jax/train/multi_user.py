@@ -250,7 +250,8 @@ class _StepProgram:
       return one_user(adapter, opt_state, batch, lr_row[step], jax.random.fold_in(key, step))
 
     def looped_slot(adapter, opt_state, batch, step, key, total, lr_row):
-      # An idle slot skips the forward/backward (cond stays a branch inside a loop).
+      # An idle slot skips the forward/backward: cond stays a branch inside a loop (with
+      # users_per_pass > 1 each pass is vmapped, and there it computes both branches).
       return jax.lax.cond(step < total, slot_step,
                           lambda a, o, *_: (a, o, jnp.zeros((), jnp.float32)),
                           adapter, opt_state, batch, step, key, lr_row)
