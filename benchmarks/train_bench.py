@@ -321,7 +321,7 @@ def time_ours(model, config, plans, slots, method, dtype_label, peak, users_per_
   step_times = []
   last = [0.0]
 
-  def progress(tokens, finished):
+  def progress(report):
     # The step returns host losses, so it has finished when this runs: per-step wall time.
     now = time.perf_counter()
     step_times.append(now - last[0])

@@ -29,7 +29,8 @@ CHOICES = {
     "data.format": ("auto", "official", "oppu"),
     "data.history_mode": ("oppu", "aligned", "text", "convert"),
     "model.backend": ("auto", "cpu", "xla"),
-    "peft.method": ("lora", "ia3", "prompt_tuning"),
+    "train.schedule": ("auto", "refill", "exact"),
+    "train.remat": ("auto", "always", "never"),
     "eval.classification": ("score", "generate"),
     "eval.decoding": ("greedy", "sample", "beam"),
 }
@@ -135,6 +136,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.remat = "auto"  # auto: recompute activations only when a step would not fit in memory
   c.train.memory_budget_gb = 0.0  # 0: 90 % of the memory available when a step compiles
   c.train.users_per_pass = 0  # users vmapped together inside a step; 0: 1 on CPU, all elsewhere
+  # Which users share a compiled step: exact (one group per batch-shape bucket), refill (free
+  # slots take smaller users padded up), auto (exact where users are looped, i.e. on a CPU, where
+  # padding costs more than a compile; refill where they are vmapped and idle slots cost time).
+  c.train.schedule = "auto"
 
   # Stage 3: evaluation.
   c.eval = ml_collections.ConfigDict()

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import sys
 import time
-import types
 
 from tqdm import tqdm
 
@@ -48,18 +47,3 @@ def bar(desc: str, total: int, unit: str, enabled: bool = True):
             mininterval=1.0, disable=not (enabled and sys.stderr.isatty())) as t:
     yield Bar(t, desc, total, unit, enabled)
 
-
-def from_legacy(on_report, total_steps: int, users_total: int, slots: int):
-  """Today's trainer callback progress(tokens, users_finished) -> a StepReport for `on_report`;
-  a step counts once per busy slot, exact for one batch shape (slots refill until the queue is
-  empty). Goes when the trainer reports steps itself."""
-  done = {"steps": 0, "users": 0}
-
-  def on_step(tokens: int, finished: int) -> None:
-    done["steps"] += min(slots, users_total - done["users"])
-    done["users"] += finished
-    on_report(types.SimpleNamespace(steps_done=min(done["steps"], total_steps),
-                                    total_steps=total_steps, tokens=tokens,
-                                    users_done=done["users"], users_total=users_total))
-
-  return on_step

@@ -79,6 +79,7 @@ def setup(config, workdir: str) -> Experiment:
   """Checks the config, claims the workdir, loads (or generates) the data, the tokenizer, the
   base model, and the profiles if a setting needs them."""
   config_lib.check(config)
+  method_lib.get(config.peft.method)  # the registry knows the methods: fail before any work
   settings = parse_settings(config.settings)
   task = tasks_lib.get_task(config.task)
   wd.claim(workdir, config.to_dict(), config.overwrite)
@@ -263,12 +264,10 @@ def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: i
   train_config = multi_user.TrainConfig(
       learning_rate=learning_rate, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
       warmup_ratio=t.warmup_ratio, slots=slots, seed=exp.config.seed, remat=t.remat,
-      memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass)
+      memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass, schedule=t.schedule)
   total = sum(p.total_steps for p in plans)
   with progress.bar(desc, total, "steps", exp.config.progress) as bar:
-    # TODO(lead): progress=bar once the trainer reports StepReport.
-    on_step = progress.from_legacy(bar, total, len(plans), min(slots, len(plans)))
-    return multi_user.train_users(model, method, plans, train_config, progress=on_step, **kw)
+    return multi_user.train_users(model, method, plans, train_config, progress=bar, **kw)
 
 
 def _load_adapters(exp: Experiment, model, setting: Setting) -> UserAdapters:

@@ -1,17 +1,16 @@
 """The multi-user trainer: many users' adapters train in one compiled step.
 
-The adapters and optimizer states of U users form one pytree whose leaves carry a leading [U]
-axis. One jit-compiled step maps the loss, gradient and AdamW update over that axis, with the
-frozen base weights broadcast, never copied per user: jax.vmap on accelerators, a loop inside the
-step on a CPU (`TrainConfig.users_per_pass`). The step is compiled once per batch shape, with
-activation recomputation (remat) only if XLA's memory plan exceeds the budget. Each user reads only its own
-batches, its own dropout keys and its own learning-rate schedule, so its adapter is a function of
-its data and the config alone.
+U slots (`slots.Slots`) hold U users' adapters, optimizer states, step counters, PRNG keys and
+learning-rate tables. One jit-compiled step maps the loss,
+gradient and AdamW update over the slots, with the frozen base weights broadcast, never copied per
+user: jax.vmap on accelerators, a loop inside the step on a CPU (`TrainConfig.users_per_pass`),
+where an idle slot skips its work. Each user reads only its own batches, dropout keys
+(fold_in(its key, its step)) and learning rates, so its adapter is a function of its data, its
+batch shape and the config alone.
 
-Users are grouped by their batch shape (T, K) — buckets of their own data. Within a group, U slots
-stay busy: when a user finishes its epochs, `on_user_done` receives its adapter (to write it out)
-and the slot takes the next user with a fresh adapter and optimizer state: same shapes, no
-recompilation.
+`scheduler.schedule` groups the users by batch shape; a group's step is compiled once
+(`compile_policy`). When a user finishes, `on_user_done` receives its adapter and the slot takes the
+next user of the group: same shapes, no recompilation.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from typing import Any, Callable, Iterable
 
 import jax
@@ -27,10 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oppu_jax.models.llama import Llama, weight_table, with_frozen_bits
+from oppu_jax.errors import ConfigError
+from oppu_jax.models import backend
+from oppu_jax.models.llama import Llama
 from oppu_jax.peft.apply import forward
-from oppu_jax.train import optim
-from oppu_jax.train.user_batches import UserPlan, batch_for_step, empty_batch, user_seed
+from oppu_jax.train import compile_policy, optim, scheduler
+from oppu_jax.train.slots import Slots, learning_rates
+from oppu_jax.train.user_batches import UserBatches, UserPlan, user_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +51,16 @@ class TrainConfig:
   # CPU, which is compute-bound and loses cache locality on a U-times larger working set
   # (SmolLM2, 8 users x 4 x 128 tokens: 28 % slower per token vmapped than one by one).
   users_per_pass: int = 0
+  # scheduler policy: "refill" pads smaller users up into a group's free slots, "exact" keeps
+  # buckets apart; "auto": refill when users are vmapped (an idle slot costs a full user), exact
+  # when looped (an idle slot is free; padding up costs, e.g. SmolLM2 T=96 vs 80: +38 % per step).
+  schedule: str = "auto"
 
   def __post_init__(self):
     if self.remat not in ("auto", "always", "never"):
-      raise ValueError(f"train.remat: {self.remat!r}; choose auto, always or never")
+      raise ConfigError(f"train.remat: {self.remat!r}; choose auto, always or never")
+    if self.schedule not in ("auto", *scheduler.POLICIES):
+      raise ConfigError(f"train.schedule: {self.schedule!r}; choose auto, refill or exact")
 
 
 @dataclasses.dataclass
@@ -64,6 +71,17 @@ class UserResult:
   steps: int
 
 
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+  """Progress after one step of `train_users`; steps count user-steps (a user's own batches)."""
+
+  steps_done: int
+  total_steps: int  # all users' steps of this call
+  tokens: int  # real (unpadded) tokens of this step
+  users_done: int
+  users_total: int
+
+
 def train_users(
     model: Llama,
     peft,
@@ -72,191 +90,187 @@ def train_users(
     *,
     on_user_done: Callable[[UserResult], None] | None = None,
     mesh=None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[StepReport], None] | None = None,
     stats: dict | None = None,
 ) -> dict[str, UserResult]:
   """Trains one adapter per plan; returns user id -> UserResult (also passed to on_user_done).
 
-  progress(tokens_in_step, users_finished) is called after every step; `stats`, if given, gets
-  "step_compilations" (how many times the step was traced, i.e. compiled), "steps" and "remat"
-  (batch shape -> whether that step recomputes activations).
+  progress(StepReport) is called after every step; `stats`, if given, gets "step_compilations"
+  (compilations of the step), "steps" and "remat" (batch shape -> whether that step recomputes
+  activations).
   """
   plans = list(plans)
-  trainer = _StepFunctions(model, peft, config, mesh)
+  max_steps = max((p.total_steps for p in plans), default=1)
+  program = _StepProgram(model, peft, config, mesh, max_steps)
+  policy = config.schedule
+  if policy == "auto":
+    policy = "refill" if program.users_per_pass(config.slots) > 1 else "exact"
+  per_device = mesh.shape["users"] if mesh is not None else 1
   results: dict[str, UserResult] = {}
-  groups: dict[tuple[int, int], list[UserPlan]] = {}
-  for plan in plans:
-    groups.setdefault(plan.shape_key, []).append(plan)
-  for shape_key, group in sorted(groups.items()):
-    logging.info("training %d users with batch shape (T, K) = %s", len(group), shape_key)
-    _train_group(trainer, group, config, results, on_user_done, progress)
+  report = StepReport(0, sum(p.total_steps for p in plans), 0, 0, len(plans))
+  for group in scheduler.schedule(plans, config.slots, policy, per_device):
+    logging.info("training %d users with batch shape (T, K) = %s", len(group.plans), group.shape)
+    report = _train_group(program, group, config, report, results, on_user_done, progress)
   if stats is not None:
-    stats["step_compilations"] = trainer.traces
-    stats["steps"] = trainer.steps
-    stats["remat"] = dict(trainer.remat_used)
+    stats.update(step_compilations=program.compilations(), steps=program.steps,
+                 remat=dict(program.remat_used))
   return results
 
 
-def _train_group(trainer, group, config, results, on_user_done, progress):
-  slots = min(config.slots, len(group))
-  if trainer.mesh is not None:
-    # The users axis must divide evenly over the devices that hold it.
-    per = trainer.mesh.shape["users"]
-    slots = -(-slots // per) * per
-  queue = list(group)
-  occupant: list[UserPlan | None] = [None] * slots
-  step_of = [0] * slots
-  losses: list[list[float]] = [[] for _ in range(slots)]
-  adapters, opt_states = trainer.fresh_slots(slots)
+@dataclasses.dataclass
+class _Occupant:
+  plan: UserPlan
+  batches: UserBatches
+  losses: list[float] = dataclasses.field(default_factory=list)
 
-  def fill(slot):
-    nonlocal adapters, opt_states
-    occupant[slot] = queue.pop(0) if queue else None
-    step_of[slot] = 0
-    losses[slot] = []
-    if occupant[slot] is not None:
-      key = jax.random.PRNGKey(user_seed(config.seed, occupant[slot].user_id))
-      adapters, opt_states = trainer.reset_slot(adapters, opt_states, slot, key)
 
-  for slot in range(slots):
-    fill(slot)
-  while any(p is not None for p in occupant):
-    batches, lrs, keys = [], np.zeros(slots, np.float32), np.zeros((slots, 2), np.uint32)
-    tokens = 0
-    for slot, plan in enumerate(occupant):
-      if plan is None:
-        batches.append(empty_batch(group[0]))
+def _train_group(program, group, config, report, results, on_user_done, progress):
+  queue = list(group.plans)
+  occupants: list[_Occupant | None] = [None] * group.slots
+  slots = program.fresh_slots(group.slots)
+  for slot in range(group.slots):  # the first users enter together
+    slots = _fill(program, slots, occupants, slot, queue, group, config)
+  idle = None
+  while any(occupants):
+    batches = [o.batches(len(o.losses)) if o else None for o in occupants]
+    idle = idle or {k: np.zeros_like(v) for k, v in next(b for b in batches if b).items()}
+    batches = [b or idle for b in batches]
+    stacked = {k: np.stack([b[k] for b in batches]) for k in idle}
+    slots, losses = program.step(slots, stacked)
+    losses = np.asarray(losses)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches if b is not idle)
+    steps_done, users_done = report.steps_done, report.users_done
+    for slot, occupant in enumerate(occupants):
+      if occupant is None:
         continue
-      batch = batch_for_step(plan, step_of[slot], config.seed)
-      tokens += int(batch["attention_mask"].sum())
-      batches.append(batch)
-      lrs[slot] = optim.linear_schedule(step_of[slot], plan.total_steps, config.warmup_ratio,
-                                        config.learning_rate)
-      keys[slot] = np.asarray(jax.random.fold_in(
-          jax.random.PRNGKey(user_seed(config.seed, plan.user_id)), step_of[slot]))
-    stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-    adapters, opt_states, step_losses = trainer.step(adapters, opt_states, stacked, lrs, keys)
-    step_losses = np.asarray(step_losses)
-    finished = 0
-    for slot, plan in enumerate(occupant):
-      if plan is None:
-        continue
-      losses[slot].append(float(step_losses[slot]))
-      step_of[slot] += 1
-      if step_of[slot] == plan.total_steps:
-        result = UserResult(plan.user_id, trainer.take_slot(adapters, slot), losses[slot],
-                            step_of[slot])
-        results[plan.user_id] = result
+      occupant.losses.append(float(losses[slot]))
+      steps_done += 1
+      if len(occupant.losses) == occupant.plan.total_steps:
+        result = UserResult(occupant.plan.user_id, slots.adapters.user(slot), occupant.losses,
+                            len(occupant.losses))
+        results[result.user_id] = result
         if on_user_done is not None:
           on_user_done(result)
-        finished += 1
-        fill(slot)
+        users_done += 1
+        slots = _fill(program, slots, occupants, slot, queue, group, config)
+    report = dataclasses.replace(report, steps_done=steps_done, tokens=tokens,
+                                 users_done=users_done)
     if progress is not None:
-      progress(tokens, finished)
+      progress(report)
+  return report
 
 
-class _StepFunctions:
-  """The compiled pieces: the vmapped train step, slot reset, and slot read-out."""
+def _fill(program, slots, occupants, slot, queue, group, config):
+  """The next queued user (if any) enters `slot`: fresh adapter, optimizer state and schedule."""
+  occupants[slot] = None
+  if not queue:
+    return slots  # the slot's step counter has reached its total: the step leaves it idle
+  plan = queue.pop(0)
+  occupants[slot] = _Occupant(plan, UserBatches(plan, config.seed, shape=group.shape))
+  lrs = learning_rates(plan.total_steps, config.warmup_ratio, config.learning_rate,
+                       program.max_steps)
+  key = jax.random.PRNGKey(user_seed(config.seed, plan.user_id))
+  return program.enter(slots, slot, key, plan.total_steps, lrs)
 
-  def __init__(self, model: Llama, peft, config: TrainConfig, mesh):
+
+class _StepProgram:
+  """The compiled pieces: the train step over all slots, and a slot's refill."""
+
+  def __init__(self, model: Llama, peft, config: TrainConfig, mesh, max_steps: int):
     self.graphdef, self.base = nnx.split(model)
-    self.base = with_frozen_bits(self.base)  # the base is never trained; see layers.frozen_bits
-    self.model_config = model.config
+    # The base is never trained: on CPU its bf16 stacks go in as free uint16 views (backend.py).
+    self.base = backend.frozen_base(self.base, model.config)
+    self.model_config, self.table = model.config, model.weight_table()
     self.embed = model.embed[...]
-    self.peft = peft
-    self.mesh = mesh
+    self.peft, self.config, self.mesh, self.max_steps = peft, config, mesh, max_steps
     self.tx = optim.adamw_without_lr(config.weight_decay, config.clip_norm)
-    self.config = config
-    self.traces = 0
-    self.steps = 0
+    self.steps, self._compiles = 0, 0  # host-side counts
     self.remat_used = {}  # batch shape -> whether its step recomputes activations
     self._jits = {
-        remat: jax.jit(functools.partial(self._step_impl, remat=remat), donate_argnums=(1, 2))
+        remat: jax.jit(functools.partial(self._step_impl, remat=remat), donate_argnums=(1,))
         for remat in (False, True)
     }
     self._compiled = {}
-    self._reset = jax.jit(self._reset_impl, donate_argnums=(0, 1))
+    self._enter = jax.jit(self._enter_impl, donate_argnums=(0,))
     if mesh is not None:
       from oppu_jax.train import mesh as mesh_lib
 
-      self.base = mesh_lib.shard_base(self.base, mesh)
+      self.base = mesh_lib.shard_base(self.base, mesh, self.table)
       self._users = mesh_lib.users_sharding(mesh)
 
-  def fresh_slots(self, slots: int):
-    key = jax.random.PRNGKey(0)
-    one = self.peft.init(weight_table(self.model_config), key, self.embed)
-    adapters = jax.tree.map(lambda x: jnp.zeros((slots, *x.shape), x.dtype), one)
-    opt_states = jax.tree.map(lambda x: jnp.zeros((slots, *x.shape), x.dtype),
-                              self.tx.init(one))
+  def _init_one(self, key, embed):
+    """One user's fresh adapter (the PEFT method's init; the single place that calls it)."""
+    return self.peft.init(self.table, key, embed)
+
+  def fresh_slots(self, n: int) -> Slots:
+    one = self._init_one(jax.random.PRNGKey(0), self.embed)
+    slots = Slots.empty(self.peft, one, self.tx.init(one), n, self.max_steps)
+    return slots if self.mesh is None else jax.device_put(slots, self._users)
+
+  def enter(self, slots: Slots, slot: int, key, total: int, lrs) -> Slots:
+    return self._enter(slots, slot, key, total, lrs, self.embed)
+
+  def _enter_impl(self, slots, slot, key, total, lrs, embed):
+    fresh = self._init_one(key, embed)
+    return slots.enter(slot, fresh, self.tx.init(fresh), key, total, lrs)
+
+  def step(self, slots: Slots, batches: dict[str, np.ndarray]):
+    """One step of every occupied slot -> (slots, losses [U]; 0 for idle slots)."""
     if self.mesh is not None:
-      adapters = jax.device_put(adapters, self._users)
-      opt_states = jax.device_put(opt_states, self._users)
-    return adapters, opt_states
-
-  def reset_slot(self, adapters, opt_states, slot: int, key):
-    return self._reset(adapters, opt_states, slot, key, self.embed)
-
-  def _reset_impl(self, adapters, opt_states, slot, key, embed):
-    fresh = self.peft.init(weight_table(self.model_config), key, embed)
-    fresh_opt = self.tx.init(fresh)
-    put = lambda stacked, new: stacked.at[slot].set(new)
-    return jax.tree.map(put, adapters, fresh), jax.tree.map(put, opt_states, fresh_opt)
-
-  def take_slot(self, adapters, slot: int):
-    return jax.tree.map(lambda x: np.asarray(x[slot]), adapters)
-
-  def step(self, adapters, opt_states, batches, lrs, keys):
-    if self.mesh is not None:
-      batches, lrs, keys = jax.device_put((batches, lrs, keys), self._users)
+      batches = jax.device_put(batches, self._users)
     self.steps += 1
-    args = (self.base, adapters, opt_states, batches, lrs, keys)
+    args = (self.base, slots, batches)
     shape = tuple((k, v.shape) for k, v in sorted(batches.items()))
     if shape not in self._compiled:
-      self._compiled[shape] = self._compile(shape, args)
-    return self._compiled[shape](*args)
-
-  def _compile(self, shape, args):
-    """Compiles the step for one batch shape, with remat only if it would not fit otherwise."""
-    remat = self.config.remat == "always" or self.model_config.remat
-    compiled = self._jits[remat].lower(*args).compile()
-    need, budget = _planned_bytes(compiled), _memory_budget(self.config)
-    if not remat and self.config.remat == "auto" and need is not None and need > budget:
-      logging.info("the step for batch shape %s plans %.1f GB > the %.1f GB budget: recomputing "
-                   "activations in the backward pass (remat)", shape, need / 1e9, budget / 1e9)
-      remat, compiled = True, self._jits[True].lower(*args).compile()
-      need = _planned_bytes(compiled)
-    if need is not None and need > budget:
-      logging.warning("the step for batch shape %s plans %.1f GB, over the %.1f GB budget; lower "
-                      "train.slots or train.batch_size if it runs out of memory", shape,
-                      need / 1e9, budget / 1e9)
-    self.remat_used[shape] = remat
-    if self.mesh is not None:
+      executable, remat, count = compile_policy.compile_step(
+          self._jits, args, remat=self.config.remat, model_remat=self.model_config.remat,
+          budget_gb=self.config.memory_budget_gb, label=shape)
+      self._compiles += count
+      self.remat_used[shape] = remat
       # Under a mesh, the slots' shardings after a step or a refill need not be the ones the
       # executable was compiled for; jit reshards (at the price of compiling once more).
-      return self._jits[remat]
-    return compiled
+      self._compiled[shape] = executable if self.mesh is None else self._jits[remat]
+    return self._compiled[shape](*args)
 
-  def _step_impl(self, base, adapters, opt_states, batches, lrs, keys, remat):
-    self.traces += 1  # runs only while tracing: one per compilation
+  def compilations(self) -> int:
+    """Compilations of the step: ours, plus (under a mesh) jit's on a changed input sharding."""
+    return self._compiles + sum(j._cache_size() for j in self._jits.values())
+
+  def users_per_pass(self, users: int) -> int:
+    if self.config.users_per_pass > 0:
+      return min(self.config.users_per_pass, users)
+    return 1 if self.mesh is None and jax.default_backend() == "cpu" else users
+
+  def _step_impl(self, base, slots: Slots, batches, remat):
     def one_user(adapter, opt_state, batch, lr, key):
       loss, grads = jax.value_and_grad(self._loss)(adapter, base, batch, key, remat)
       updates, opt_state = self.tx.update(grads, opt_state, adapter)
       adapter = jax.tree.map(lambda p, u: p - lr * u, adapter, updates)
       return adapter, opt_state, loss
 
-    per_user = (adapters, opt_states, batches, lrs, keys)
-    users = lrs.shape[0]
+    def slot_step(adapter, opt_state, batch, step, key, lr_row):
+      return one_user(adapter, opt_state, batch, lr_row[step], jax.random.fold_in(key, step))
+
+    def looped_slot(adapter, opt_state, batch, step, key, total, lr_row):
+      # An idle slot skips the forward/backward: cond stays a branch inside a loop (with
+      # users_per_pass > 1 each pass is vmapped, and there it computes both branches).
+      return jax.lax.cond(step < total, slot_step,
+                          lambda a, o, *_: (a, o, jnp.zeros((), jnp.float32)),
+                          adapter, opt_state, batch, step, key, lr_row)
+
+    per_slot = (slots.adapters.tree, slots.opt_states, batches, slots.step, slots.key)
+    users = slots.step.shape[0]
     per_pass = self.users_per_pass(users)
     if per_pass >= users:
-      return jax.vmap(one_user)(*per_user)
-    # The same per-user function, looped: each user's math is unchanged, only the order differs.
-    return jax.lax.map(lambda xs: one_user(*xs), per_user,
-                       batch_size=per_pass if per_pass > 1 else None)
-
-  def users_per_pass(self, users: int) -> int:
-    if self.config.users_per_pass > 0:
-      return min(self.config.users_per_pass, users)
-    return 1 if self.mesh is None and jax.default_backend() == "cpu" else users
+      # Under vmap a cond would become a select computing both branches: an idle slot stays
+      # masked instead (its batch is all padding with zero target weight; its result unused).
+      adapters, opt_states, losses = jax.vmap(slot_step)(*per_slot, slots.lr)
+    else:
+      # The same per-user function, looped: each user's math is unchanged, only the order differs.
+      adapters, opt_states, losses = jax.lax.map(
+          lambda xs: looped_slot(*xs), (*per_slot, slots.total, slots.lr),
+          batch_size=per_pass if per_pass > 1 else None)
+    return slots.stepped(adapters, opt_states), losses
 
   def _loss(self, adapter, base, batch, key, remat=False):
     """Mean cross-entropy over the user's target tokens; logits only at target positions."""
@@ -271,26 +285,3 @@ class _StepFunctions:
     gold = jnp.take_along_axis(logits, batch["target_ids"][..., None], axis=-1)[..., 0]
     weight = batch["target_weight"]
     return jnp.sum((log_z - gold) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-
-def _planned_bytes(compiled) -> int | None:
-  """Memory the step needs beyond its inputs: XLA's temporaries and its non-donated outputs."""
-  try:
-    m = compiled.memory_analysis()
-    return int(m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes)
-  except Exception:  # not every backend reports it
-    return None
-
-
-def _memory_budget(config: TrainConfig) -> int:
-  if config.memory_budget_gb > 0:
-    return int(config.memory_budget_gb * 1e9)
-  stats = jax.devices()[0].memory_stats() or {}
-  if "bytes_limit" in stats:  # accelerators
-    return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
-  try:  # CPU: what the operating system can still give
-    with open("/proc/meminfo") as f:
-      info = dict(line.split(":", 1) for line in f)
-    return int(0.9 * int(info["MemAvailable"].split()[0]) * 1024)
-  except (OSError, KeyError, ValueError):
-    return 2**62

@@ -17,7 +17,8 @@ def adamw_without_lr(weight_decay: float, clip_norm: float) -> optax.GradientTra
   parts = []
   if clip_norm and clip_norm > 0:
     parts.append(optax.clip_by_global_norm(clip_norm))
-  parts += [optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8), optax.add_decayed_weights(weight_decay)]
+  parts += [optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+            optax.add_decayed_weights(weight_decay)]
   return optax.chain(*parts)
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import zlib
 
-import functools
-
 import numpy as np
 
 from oppu_jax.data.batching import Example, bucket_length, make_batches
+from oppu_jax.errors import DataError
 
 
-@dataclasses.dataclass(frozen=True, eq=False)  # identity hash: epochs are cached per plan
+@dataclasses.dataclass(frozen=True, eq=False)  # identity hash: plans hold arrays
 class UserPlan:
   """Everything the trainer needs about one user, fixed before training starts."""
 
@@ -45,7 +44,7 @@ class UserPlan:
 def plan_user(user_id: str, examples, *, batch_size: int, epochs: int,
               seq_buckets: tuple[int, ...], target_buckets: tuple[int, ...]) -> UserPlan:
   if not examples:
-    raise ValueError(f"user {user_id!r}: no training examples")
+    raise DataError(f"user {user_id!r}: no training examples")
   longest = max(len(e.tokens) for e in examples)
   most_targets = max(int(e.loss_mask[1:].sum()) for e in examples)
   seq_len = bucket_length(longest, seq_buckets)
@@ -61,16 +60,36 @@ def user_seed(seed: int, user_id: str) -> int:
   return zlib.crc32(f"{seed}:{user_id}".encode()) & 0x7FFFFFFF
 
 
-def batch_for_step(plan: UserPlan, step: int, seed: int, pad_id: int = 0) -> dict[str, np.ndarray]:
-  """The user's batch at its own step `step`; each epoch is shuffled from the user's seed."""
-  epoch, i = divmod(step, plan.steps_per_epoch)
-  return with_targets(_epoch(plan, epoch, seed, pad_id)[i], plan.num_targets)
+def batch_for_step(plan: UserPlan, step: int, seed: int, pad_id: int = 0,
+                   shape: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+  """The user's batch at its own step `step`; each epoch is shuffled from the user's seed.
+
+  shape: (T, K) at least the plan's own, to pad the same rows up to (more padding columns, more
+  zero-weight targets); None: the plan's own shape. Recomputes the epoch: see UserBatches.
+  """
+  return UserBatches(plan, seed, pad_id, shape)(step)
 
 
-@functools.lru_cache(maxsize=64)
-def _epoch(plan: UserPlan, epoch: int, seed: int, pad_id: int):
-  return make_batches(plan.examples, plan.batch_size, (plan.seq_len,), pad_id,
-                      shuffle_seed=user_seed(seed, f"{plan.user_id}/epoch{epoch}"), length="user")
+class UserBatches:
+  """One user's batches by step, as batch_for_step gives them, keeping its current epoch."""
+
+  def __init__(self, plan: UserPlan, seed: int, pad_id: int = 0,
+               shape: tuple[int, int] | None = None):
+    self.plan, self.seed, self.pad_id = plan, seed, pad_id
+    self.seq_len, self.num_targets = shape or plan.shape_key
+    if self.seq_len < plan.seq_len or self.num_targets < plan.num_targets:
+      raise ValueError(f"user {plan.user_id!r}: shape {shape} is smaller than its own "
+                       f"{plan.shape_key}")
+    self._epoch, self._batches = -1, []
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    epoch, i = divmod(step, self.plan.steps_per_epoch)
+    if epoch != self._epoch:
+      # All of the user's examples fit its own T, so one bucket (T,) pads every row to T.
+      self._epoch, self._batches = epoch, make_batches(
+          self.plan.examples, self.plan.batch_size, (self.seq_len,), self.pad_id,
+          shuffle_seed=user_seed(self.seed, f"{self.plan.user_id}/epoch{epoch}"), length="user")
+    return with_targets(self._batches[i], self.num_targets)
 
 
 def with_targets(batch: dict[str, np.ndarray], num_targets: int) -> dict[str, np.ndarray]:
@@ -87,9 +106,3 @@ def with_targets(batch: dict[str, np.ndarray], num_targets: int) -> dict[str, np
     target_weight[row, :len(where)] = 1.0
   out = {k: batch[k] for k in ("tokens", "positions", "attention_mask")}
   return dict(out, target_index=target_index, target_ids=target_ids, target_weight=target_weight)
-
-
-def empty_batch(plan: UserPlan) -> dict[str, np.ndarray]:
-  """A batch for an idle slot, shaped like `plan`'s: all padding, zero target weight."""
-  batch = _epoch(plan, 0, 0, 0)[0]
-  return with_targets({k: np.zeros_like(v) for k, v in batch.items()}, plan.num_targets)

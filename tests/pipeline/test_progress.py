@@ -32,12 +32,3 @@ def test_disabled_bar_is_silent(caplog, monkeypatch):
     bar.update(5)
   assert not caplog.records
 
-
-def test_legacy_callback_counts_busy_slots():
-  # 3 users of 4, 2 and 2 steps on 2 slots: steps 2+2 (user b done, c starts), 2+2 (a, c done).
-  seen = []
-  on_step = progress.from_legacy(seen.append, total_steps=8, users_total=3, slots=2)
-  for finished in (0, 1, 0, 2):
-    on_step(10, finished)
-  assert [(r.steps_done, r.users_done) for r in seen] == [(2, 0), (4, 1), (6, 1), (8, 3)]
-  assert all(r.total_steps == 8 and r.users_total == 3 for r in seen)

@@ -12,9 +12,12 @@ import pytest
 from flax import nnx
 
 import synthetic_users as su
+from oppu_jax.data.batching import Example
+from oppu_jax.errors import ConfigError
 from oppu_jax.models import llama
 from oppu_jax.peft import apply, lora
 from oppu_jax.train import multi_user
+from oppu_jax.train import user_batches as ub
 
 CFG = llama.tiny_config(vocab_size=64)
 
@@ -91,12 +94,73 @@ def test_remat_is_chosen_from_the_memory_budget_and_changes_nothing(model):
     assert list(stats["remat"].values()) == [budget < 1]
   for p in plans:
     assert _rel(runs[1e-6][p.user_id].adapter, runs[1000.0][p.user_id].adapter) <= 1e-5
-  with pytest.raises(ValueError, match="train.remat"):
+  with pytest.raises(ConfigError, match="train.remat"):
     multi_user.TrainConfig(remat="sometimes")
+  with pytest.raises(ConfigError, match="train.schedule"):
+    multi_user.TrainConfig(schedule="fifo")
+
+
+def _long_plan(user_index: int, n: int, seed: int = 0):
+  """A user whose examples need T=32 (the synthetic users fit T=16)."""
+  examples = [Example(np.concatenate([e.tokens[:-2], np.full(12, 5, np.int32), e.tokens[-2:]]),
+                      np.concatenate([np.zeros(12, bool), e.loss_mask]))
+              for e in su.user_examples(user_index, n, seed)]
+  return ub.plan_user(f"long{user_index}", examples, batch_size=4, epochs=2,
+                      seq_buckets=(16, 32), target_buckets=(2, 4, 8))
+
+
+@pytest.mark.parametrize("users_per_pass", [1, 3])  # looped (idle slots skip), vmapped
+def test_padded_up_user_matches_its_own_shape_and_ignores_other_users_data(model, users_per_pass):
+  """Under "refill" short users fill a long user's free slots, their rows padded from T=16 to 32:
+  the same rows, so without dropout the adapter moves by rounding only. Dropout masks are drawn
+  for the padded shape, so with dropout it is another sample; it still ignores the others' data."""
+  mine = su.plan(0, 9)
+
+  def run(dropout, seed=1, answer=None):
+    plans = [_long_plan(1, 5, seed), mine, su.plan(2, 7, seed=seed, answer=answer)]
+    stats = {}
+    config = multi_user.TrainConfig(learning_rate=1e-2, slots=3, schedule="refill",
+                                    users_per_pass=users_per_pass)
+    result = multi_user.train_users(model, lora.Lora(rank=4, alpha=8, dropout=dropout), plans,
+                                    config, stats=stats)["user0"].adapter
+    assert stats["step_compilations"] == 1 and [dict(s)["tokens"] for s in stats["remat"]] == [
+        (3, 4, 32)]
+    return result
+
+  alone = _train(model, [mine], slots=1, peft=lora.Lora(rank=4, alpha=8))["user0"].adapter
+  assert _rel(run(0.0), alone) <= 1e-5
+  for x, y in zip(jax.tree.leaves(run(0.1)), jax.tree.leaves(run(0.1, seed=2, answer=60))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_exact_schedule_compiles_each_bucket_and_keeps_shapes(model):
+  mine = su.plan(0, 9)
+  alone = _train(model, [mine], slots=1)["user0"].adapter
+  stats = {}
+  config = multi_user.TrainConfig(learning_rate=1e-2, slots=3, schedule="exact")
+  results = multi_user.train_users(model, lora.Lora(rank=4, alpha=8, dropout=0.1),
+                                   [_long_plan(1, 5), mine], config, stats=stats)
+  assert stats["step_compilations"] == 2
+  for x, y in zip(jax.tree.leaves(results["user0"].adapter), jax.tree.leaves(alone)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_progress_reports_every_step_with_user_steps_and_tokens(model):
+  plans = [su.plan(i, n) for i, n in enumerate((5, 13, 10))]  # 4, 8, 6 steps; 2 slots
+  reports = []
+  results = multi_user.train_users(model, lora.Lora(rank=4), plans,
+                                   multi_user.TrainConfig(slots=2), progress=reports.append)
+  total = sum(p.total_steps for p in plans)
+  assert [r.total_steps for r in reports] == [total] * len(reports)
+  assert reports[-1].steps_done == total and reports[-1].users_done == 3
+  assert all(r.users_total == 3 and r.tokens > 0 for r in reports)
+  done = [r.steps_done for r in reports]
+  assert done == sorted(done) and done[0] == 2  # both slots busy at the first step
+  # Longest first: user1 (8 steps) and user2 (6) start; user0 (4) takes user2's slot.
+  assert len(reports) == 10 and len(results) == 3
 
 
 def test_each_user_sees_each_of_its_examples_once_per_epoch():
-  from oppu_jax.train import user_batches as ub
   p = su.plan(0, 11, epochs=3, batch_size=4)
   seen = {}
   for step in range(p.total_steps):
