@@ -52,21 +52,22 @@ def register(family: Family) -> Family:
 def for_hf(hf: dict, source: str) -> Family:
   """The family that reads this config.json; a one-line ModelError naming `source` if none."""
   model_type = hf.get("model_type")
-  for family in FAMILIES.values():
-    if model_type in family.hf_model_types:
-      return family
-  known = sorted(t for f in FAMILIES.values() for t in f.hf_model_types)
-  raise ModelError(f"{source}: unsupported architecture {hf.get('architectures') or model_type!r} "
-                   f"(model_type {model_type!r}); oppu_jax loads model_type {', '.join(known)}")
+  return _find("hf_model_types", model_type, lambda known: (
+      f"{source}: unsupported architecture {hf.get('architectures') or model_type!r} "
+      f"(model_type {model_type!r}); oppu_jax loads model_type {known}"))
 
 
 def for_gguf(arch: str | None, source: str) -> Family:
+  return _find("gguf_architectures", arch, lambda known: (
+      f"{source}: unsupported GGUF architecture {arch!r}; oppu_jax reads {known}"))
+
+
+def _find(field: str, name, message) -> Family:
   for family in FAMILIES.values():
-    if arch in family.gguf_architectures:
+    if name in getattr(family, field):
       return family
-  known = sorted(a for f in FAMILIES.values() for a in f.gguf_architectures)
-  raise ModelError(f"{source}: unsupported GGUF architecture {arch!r}; oppu_jax reads "
-                   f"{', '.join(known)}")
+  raise ModelError(message(", ".join(sorted(n for f in FAMILIES.values()
+                                            for n in getattr(f, field)))))
 
 
 def for_config(config: Any) -> Family:

@@ -8,6 +8,8 @@ them from the chat template, so the GGUF and HF routes give the same ids for the
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from typing import Callable, Sequence
 
 import tokenizers
@@ -62,6 +64,19 @@ class Tokenizer:
     if self._render_chat is None:
       raise ValueError("this tokenizer has no chat template")
     return self._render_chat(messages, add_generation_prompt=add_generation_prompt)
+
+  @classmethod
+  def for_model(cls, model_path: str = "", tokenizer_path: str = "") -> "Tokenizer":
+    """`tokenizer_path` if given, else the model's own (an HF directory's tokenizer files or a
+    GGUF's metadata), else the embedded SmolLM2's (a checkpoint without tokenizer files)."""
+    path = tokenizer_path or model_path
+    if path and os.path.isdir(path):
+      names = ("tokenizer.json", "tokenizer_config.json")
+      if tokenizer_path or any(os.path.exists(os.path.join(path, n)) for n in names):
+        return cls.from_hf_dir(path)
+      logging.info("%s has no tokenizer files: using the embedded SmolLM2 tokenizer", path)
+      path = ""
+    return cls.from_gguf(path or None)
 
   @classmethod
   def from_gguf(cls, path: str | None = None) -> "Tokenizer":

@@ -91,8 +91,9 @@ def setup(config, workdir: str) -> Experiment:
                len(test.users), sum(len(u.queries) for u in test.users), len(others.users))
   mesh = None if config.mesh.users == config.mesh.model == 1 else mesh_lib.make_mesh(
       config.mesh.users, config.mesh.model)
-  exp = Experiment(config, workdir, task, settings, test.users, others.users,
-                   _tokenizer(config), _load_model(config), {}, mesh)
+  tokenizer = Tokenizer.for_model(config.model.path, config.model.tokenizer)
+  exp = Experiment(config, workdir, task, settings, test.users, others.users, tokenizer,
+                   _load_model(config), {}, mesh)
   if any(s.profile or s.base == "P" for s in settings):
     exp.profiles = profiles_lib.user_profiles(
         exp.base_model, exp.tokenizer, task, data.users, cache_path=exp.path("profiles.json"),
@@ -185,29 +186,12 @@ def _data(config, workdir: str, task):
   if not path:
     path = os.path.join(workdir, "data")
     if not wd.is_done(path):
-      s = config.data.synth
       with wd.output(path) as tmp:
-        synth.generate(task.name, tmp, num_users=s.num_users, seed=config.seed,
-                       history_min=s.history_min, history_max=s.history_max,
-                       queries_per_user=s.queries_per_user, text_words=s.text_words,
-                       shift=s.shift, noise=s.noise)
+        synth.generate(task.name, tmp, seed=config.seed, **config.data.synth.to_dict())
       logging.info("generated LaMP-format %s data into %s", task.name, path)
   elif not os.path.exists(path):
     raise DataError(f"config.data.path {path!r} does not exist")
   return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
-
-
-def _tokenizer(config) -> Tokenizer:
-  """config.model.tokenizer, else the model's own, else (a checkpoint without tokenizer files)
-  the embedded SmolLM2 GGUF's."""
-  path = config.model.tokenizer or config.model.path
-  if path and os.path.isdir(path):
-    if config.model.tokenizer or any(
-        os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
-      return Tokenizer.from_hf_dir(path)
-    logging.info("%s has no tokenizer files: using the embedded SmolLM2 tokenizer", path)
-    path = ""
-  return Tokenizer.from_gguf(path or None)
 
 
 def _plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int):

@@ -47,9 +47,8 @@ class TrainConfig:
   remat: str = "auto"
   memory_budget_gb: float = 0.0  # 0: 90 % of the memory available when the step is compiled
   # Users whose forward/backward run together (vmapped) inside the one step; the step loops over
-  # such groups. 0 = auto: all U on accelerators or a mesh, where batching fills the chip; 1 on a
-  # CPU, which is compute-bound and loses cache locality on a U-times larger working set
-  # (SmolLM2, 8 users x 4 x 128 tokens: 28 % slower per token vmapped than one by one).
+  # such groups. 0 = auto: all U where batching fills the chip (accelerators, a mesh), 1 where the
+  # backend policy loops users (models/backend.py: the CPU).
   users_per_pass: int = 0
   # scheduler policy: "refill" pads smaller users up into a group's free slots, "exact" keeps
   # buckets apart; "auto": refill when users are vmapped (an idle slot costs a full user), exact
@@ -198,12 +197,8 @@ class _StepProgram:
       self.base = mesh_lib.shard_base(self.base, mesh, self.table)
       self._users = mesh_lib.users_sharding(mesh)
 
-  def _init_one(self, key, embed):
-    """One user's fresh adapter (the PEFT method's init; the single place that calls it)."""
-    return self.peft.init(self.table, key, embed)
-
   def fresh_slots(self, n: int) -> Slots:
-    one = self._init_one(jax.random.PRNGKey(0), self.embed)
+    one = self.peft.init(self.table, jax.random.PRNGKey(0), self.embed)
     slots = Slots.empty(self.peft, one, self.tx.init(one), n, self.max_steps)
     return slots if self.mesh is None else jax.device_put(slots, self._users)
 
@@ -211,7 +206,7 @@ class _StepProgram:
     return self._enter(slots, slot, key, total, lrs, self.embed)
 
   def _enter_impl(self, slots, slot, key, total, lrs, embed):
-    fresh = self._init_one(key, embed)
+    fresh = self.peft.init(self.table, key, embed)
     return slots.enter(slot, fresh, self.tx.init(fresh), key, total, lrs)
 
   def step(self, slots: Slots, batches: dict[str, np.ndarray]):
@@ -239,7 +234,8 @@ class _StepProgram:
   def users_per_pass(self, users: int) -> int:
     if self.config.users_per_pass > 0:
       return min(self.config.users_per_pass, users)
-    return 1 if self.mesh is None and jax.default_backend() == "cpu" else users
+    looped = self.mesh is None and backend.policy(self.model_config.backend).loop_users
+    return 1 if looped else users
 
   def _step_impl(self, base, slots: Slots, batches, remat):
     def one_user(adapter, opt_state, batch, lr, key):
