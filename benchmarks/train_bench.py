@@ -328,7 +328,8 @@ def time_ours(model, config, plans, slots, method, dtype_label, peak, users_per_
     last[0] = now
 
   with tempfile.TemporaryDirectory() as out:
-    save = lambda r: hf_format.save_adapter(os.path.join(out, r.user_id), peft, r.adapter)
+    save = lambda r: hf_format.save_adapter(os.path.join(out, r.user_id), peft, r.adapter,
+                                            model.weight_table())
     stats = {}
     last[0] = start = time.perf_counter()
     results = multi_user.train_users(model, peft, plans, train_config, on_user_done=save,
@@ -586,7 +587,7 @@ def memory_child(args):
   # The remat plan is compiled only when the trainer chose remat (it is what then ran).
   plan = _xla_memory_plan(model, peft, config, plans[0], users, remat=True) if remat else (
       no_remat_plan)
-  one = peft.init(model_config, jax.random.PRNGKey(0))
+  one = peft.init(model.weight_table(), jax.random.PRNGKey(0))
   adapter_bytes = sum(x.nbytes for x in jax.tree.leaves(one))
   base_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx_state(model)))
   out = {
@@ -616,13 +617,11 @@ def _xla_memory_plan(model, peft, config, plan, users, remat) -> dict | None:
   the memory table shows no plan rather than failing.
   """
   try:
-    steps = multi_user._StepFunctions(model, peft, config, None)
-    adapters, opt_states = steps.fresh_slots(users)
+    steps = multi_user._StepProgram(model, peft, config, None, plan.total_steps)
+    slots = steps.fresh_slots(users)
     batch = user_batches.batch_for_step(plan, 0, SEED)
     batches = {k: np.stack([v] * users) for k, v in batch.items()}
-    compiled = steps._jits[remat].lower(steps.base, adapters, opt_states, batches,
-                                 np.zeros(users, np.float32),
-                                 np.zeros((users, 2), np.uint32)).compile()
+    compiled = steps._jits[remat].lower(steps.base, slots, batches).compile()
     analysis = compiled.memory_analysis()
     return {"temp": analysis.temp_size_in_bytes, "arguments": analysis.argument_size_in_bytes}
   except Exception as e:  # noqa: BLE001 -- introspection only
