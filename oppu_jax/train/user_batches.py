@@ -1,7 +1,9 @@
 """One user's training examples -> fixed-shape batches, from that user's data and the config only.
 
 A user's sequence length T and target count K are buckets of the user's own longest example, so
-the padding a user's rows get never depends on which other users share the compiled step.
+under the "exact" schedule (the default on a CPU) the padding a user's rows get never depends on
+which other users share the compiled step; under "refill" a user may be padded up to its group's
+larger (T, K) (train/scheduler.py).
 Batches carry the positions whose outputs predict a target (`target_index`), so the loss computes
 logits only there: on a classification task that is a handful of positions per row, not T.
 """
