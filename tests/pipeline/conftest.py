@@ -1,6 +1,5 @@
 """A tiny random Llama checkpoint with SmolLM2's vocabulary, and tiny run configs."""
 
-import os
 
 import pytest
 
