@@ -1,5 +1,6 @@
 """Batched multi-user scoring of candidate answers: classification by the log-probability of each
-label string (DESIGN §4), every row under its own user's adapter.
+label string (sampling up to 200 tokens, as the reference does, is slow and noisy), every row
+under its own user's adapter.
 
 One row = one (user, prompt). The prompt and ALL the choices go into ONE sequence with a tree
 attention mask, so the prompt is run once however many labels there are:
