@@ -20,8 +20,9 @@ def matmul(x: jax.Array, w: jax.Array, compute_dtype=jnp.float32,
            policy: str | backend.Policy = "auto") -> jax.Array:
   """x [..., d_in] @ w [d_in, d_out] -> f32 [..., d_out]; the model's one matmul hook.
 
-  With compute_dtype=bfloat16 the inputs are cast to bf16 and XLA accumulates in f32: on this CPU
-  (avx512_bf16) that is ~2x the f32 GEMM rate, while plain bf16 outputs are slower (benchmarks/README.md).
+  With compute_dtype=bfloat16 the inputs are cast to bf16 and XLA accumulates in f32: on an
+  avx512_bf16 CPU that is ~2x the f32 GEMM rate, while plain bf16 outputs are slower
+  (benchmarks/README.md).
   The backward pass is bf16-in / f32-accumulate too (see `_bf16_matmul`). `policy` is the
   model's backend policy (`Llama.matmul` binds it; "auto" is for callers without a model).
 
