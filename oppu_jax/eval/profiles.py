@@ -6,7 +6,7 @@ seeded by (seed, user id) through `retrieval.random_k`, and kept in time order),
 `max_words` words, the task's Appendix J prompt (in the chat template for an instruct model),
 greedy decoding with the plain (un-adapted) model.
 
-The cache is one JSON file, rewritten whole (pipeline/workdir.output) after every batch, so a
+The cache is one JSON file, rewritten whole (oppu_jax/files.output) after every batch, so a
 killed run resumes:
   {"settings": {...}, "profiles": {user_id: text}, "prompts": {user_id: digest of prompt ids}}
 `settings` fingerprints what the prompt ids do not show (generation settings and the model's
@@ -35,7 +35,7 @@ from oppu_jax.data.types import LampData, User
 from oppu_jax.models.generate import DEFAULT_BUCKETS, generate, make_forward
 from oppu_jax.models.llama import Llama
 from oppu_jax.models.tokenizer import Tokenizer
-from oppu_jax.pipeline import workdir
+from oppu_jax import files
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def user_profiles(
         log.warning("user %s: the model generated an empty profile", user.id)
       out[user.id] = cache["profiles"][user.id] = text
       cache["prompts"][user.id] = digest
-    with workdir.output(cache_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with files.output(cache_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
       json.dump(cache, f, ensure_ascii=False, indent=1)
     done = b + len(chunk)
     log.info("profiles %d/%d (%.1f s/user)", done, len(pending),

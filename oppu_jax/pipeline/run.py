@@ -1,7 +1,7 @@
 """The OPPU pipeline, as the paper's stages of one experiment: data -> profiles -> task
 adaptation (per base variant) -> one PEFT per user -> evaluation -> report.
 
-Every output is written whole and a stage whose output exists is skipped (pipeline/workdir.py),
+Every output is written whole and a stage whose output exists is skipped (oppu_jax/files.py),
 so a killed run (kill -9 included) continues where it stopped and a rerun of a finished run only
 reports. A user whose adapter was not yet written is trained again from scratch, which gives the
 identical adapter (its batches, dropout and initialisation depend only on its data, the config
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from oppu_jax import config as config_lib
+from oppu_jax import config as config_lib, files
 from oppu_jax.data import lamp, synth
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.batching import encode_pair, encode_text
@@ -64,7 +64,7 @@ def run(config, workdir: str) -> dict:
   """Runs (or resumes) the configured experiment; returns {setting: {metric: value}}."""
   exp = setup(config, workdir)
   for base in BASE_VARIANTS:
-    todo = [s for s in exp.settings if s.base == base and not wd.is_done(_predictions(exp, s))]
+    todo = [s for s in exp.settings if s.base == base and not files.is_done(_predictions(exp, s))]
     if todo:
       model = adapt_to_task(exp, base)  # dropped when this variant's settings are done
       for setting in todo:
@@ -109,7 +109,7 @@ def adapt_to_task(exp: Experiment, base: str):
   if not ta.enabled:
     return exp.base_model
   checkpoint = os.path.abspath(exp.path("checkpoints", f"task_{base}"))
-  if wd.is_done(checkpoint):
+  if files.is_done(checkpoint):
     logging.info("task adaptation %s: restored from %s", base, checkpoint)
     return _merge_task_lora(exp, checkpoint)
   pairs = examples.task_adaptation_pairs(exp.task, exp.other_users, base, ta.k, exp.profiles,
@@ -127,7 +127,7 @@ def adapt_to_task(exp: Experiment, base: str):
 
 def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   """One PEFT per test user on its own history; each adapter is saved as soon as it is done."""
-  todo = [u for u in exp.test_users if not wd.is_done(_adapter_dir(exp, setting, u.id))]
+  todo = [u for u in exp.test_users if not files.is_done(_adapter_dir(exp, setting, u.id))]
   if len(todo) < len(exp.test_users):
     logging.info("%s: %d of %d user adapters already trained", setting.name,
                  len(exp.test_users) - len(todo), len(exp.test_users))
@@ -161,7 +161,7 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
   with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.config.progress) as b:
     preds = _predict(exp, model, adapters, rows)
     b.update(len(rows))
-  with wd.output(_predictions(exp, setting)) as tmp:
+  with files.output(_predictions(exp, setting)) as tmp:
     lamp.write_predictions(tmp, exp.task, dict(zip(ids, preds)))
 
 
@@ -173,8 +173,8 @@ def write_report(exp: Experiment) -> dict:
     preds = lamp.read_outputs(_predictions(exp, setting))
     results[setting.name] = metrics.evaluate(exp.task.name, golds,
                                              {i: preds.get(i, "") for i in golds})
-  wd.write_json(exp.path("results.json"), results)
-  wd.write_text(exp.path("results.md"), report.markdown_table(exp.task.name, results))
+  files.write_json(exp.path("results.json"), results)
+  files.write_text(exp.path("results.md"), report.markdown_table(exp.task.name, results))
   return results
 
 
@@ -185,8 +185,8 @@ def _data(config, workdir: str, task):
   path = config.data.path
   if not path:
     path = os.path.join(workdir, "data")
-    if not wd.is_done(path):
-      with wd.output(path) as tmp:
+    if not files.is_done(path):
+      with files.output(path) as tmp:
         synth.generate(task.name, tmp, seed=config.seed, **config.data.synth.to_dict())
       logging.info("generated LaMP-format %s data into %s", task.name, path)
   elif not os.path.exists(path):

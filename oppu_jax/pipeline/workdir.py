@@ -1,5 +1,5 @@
-"""The run directory: the config it belongs to, and the one rule for outputs: a result is done
-when its path exists, and every path appears whole (written aside, then renamed).
+"""The run directory: the config it belongs to; its outputs follow `oppu_jax/files.py` (a result
+is done when its path exists, and every path appears whole: written aside, then renamed).
 
 Layout: config.json, data/ (generated data, if no path was given), checkpoints/task_<B|R|P>
 (orbax: the task-adaptation LoRA), adapters/<setting>/<user_id>/ (HF PEFT format),
@@ -8,47 +8,15 @@ profiles.json, predictions/<setting>.json, results.json, results.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 
 from oppu_jax.errors import WorkdirError
+from oppu_jax.files import write_json
 
 # Keys that do not change results: a rerun may differ in them.
 _NOT_FINGERPRINTED = ("overwrite", "progress", "distributed")
-
-
-def is_done(path: str) -> bool:
-  """Whether a stage's output is there. Sound because outputs appear whole: through `output`,
-  orbax (which renames a finished checkpoint into place) or hf_format (a finished directory)."""
-  return os.path.exists(path)
-
-
-@contextlib.contextmanager
-def output(path: str):
-  """Yields a temporary sibling of `path` to write (a file or a directory), renamed onto `path`
-  when the block ends without error: a killed run leaves the old path or the new one, never half.
-  """
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  _remove(tmp)  # a killed run's leftover
-  try:
-    yield tmp
-    if os.path.isdir(tmp):
-      _remove(path)  # os.replace cannot replace a directory that has files
-    os.replace(tmp, path)
-  finally:
-    _remove(tmp)
-
-
-def write_json(path: str, doc) -> None:
-  write_text(path, json.dumps(doc, indent=2, sort_keys=True))
-
-
-def write_text(path: str, text: str) -> None:
-  with output(path) as tmp, open(tmp, "w") as f:
-    f.write(text)
 
 
 def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
@@ -66,13 +34,6 @@ def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
       shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
   write_json(path, config_dict)
-
-
-def _remove(path: str) -> None:
-  if os.path.isdir(path):
-    shutil.rmtree(path)
-  elif os.path.lexists(path):
-    os.remove(path)
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:

@@ -186,7 +186,7 @@ def test_other_weights_invalidate_the_cache(model, tokenizer, tmp_path, calls):
 
 
 def test_cache_writes_are_atomic(model, tokenizer, tmp_path, monkeypatch):
-  # Through workdir.output: a temp sibling renamed onto the cache (its failure modes are tested
+  # Through files.output: a temp sibling renamed onto the cache (its failure modes are tested
   # in tests/pipeline/test_workdir.py).
   path = tmp_path / "sub" / "profiles.json"
   replaced = []
