@@ -256,8 +256,11 @@ def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: i
 
 def _load_adapters(exp: Experiment, model, setting: Setting) -> UserAdapters:
   """The test users' adapters of `setting`, stacked in test-user order."""
-  return UserAdapters.load([_adapter_dir(exp, setting, u.id) for u in exp.test_users],
-                           model.weight_table(), model.config)
+  adapters = UserAdapters.load([_adapter_dir(exp, setting, u.id) for u in exp.test_users],
+                               model.weight_table(), model.config)
+  logging.info("%s: %d users' %s adapters, %.1f KiB each (f32)", setting.name,
+               adapters.num_users, adapters.method.name, adapters.bytes_per_user / 1024)
+  return adapters
 
 
 def _predict(exp: Experiment, model, adapters, rows) -> list[str]:
