@@ -33,21 +33,7 @@ def evaluate(
 
   golds, preds: id -> output string; the id sets must be equal.
   """
-  # The registry holds the label lists and the metric family; an unknown task fails first.
-  task = tasks.get_task(task_name)
-  task_name = task.name
-  if not golds:
-    raise DataError(f"{task_name}: no gold ids to evaluate")
-  missing = [i for i in golds if i not in preds]
-  if missing:
-    raise DataError(f"{task_name}: no prediction for id {missing[0]!r} "
-                     f"({len(missing)} of {len(golds)} gold ids missing)")
-  extra = [i for i in preds if i not in golds]
-  if extra:
-    raise DataError(f"{task_name}: prediction for unknown id {extra[0]!r} "
-                     f"({len(extra)} ids without a gold)")
-  ids = list(golds)
-  g, p = [golds[i] for i in ids], [preds[i] for i in ids]
+  task, g, p, ids = _aligned(task_name, golds, preds)
   if task.metric == "classification":
     return classification_metrics(g, p, task.labels)
   if task.metric == "regression":
@@ -55,13 +41,35 @@ def evaluate(
   return generation_metrics(g, p)
 
 
+def query_scores(
+    task_name: str, golds: Mapping[str, str], preds: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+  """Per query (in `golds` order), what each metric averages: accuracy -> 1 or 0, mae -> the
+  absolute error, rmse -> the squared error (RMSE is the root of its mean), rouge-1 / rouge-L ->
+  the F-measure. F1 is no mean over queries and is absent; see `label_indices`. The same id
+  checks as `evaluate`; the paired significance tests read these."""
+  task, g, p, ids = _aligned(task_name, golds, preds)
+  if task.metric == "classification":
+    return {"accuracy": (label_indices(g, task.labels) == label_indices(p, task.labels))
+            .astype(np.float64)}
+  if task.metric == "regression":
+    errors = rating_errors(g, p, ids)
+    return {"mae": np.abs(errors), "rmse": errors ** 2}
+  r1, rl = rouge_per_query(g, p)
+  return {"rouge-1": r1, "rouge-L": rl}
+
+
+def label_indices(strings: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+  """Each stripped string's index in `labels`, -1 for anything else (the evaluator's mapping)."""
+  index = {label: i for i, label in enumerate(labels)}
+  return np.array([index.get(str(s).strip(), -1) for s in strings], np.int64)
+
+
 def classification_metrics(
     golds: Sequence[str], preds: Sequence[str], labels: Sequence[str]
 ) -> dict[str, float]:
   """Accuracy and macro F1 over all `labels` of stripped strings mapped to label indices."""
-  index = {label: i for i, label in enumerate(labels)}
-  y_true = np.array([index.get(str(s).strip(), -1) for s in golds], np.int64)
-  y_pred = np.array([index.get(str(s).strip(), -1) for s in preds], np.int64)
+  y_true, y_pred = label_indices(golds, labels), label_indices(preds, labels)
   return {"accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
           "f1": f1_macro(y_true, y_pred, len(labels))}
 
@@ -85,11 +93,19 @@ def rating_metrics(
     golds: Sequence[str], preds: Sequence[str], ids: Sequence[str] | None = None
 ) -> dict[str, float]:
   """MAE and RMSE of ratings; `ids` only name the record in the error for a bad gold."""
+  errors = rating_errors(golds, preds, ids)
+  if not len(errors):
+    return {"mae": 0.0, "rmse": 0.0}
+  return {"mae": float(np.mean(np.abs(errors))), "rmse": float(math.sqrt(np.mean(errors ** 2)))}
+
+
+def rating_errors(
+    golds: Sequence[str], preds: Sequence[str], ids: Sequence[str] | None = None
+) -> np.ndarray:
+  """prediction - gold per query, the prediction read by `parse_rating`."""
   g = np.array([_gold_rating(s, ids[i] if ids else i) for i, s in enumerate(golds)])
   p = np.array([parse_rating(s, gold) for s, gold in zip(preds, g)])
-  if not len(g):
-    return {"mae": 0.0, "rmse": 0.0}
-  return {"mae": float(np.mean(np.abs(p - g))), "rmse": float(math.sqrt(np.mean((p - g) ** 2)))}
+  return p - g
 
 
 def parse_rating(pred: str, gold: float) -> float:
@@ -102,15 +118,39 @@ def parse_rating(pred: str, gold: float) -> float:
 
 def generation_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, float]:
   """Mean ROUGE-1 and ROUGE-L F-measure (rouge-score, no stemmer, its default tokenizer)."""
+  r1, rl = rouge_per_query(golds, preds)
+  if not len(r1):
+    return {"rouge-1": 0.0, "rouge-L": 0.0}
+  return {"rouge-1": float(np.mean(r1)), "rouge-L": float(np.mean(rl))}
+
+
+def rouge_per_query(golds: Sequence[str], preds: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """(ROUGE-1, ROUGE-L) F-measure of each stripped (gold, prediction) pair."""
   scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
   r1, rl = [], []
   for g, p in zip(golds, preds):
     s = scorer.score(str(g).strip(), str(p).strip())  # (target, prediction)
     r1.append(s["rouge1"].fmeasure)
     rl.append(s["rougeL"].fmeasure)
-  if not r1:
-    return {"rouge-1": 0.0, "rouge-L": 0.0}
-  return {"rouge-1": float(np.mean(r1)), "rouge-L": float(np.mean(rl))}
+  return np.array(r1, np.float64), np.array(rl, np.float64)
+
+
+def _aligned(task_name, golds, preds):
+  """(task, golds, preds, ids) in `golds` order, after the id checks."""
+  # The registry holds the label lists and the metric family; an unknown task fails first.
+  task = tasks.get_task(task_name)
+  if not golds:
+    raise DataError(f"{task.name}: no gold ids to evaluate")
+  missing = [i for i in golds if i not in preds]
+  if missing:
+    raise DataError(f"{task.name}: no prediction for id {missing[0]!r} "
+                    f"({len(missing)} of {len(golds)} gold ids missing)")
+  extra = [i for i in preds if i not in golds]
+  if extra:
+    raise DataError(f"{task.name}: prediction for unknown id {extra[0]!r} "
+                    f"({len(extra)} ids without a gold)")
+  ids = list(golds)
+  return task, [golds[i] for i in ids], [preds[i] for i in ids], ids
 
 
 def _gold_rating(s: str, where) -> float:

@@ -1,27 +1,83 @@
-"""results.md: the setting x metric table, with the best value per metric in bold."""
+"""results.md: the paper's Table 1 layout for one task — a row per setting, a column per metric,
+the best value in bold, the second underlined, significance marks, and a caption that says what
+was tested on how many queries and users."""
 
 from __future__ import annotations
 
-# Lower is better for these; higher for the rest.
-LOWER_IS_BETTER = ("mae", "rmse")
+from collections.abc import Mapping
+
+from oppu_jax.eval import significance
+
+LOWER_IS_BETTER = significance.LOWER_IS_BETTER
 METRIC_ORDER = ("accuracy", "f1", "mae", "rmse", "rouge-1", "rouge-L")
+BASELINE_MARK, RAG_MARK = "*", "†"
+
+# What each metric is, where our computation departs from (or pins down) the official script.
+METRIC_NOTES = {
+    "rouge-1": "ROUGE: the plain mean over queries of rouge-score's F-measure (no stemmer); the "
+               "official script reports `evaluate`'s bootstrap median of resampled means, which "
+               "differs only by resampling noise.",
+}
 
 
-def markdown_table(task: str, results: dict[str, dict[str, float]]) -> str:
+def markdown_table(task: str, results: Mapping[str, Mapping[str, float]], *,
+                   tests: significance.GridTests | None = None, num_queries: int | None = None,
+                   num_users: int | None = None) -> str:
+  """The table and its caption. `tests` adds the marks; without it, values only."""
   metrics = [m for m in METRIC_ORDER if any(m in r for r in results.values())]
-  best = {}
-  for m in metrics:
-    values = [r[m] for r in results.values() if m in r]
-    best[m] = min(values) if m in LOWER_IS_BETTER else max(values)
+  ranks = {m: _ranks(m, [r[m] for r in results.values() if m in r]) for m in metrics}
   lines = [f"# {task}", "", "| setting | " + " | ".join(metrics) + " |",
            "|---|" + "---:|" * len(metrics)]
   for name, r in results.items():
     cells = []
     for m in metrics:
-      v = f"{r[m]:.4f}"
-      cells.append(f"**{v}**" if r[m] == best[m] and len(results) > 1 else v)
+      cell = f"{r[m]:.4f}" + _marks(tests, name, m)
+      rank = ranks[m].get(r[m]) if len(results) > 1 else None
+      cells.append(f"**{cell}**" if rank == 0 else f"<u>{cell}</u>" if rank == 1 else cell)
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  arrows = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in metrics)
-  lines += ["", f"Best per metric in bold ({arrows} is better)."]
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + ["", _caption(metrics, tests, num_queries, num_users)]) + "\n"
 
+
+def _ranks(metric: str, values: list[float]) -> dict[float, int]:
+  """value -> 0 for the best, 1 for the second best (ties share a rank)."""
+  distinct = sorted(set(values), reverse=metric not in LOWER_IS_BETTER)
+  return {v: i for i, v in enumerate(distinct[:2])}
+
+
+def _marks(tests, setting: str, metric: str) -> str:
+  if tests is None:
+    return ""
+  out = ""
+  for mark, by_setting in ((BASELINE_MARK, tests.vs_baseline), (RAG_MARK, tests.vs_best_rag)):
+    test = by_setting.get(setting, {}).get(metric)
+    out += mark if test is not None and test.better else ""
+  return out
+
+
+def _caption(metrics, tests, num_queries, num_users) -> str:
+  arrows = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in metrics)
+  parts = []
+  if num_queries is not None:
+    parts.append(f"{num_queries} queries of {num_users} users.")
+  parts.append(f"Best per metric in bold, second underlined ({arrows} is better).")
+  if tests is not None:
+    parts.append(_tests_caption(metrics, tests))
+  parts += [METRIC_NOTES[m] for m in metrics if m in METRIC_NOTES]
+  return " ".join(parts)
+
+
+def _tests_caption(metrics, tests) -> str:
+  marks = []
+  if tests.baseline:
+    marks.append(f"{BASELINE_MARK} significantly better than {tests.baseline}")
+  if tests.best_rag:
+    marks.append(f"{RAG_MARK} significantly better than the best RAG setting ({tests.best_rag}, "
+                 f"by {metrics[0]})")
+  if not marks:
+    return "No significance marks: the run has neither non_personalized nor a RAG setting."
+  text = (f"{'; '.join(marks)}: two-sided paired t-test over queries, p < {significance.ALPHA} "
+          "(on per-query correctness, absolute error, squared error or F-measure).")
+  if "f1" in metrics:
+    text += (f" F1 is no mean over queries: paired randomization test "
+             f"({significance.RANDOMIZATION_ROUNDS:,} rounds, seeded), p < {significance.ALPHA}.")
+  return text + " p-values: significance.json."

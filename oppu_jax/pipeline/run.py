@@ -26,7 +26,7 @@ from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.batching import encode_pair, encode_text
 from oppu_jax.data.types import User
 from oppu_jax.errors import DataError
-from oppu_jax.eval import decode, metrics, profiles as profiles_lib, report, score
+from oppu_jax.eval import decode, metrics, profiles as profiles_lib, report, score, significance
 from oppu_jax.models import load
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax.peft import hf_format, method as method_lib
@@ -166,15 +166,24 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
 
 
 def write_report(exp: Experiment) -> dict:
-  """results.json and results.md from the predictions: {setting: {metric: value}}."""
+  """results.json, significance.json and results.md from the predictions: returns
+  {setting: {metric: value}}. A prediction file that lacks a test query is an error naming both."""
   golds = {q.id: q.gold for u in exp.test_users for q in u.queries if q.gold is not None}
-  results = {}
+  preds = {}
   for setting in exp.settings:
-    preds = lamp.read_outputs(_predictions(exp, setting))
-    results[setting.name] = metrics.evaluate(exp.task.name, golds,
-                                             {i: preds.get(i, "") for i in golds})
+    path = _predictions(exp, setting)
+    preds[setting.name] = lamp.read_outputs(path)
+    missing = [i for i in golds if i not in preds[setting.name]]
+    if missing:
+      raise DataError(f"{path}: no prediction for query id {missing[0]!r} ({len(missing)} of "
+                      f"{len(golds)} missing; delete the file to predict again)")
+  results = {name: metrics.evaluate(exp.task.name, golds, p) for name, p in preds.items()}
+  tests = significance.grid_tests(exp.task.name, golds, preds, results, seed=exp.config.seed)
   files.write_json(exp.path("results.json"), results)
-  files.write_text(exp.path("results.md"), report.markdown_table(exp.task.name, results))
+  files.write_json(exp.path("significance.json"), tests.to_json())
+  users = sum(any(q.gold is not None for q in u.queries) for u in exp.test_users)
+  files.write_text(exp.path("results.md"), report.markdown_table(
+      exp.task.name, results, tests=tests, num_queries=len(golds), num_users=users))
   return results
 
 

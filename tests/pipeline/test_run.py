@@ -8,14 +8,17 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from rouge_score import rouge_scorer
+from scipy import stats
 
 from conftest import tiny_config
 from oppu_jax.data import lamp
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.errors import DataError, WorkdirError
 from oppu_jax.pipeline import run
+from oppu_jax.pipeline.settings import SETTINGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK_CONFIGS = {"lamp1": "LaMP_1", "lamp2n": "LaMP_2N", "lamp2m": "LaMP_2M", "lamp3": "LaMP_3",
@@ -86,6 +89,37 @@ def test_every_task_config_runs_and_writes_valid_outputs(tiny_model_dir, tmp_pat
     assert (adapter_dir / "adapter_model.safetensors").exists()
   table = (tmp_path / "results.md").read_text()
   assert all(f"| {s} |" in table for s in settings.split(","))
+
+
+def test_the_whole_grid_runs_in_the_default_dtype_with_significance(tiny_model_dir, tmp_path):
+  # bf16 weights and bf16 compute, the defaults: every setting, profiles (PAG) included.
+  config = tiny_config("LaMP_3", tiny_model_dir, settings="all",
+                       **{"model.compute_dtype": "bfloat16"})
+  assert config.model.param_dtype == "bfloat16"
+  results = run.run(config, str(tmp_path))
+  assert list(results) == list(SETTINGS)
+  golds = {}
+  for user in lamp.select_users(lamp.load(str(tmp_path / "data"), "LaMP_3"), 3)[0].users:
+    golds.update({q.id: float(q.gold) for q in user.queries})
+  preds = {s: {g["id"]: g["output"] for g in json.loads(
+      (tmp_path / "predictions" / f"{s}.json").read_text())["golds"]} for s in SETTINGS}
+  errors = lambda s: np.array([abs(float(preds[s][i]) - golds[i]) for i in sorted(golds)])
+  sig = json.loads((tmp_path / "significance.json").read_text())
+  assert sig["baseline"] == "non_personalized"
+  best_rag = min(("rag_k1", "rag_k2", "rag_k4"), key=lambda s: results[s]["mae"])
+  assert sig["best_rag"] == best_rag
+  table = (tmp_path / "results.md").read_text()
+  assert f"{len(golds)} queries of 3 users." in table
+  for setting in SETTINGS:
+    if setting == "non_personalized":
+      continue
+    test = sig["vs_baseline"][setting]["mae"]
+    diff = errors(setting) - errors("non_personalized")
+    if np.any(diff) and not np.all(diff == diff[0]):
+      assert test["p"] == pytest.approx(stats.ttest_rel(errors(setting),
+                                                        errors("non_personalized")).pvalue)
+    mark = "*" if test["better"] else ""
+    assert f"{results[setting]['mae']:.4f}{mark}" in table.split(f"| {setting} |")[1].split("|")[0]
 
 
 def test_rerun_after_completion_only_reports(tiny_model_dir, tmp_path):
