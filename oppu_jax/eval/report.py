@@ -58,7 +58,7 @@ def _caption(metrics, tests, num_queries, num_users) -> str:
   arrows = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in metrics)
   parts = []
   if num_queries is not None:
-    parts.append(f"{num_queries} queries of {num_users} users.")
+    parts.append(f"{num_queries} queries of {num_users} user{'s' * (num_users != 1)}.")
   parts.append(f"Best per metric in bold, second underlined ({arrows} is better).")
   if tests is not None:
     parts.append(_tests_caption(metrics, tests))
