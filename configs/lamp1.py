@@ -10,5 +10,5 @@ configs/lamp3.py). Differences from the base: oppu_jax/config.py TASK_DIFFERENCE
 from oppu_jax import config
 
 
-def get_config():
-  return config.for_task("LaMP_1")
+def get_config(recipe=None):
+  return config.for_task("LaMP_1", recipe)

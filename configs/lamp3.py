@@ -18,5 +18,5 @@ The generator's own oracles on this data: MAE 0.75 without the users' habits, 0.
 from oppu_jax import config
 
 
-def get_config():
-  return config.for_task("LaMP_3")
+def get_config(recipe=None):
+  return config.for_task("LaMP_3", recipe)

@@ -33,9 +33,10 @@ def markdown_table(task: str, results: Mapping[str, Mapping[str, float]], *,
     for m in metrics:
       cell = f"{r[m]:.4f}" + _marks(tests, name, m)
       rank = ranks[m].get(r[m]) if len(results) > 1 else None
+      rank = None if rank == 1 and len(results) < 3 else rank  # a second of two is the last
       cells.append(f"**{cell}**" if rank == 0 else f"<u>{cell}</u>" if rank == 1 else cell)
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  return "\n".join(lines + ["", _caption(metrics, tests, num_queries, num_users)]) + "\n"
+  return "\n".join(lines + ["", _caption(metrics, results, tests, num_queries, num_users)]) + "\n"
 
 
 def _ranks(metric: str, values: list[float]) -> dict[float, int]:
@@ -54,12 +55,13 @@ def _marks(tests, setting: str, metric: str) -> str:
   return out
 
 
-def _caption(metrics, tests, num_queries, num_users) -> str:
+def _caption(metrics, results, tests, num_queries, num_users) -> str:
   arrows = ", ".join(f"{m} {'lower' if m in LOWER_IS_BETTER else 'higher'}" for m in metrics)
   parts = []
   if num_queries is not None:
     parts.append(f"{num_queries} queries of {num_users} user{'s' * (num_users != 1)}.")
-  parts.append(f"Best per metric in bold, second underlined ({arrows} is better).")
+  parts.append(f"Best per metric in bold{', second underlined' * (len(results) > 2)} "
+               f"({arrows} is better).")
   if tests is not None:
     parts.append(_tests_caption(metrics, tests))
   parts += [METRIC_NOTES[m] for m in metrics if m in METRIC_NOTES]

@@ -21,6 +21,7 @@ def test_each_config_file_is_the_base_with_its_task_differences(name):
   c = module.get_config()
   assert c.task == FILES[name]
   assert c.to_dict() == config_lib.for_task(FILES[name]).to_dict()
+  assert module.get_config("paper").to_dict() == config_lib.for_task(FILES[name], "paper").to_dict()
   assert module.__doc__.count(f"--config=configs/{name}.py") == 1
   config_lib.check(c)
 
@@ -36,6 +37,24 @@ def test_task_differences_are_real_differences():
       assert c[section][leaf] == value
   assert config_lib.for_task("LaMP_1").train.epochs == 3
   assert base.model.backend == "auto"
+
+
+def test_the_paper_recipe_is_table_4():
+  # OPPU Table 4: (epochs, batch size, R2 reg.) per task; lr 1e-5 and rank 8 on W_q, W_v for all.
+  table_4 = {"LaMP_1": (3, 16, 1e-2), "LaMP_2N": (3, 16, 1e-2), "LaMP_2M": (3, 4, 1e-2),
+             "LaMP_3": (3, 3, 1e-2), "LaMP_4": (2, 8, 1e-1), "LaMP_5": (2, 4, 1e-1),
+             "LaMP_7": (2, 8, 1e-1)}
+  for task, (epochs, batch, reg) in table_4.items():
+    c = config_lib.for_task(task, "paper")
+    assert (c.train.epochs, c.train.batch_size, c.train.weight_decay) == (epochs, batch, reg)
+    assert (c.train.learning_rate, c.peft.rank, tuple(c.peft.targets)) == (1e-5, 8, ("q", "v"))
+    assert c.recipe == "paper"
+    embedded = config_lib.for_task(task)
+    # The embedded recipe keeps the paper's epochs and regularisation, batches of at most 4.
+    assert (embedded.train.epochs, embedded.train.weight_decay) == (epochs, reg)
+    assert embedded.train.batch_size == min(batch, 4)
+  with pytest.raises(ConfigError, match="unknown recipe"):
+    config_lib.for_task("LaMP_3", "papr")
 
 
 def test_check_names_the_key():
