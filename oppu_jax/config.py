@@ -4,11 +4,13 @@ Llama-2-7B, and `for_task(name, recipe)` (what configs/lampN.py return) applies 
 Every field can be overridden on the command line: `--config.train.epochs=3`.
 
 Two recipes:
-- "embedded" (the default): SmolLM2-135M-Instruct on a 2-core CPU. Per task, the paper's epochs
-  and regularisation; a learning rate of 3e-3 (the paper's 1e-5 for a 7B model leaves a 135M
-  LoRA where it started in a user's 10-30 steps; tuned on generated LaMP_3 data over 3 seeds, see
-  configs/lamp3.py); batches of at most 4 (the paper's 16 would give a user with 12 history items
-  one step per epoch).
+- "embedded" (the default): SmolLM2-135M-Instruct on a 2-core CPU. A learning rate of 3e-3 in
+  both stages (the paper's 1e-5, meant for a 7B model, leaves a 135M LoRA where it started in a
+  user's 10-30 steps). Per task the paper's epochs, regularisation and batch size capped at 4
+  (the paper's 16 would give a user with 12 history items one step per epoch), except LaMP_3:
+  5 epochs of batch 4, tuned on generated LaMP_3 data with data seeds 10 and 11 (not the
+  reported seeds 0-2), where the paper's 3 epochs of 3 and 4 epochs of 4 left OPPU's MAE higher
+  (configs/lamp3.py).
 - "paper": `--config=configs/lampN.py:paper` — Table 4 as published (lr 1e-5, the per-task epochs,
   batch sizes and R2 regularisation), task adaptation as the reference's task_LoRA.py (3 epochs,
   batch 16, lr 1e-4) and 100 test users. Meant for a 7B checkpoint: add
@@ -39,12 +41,13 @@ PAPER_COMMON = {
 }
 
 # The embedded model's values that differ from the defaults below, per task: the paper's epochs
-# and weight decay, batches of at most 4 (the defaults: 2 epochs, batch 4, weight decay 1e-2).
+# and weight decay, batches of at most 4 (the defaults: 2 epochs, batch 4, weight decay 1e-2);
+# LaMP_3's 5 epochs are tuned (see the docstring).
 TASK_DIFFERENCES = {
     "LaMP_1": {"train.epochs": 3},
     "LaMP_2N": {"train.epochs": 3},
     "LaMP_2M": {"train.epochs": 3},
-    "LaMP_3": {"train.epochs": 3, "train.batch_size": 3},
+    "LaMP_3": {"train.epochs": 5},
     "LaMP_4": {"train.weight_decay": 1e-1},
     "LaMP_5": {"train.weight_decay": 1e-1},
     "LaMP_6": {"train.weight_decay": 1e-1},
@@ -144,7 +147,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.task_adapt.rank = 8
   c.task_adapt.alpha = 8.0
   c.task_adapt.dropout = 0.05
-  c.task_adapt.learning_rate = 1e-3
+  c.task_adapt.learning_rate = 3e-3
   c.task_adapt.batch_size = 16
   c.task_adapt.epochs = 2
   c.task_adapt.k = 1  # retrieved items in the R and P variants' training prompts
@@ -159,7 +162,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.peft.num_virtual_tokens = 20
 
   c.train = ml_collections.ConfigDict()
-  c.train.learning_rate = 1e-3
+  c.train.learning_rate = 3e-3
   c.train.weight_decay = 1e-2
   c.train.clip_norm = 0.3
   c.train.warmup_ratio = 0.1
