@@ -22,7 +22,7 @@ def test_each_config_file_is_the_base_with_its_task_differences(name):
   assert c.task == FILES[name]
   assert c.to_dict() == config_lib.for_task(FILES[name]).to_dict()
   assert module.get_config("paper").to_dict() == config_lib.for_task(FILES[name], "paper").to_dict()
-  assert module.__doc__.count(f"--config=configs/{name}.py") == 1
+  assert module.__doc__.count(f"--config=configs/{name}.py --workdir") == 1
   config_lib.check(c)
 
 
