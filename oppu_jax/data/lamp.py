@@ -23,7 +23,8 @@ Layouts:
   `user_others.json` (the other users, golds inline as `query[i]["gold"]`) and optionally
   `profile_user_100.json` / `profile_user_others.json` (profile texts aligned with the users of
   the top / others file). A user without `user_id`
-  is named by its first query id. Splits: "test" (the top file), "others".
+  is named by its first query id. Splits: "test" (the top file), "others". LaMP_1's items
+  there carry `citation` too (a task's `optional_fields`: strings where present).
 
 Every malformed input raises DataError with one line naming the file and the record. History
 fields longer than `max_words` words are cut to their first `max_words` words (the reference
@@ -438,7 +439,7 @@ def _check_item(task, item, where) -> dict[str, Any]:
     if missing:
       raise DataError(f"{where}: missing field {missing[0]!r} of a {task.name} item{hint}")
     raise DataError(f"{where}: field {foreign[0]!r} is not a {task.name} field{hint}")
-  for f in ("id",) + task.item_fields:
+  for f in ("id",) + task.item_fields + tuple(f for f in task.optional_fields if f in item):
     _string(item, f, where)
   if "date" in item and not isinstance(item["date"], (str, int)):
     raise DataError(f"{where}: field 'date' must be a string, got {type(item['date']).__name__}")

@@ -58,7 +58,7 @@ def time_based_user(user_id: int, items: Sequence[dict], cuts: Sequence[int],
           for j, cut in enumerate(cuts)]
 
 
-def write_oppu_citation(out_dir, citations: Sequence[str | None]) -> str:
+def write_oppu_citation(out_dir, citations: Sequence[Any]) -> str:
   """OPPU's processed LaMP_1 (`citation` folder): one test user whose profile items carry
   `citation` where `citations[i]` is not None, with its label file."""
   profile = []

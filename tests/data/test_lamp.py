@@ -167,6 +167,18 @@ def test_a_user_with_no_item_visible_to_all_its_queries(tmp_path):
       _error(path))
 
 
+def test_oppu_lamp1_items_carry_citation(tmp_path):
+  data = lamp.load(lf.write_oppu_citation(tmp_path, ["Ref zero", None]), "LaMP_1")
+  history = data.users[0].history
+  assert [it.get("citation") for it in history] == ["Ref zero", None]
+  assert tasks.format_item("LaMP_1", history[0]) == (
+      "paper title: Paper 0 on graphs reference: Ref zero")
+  assert tasks.format_item("LaMP_1", history[1]) == "paper title: Paper 1 on graphs"
+  lf.write_oppu_citation(tmp_path, [["not", "a", "string"]])
+  assert "profile item 0 (id 'p0'): field 'citation' must be a string, got list" in (
+      _error(str(tmp_path), "LaMP_1"))
+
+
 def test_missing_outputs_file_gives_no_golds(tmp_path):
   data = lamp.load(_official(tmp_path, [_question("q1", [_review("i1")])], split="test"), "LaMP_3")
   assert data.users[0].queries[0].gold is None
