@@ -2,8 +2,11 @@
 
 Layouts:
 - "official": `{split}_questions.json` (records `id`, `input`, `profile`, optionally `user_id`
-  and `date`) and, when the golds are public, `{split}_outputs.json`. A record without
-  `user_id` is its own user, named by the record id. Records sharing a `user_id` (LaMP's
+  and `date`; a list, or `{"task", "golds": [records]}` as LaMP's
+  `data/avocado/create_avocado_dataset.py` writes LaMP_6's test questions) and, when the golds
+  are public, `{split}_outputs.json`. LaMP_6 as released, with Avocado file ids where the
+  emails go, is a DataError naming that script. A record without `user_id` is its own user,
+  named by the record id. Records sharing a `user_id` (LaMP's
   time-based release: an integer, several samples per user, each with its own `profile` of the
   user's items before that sample, and no question-level `date`) are one user, whose one
   history serves all its queries (the adapter, retrieval and the PAG profile are shared), so it
@@ -183,11 +186,10 @@ def _load_official(path, task, splits, max_words) -> LampData:
     qpath = os.path.join(path, f"{split}_questions.json")
     opath = os.path.join(path, f"{split}_outputs.json")
     golds = _read_golds(opath, task) if os.path.exists(opath) else None
-    records = _read_json(qpath)
-    if not isinstance(records, list):
-      raise DataError(f"{qpath}: expected a list of questions, got {type(records).__name__}")
+    records = _question_records(_read_json(qpath), qpath, task)
     for i, rec in enumerate(records):
       where, qid = _record_with_id(rec, f"{qpath}: record {i}", seen_ids, qpath, "question")
+      _check_texts_built(task, rec, where)
       user_id = rec.get("user_id", qid)
       if not isinstance(user_id, (str, int)):
         raise DataError(f"{where}: field 'user_id' must be a string, got {type(user_id).__name__}")
@@ -223,6 +225,34 @@ def _load_official(path, task, splits, max_words) -> LampData:
 
 
 _RULES = ("dates", "intersection", "single record")
+
+
+def _question_records(doc: Any, qpath: str, task) -> list[Any]:
+  # LaMP's data/avocado/create_avocado_dataset.py writes LaMP_6's test questions in the outputs
+  # shape, {"task": "LaMP_6", "golds": [questions]}; any task's questions may come so.
+  if isinstance(doc, dict) and isinstance(doc.get("golds"), list):
+    if "task" in doc and _family(str(doc["task"])) != _family(task.name):
+      raise DataError(f"{qpath}: questions of task {doc['task']!r}, not {task.name}")
+    return doc["golds"]
+  if not isinstance(doc, list):
+    raise DataError(f"{qpath}: expected a list of questions (or {{\"task\", \"golds\": "
+                    f"[questions]}}), got {type(doc).__name__}")
+  return doc
+
+
+def _check_texts_built(task, rec: dict[str, Any], where: str) -> None:
+  """LaMP_6 is released with Avocado file ids where the emails go (`input`, and items' `text`
+  without `title`); LaMP's script puts the texts in. Say so instead of a missing field."""
+  if task.name != "LaMP_6":
+    return
+  profile = rec.get("profile") if isinstance(rec.get("profile"), list) else []
+  ids = [rec.get("input")] + [p.get("text") for p in profile
+                              if isinstance(p, dict) and "title" not in p]
+  file_id = next((t for t in ids if isinstance(t, str) and t and len(t.split()) == 1), None)
+  if file_id is not None:
+    raise DataError(f"{where}: {file_id!r} is an Avocado file id, not an email: this is LaMP_6's "
+                    "raw release; build the texts with LaMP's "
+                    "data/avocado/create_avocado_dataset.py first")
 
 
 @dataclasses.dataclass

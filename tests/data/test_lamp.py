@@ -179,6 +179,23 @@ def test_oppu_lamp1_items_carry_citation(tmp_path):
       _error(str(tmp_path), "LaMP_1"))
 
 
+def test_lamp6_test_questions_in_the_avocado_scripts_object_shape(tmp_path):
+  data = lamp.load(lf.write_avocado_processed(tmp_path), "LaMP_6")
+  assert [(q.id, q.gold) for u in data.users for q in u.queries] == [
+      ("600", "Subject 600"), ("601", "Subject 601"), ("602", None)]
+  assert len(data.user("602").history) == 3
+  assert lamp.load(str(tmp_path), "LaMP_6", split="test").users[0].id == "602"
+  assert "test_questions.json: questions of task 'LaMP_6', not LaMP_4" in (
+      _error(str(tmp_path), "LaMP_4", split="test"))
+
+
+def test_lamp6_raw_release_names_the_script_that_builds_it(tmp_path):
+  message = _error(lf.write_avocado_raw(tmp_path), "LaMP_6")
+  assert "dev_questions.json: record 0 (id '600'): '102-000123-EM' is an Avocado file id" in (
+      message)
+  assert "data/avocado/create_avocado_dataset.py" in message
+
+
 def test_missing_outputs_file_gives_no_golds(tmp_path):
   data = lamp.load(_official(tmp_path, [_question("q1", [_review("i1")])], split="test"), "LaMP_3")
   assert data.users[0].queries[0].gold is None
