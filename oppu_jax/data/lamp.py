@@ -113,7 +113,8 @@ def truncate_words(text: str, max_words: int) -> str:
 
 
 def write_predictions(path: str, task: str | tasks_lib.Task, outputs: Mapping[str, str]) -> None:
-  """Writes {id: output} in the LaMP outputs shape ({"task", "golds": [{"id", "output"}]})."""
+  """Writes {id: output} in the LaMP outputs shape ({"task", "golds": [{"id", "output"}]}),
+  named as LaMP's evaluator knows the task: LaMP_2N and LaMP_2M are both "LaMP_2"."""
   name = task if isinstance(task, str) else task.name
   _write_json(path, _outputs_doc(name, outputs.items()))
 
@@ -515,7 +516,8 @@ def _gold_string(task, gold, where) -> str:
 
 
 def _family(name: str) -> str:
-  # Official files name LaMP_2N's and LaMP_2M's golds alike ("LaMP_2"); compare the number.
+  # Official files name LaMP_2N's and LaMP_2M's golds alike ("LaMP_2"), as we write them too;
+  # compare the number.
   return re.sub(r"[^0-9]", "", name)
 
 
@@ -535,7 +537,9 @@ def _write_json(path, doc) -> None:
 
 
 def _outputs_doc(task_name: str, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-  return {"task": task_name, "golds": [{"id": i, "output": o} for i, o in pairs]}
+  # LaMP's evaluator knows LaMP_1 .. LaMP_7 only, and matches predictions to golds by this name.
+  name = f"LaMP_{_family(tasks_lib.get_task(task_name).name)}"
+  return {"task": name, "golds": [{"id": i, "output": o} for i, o in pairs]}
 
 
 def _all_or_none(golds, queries, out_dir) -> bool:

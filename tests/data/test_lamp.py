@@ -225,6 +225,20 @@ def test_predictions_round_trip(tmp_path):
   assert lamp.read_outputs(path) == {"a": "Headline one", "b": ""}
 
 
+def test_lamp2_predictions_and_golds_carry_the_evaluators_task_name(tmp_path):
+  # LaMP's evaluator knows LaMP_1 .. LaMP_7: both LaMP_2 variants are "LaMP_2".
+  for name in ("LaMP_2N", "LaMP_2M"):
+    path = str(tmp_path / f"{name}.json")
+    lamp.write_predictions(path, name, {"a": "comedy"})
+    with open(path) as f:
+      assert json.load(f)["task"] == "LaMP_2"
+    assert lamp.read_outputs(path) == {"a": "comedy"}
+    _small(name, tmp_path / name)
+    with open(tmp_path / name / "dev_outputs.json") as f:
+      assert json.load(f)["task"] == "LaMP_2"
+    assert lamp.load(str(tmp_path / name), name).task == name
+
+
 # --- malformed input: one line naming the file and the record ----------------------------------
 
 
