@@ -1,3 +1,4 @@
+import json
 import math
 import random
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
+from oppu_jax.errors import DataError
 from oppu_jax.eval import metrics
 
 
@@ -120,6 +122,18 @@ def test_evaluate_id_mismatch_names_an_id():
     metrics.evaluate("LaMP_1", {"a": "[1]"}, {"a": "[1]", "c": "[2]"})
   with pytest.raises(ValueError, match="no gold ids"):
     metrics.evaluate("LaMP_1", {}, {})
+
+
+def test_a_predictions_file_missing_an_id_fails_naming_it(tmp_path):
+  from oppu_jax.data import lamp
+  path = tmp_path / "pred.json"
+  path.write_text(json.dumps({"task": "LaMP_3", "golds": [{"id": "q1", "output": "4"},
+                                                          {"id": "q3", "output": "2"}]}))
+  with pytest.raises(DataError, match=r"no prediction for id 'q2' \(1 of 3 gold ids missing\)"):
+    metrics.evaluate("LaMP_3", {"q1": "4", "q2": "5", "q3": "1"}, lamp.read_outputs(str(path)))
+  path.write_text(json.dumps({"task": "LaMP_3", "golds": [{"output": "4"}]}))
+  with pytest.raises(DataError, match=r"pred.json: gold 0 \(id None\): missing field 'id'"):
+    lamp.read_outputs(str(path))
 
 
 def test_label_lists_are_the_official_evaluators():
