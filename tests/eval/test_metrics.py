@@ -77,6 +77,23 @@ def test_rating_parse_and_fallback():
   assert metrics.parse_rating("", 5.0) == 1.0
 
 
+@pytest.mark.parametrize("pred", ["nan", "inf", "-inf", "1e400", "3.5e38", "0", "6", "-3", "5.01"])
+def test_rating_off_the_scale_or_not_finite_counts_as_unparsable(pred):
+  # The reference's float() lets these through (nan/inf break its metric; 0 and 6 score by
+  # distance); here they are the farther end of the scale, like any text.
+  assert metrics.parse_rating(pred, 2.0) == metrics.parse_rating("four", 2.0) == 5.0
+  assert metrics.parse_rating(pred, 4.0) == 1.0
+  out = metrics.rating_metrics(["2", "4"], [pred, pred])
+  assert out == {"mae": 3.0, "rmse": 3.0}
+
+
+def test_rating_on_the_scale_counts_as_its_number():
+  assert metrics.parse_rating("4.0", 1.0) == 4.0
+  assert metrics.parse_rating(" 1 ", 5.0) == 1.0
+  assert metrics.parse_rating("5", 1.0) == 5.0
+  assert metrics.parse_rating("2.5", 1.0) == 2.5
+
+
 def test_rating_metrics_plain_arithmetic():
   golds = ["1", "3", "5", "2", " 4"]
   preds = ["2", "3", "x", "5.0", "4 "]
