@@ -37,3 +37,40 @@ def smollm2_hf_tokenizer():
   return transformers.AutoTokenizer.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path)
   )
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_dir(tmp_path_factory):
+  """A factory of tiny Llama-2-style HF tokenizer directories: a BPE `tokenizer.json` (bos <s> 1,
+  eos </s> 2) whose post-processor prepends <s> when `post_processor` (as Llama-2's does), and a
+  `tokenizer_config.json` (LlamaTokenizerFast, the chat template of Llama-2-chat, which writes
+  the BOS itself) with `add_bos_token` unless it is None."""
+  import json
+
+  import tokenizers
+  from tokenizers import decoders, models, normalizers, processors, trainers
+
+  def make(post_processor: bool = True, add_bos_token: bool | None = True) -> str:
+    path = tmp_path_factory.mktemp("llama2_tokenizer")
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    corpus = ["What is the score of the following review on a scale of 1 to 5? review: great",
+              "Generate a headline for the following article: the team won the cup"] * 4
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"]))
+    if post_processor:
+      tok.post_processor = processors.TemplateProcessing(
+          single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.save(str(path / "tokenizer.json"))
+    config = {"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "add_eos_token": False,
+              "chat_template": "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} "
+                               "[/INST]{% endfor %}"}
+    if add_bos_token is not None:
+      config["add_bos_token"] = add_bos_token
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(path)
+
+  return make

@@ -2,16 +2,32 @@
 
 Layouts:
 - "official": `{split}_questions.json` (records `id`, `input`, `profile`, optionally `user_id`
-  and `date`) and, when the golds are public, `{split}_outputs.json`. Records sharing a
-  `user_id` are one user: their profiles merge into one history (deduplicated by item id, the
-  first copy kept, then ordered by `date` when every item has one). A record without `user_id`
-  is its own user, named by the record id.
+  and `date`; a list, or `{"task", "golds": [records]}` as LaMP's
+  `data/avocado/create_avocado_dataset.py` writes LaMP_6's test questions) and, when the golds
+  are public, `{split}_outputs.json`. LaMP_6 as released, with Avocado file ids where the
+  emails go, is a DataError naming that script. A record without `user_id` is its own user,
+  named by the record id. Records sharing a `user_id` (LaMP's
+  time-based release: an integer, several samples per user, each with its own `profile` of the
+  user's items before that sample, and no question-level `date`) are one user, whose one
+  history serves all its queries (the adapter, retrieval and the PAG profile are shared), so it
+  holds only what EVERY query of the user may see:
+  * a query's time is its record's own `date`, else the latest `date` of its record's profile
+    items when they all have one ("2009-08-31" and "20090831" read alike);
+  * when every item and every query of the user has a time: the items (the union of its
+    records' profiles, deduplicated by item id, the first copy kept) dated at or before the
+    user's earliest query;
+  * otherwise: the items present in every one of the user's records' profiles;
+  * a user with a single record keeps that record's profile.
+  The history is then ordered by `date` when every item has one. Each load logs (INFO) how many
+  users came from how many records, which rule served how many users and how many items were
+  dropped; a user left with no item is a DataError naming its user_id and file.
 - "oppu": `user_top_100_history.json` (users `{"user_id"?, "profile", "query": [{"id",
   "input"}]}`), `user_top_100_history_label.json` (their golds, outputs shape),
   `user_others.json` (the other users, golds inline as `query[i]["gold"]`) and optionally
   `profile_user_100.json` / `profile_user_others.json` (profile texts aligned with the users of
   the top / others file). A user without `user_id`
-  is named by its first query id. Splits: "test" (the top file), "others".
+  is named by its first query id. Splits: "test" (the top file), "others". LaMP_1's items
+  there carry `citation` too (a task's `optional_fields`: strings where present).
 
 Every malformed input raises DataError with one line naming the file and the record. History
 fields longer than `max_words` words are cut to their first `max_words` words (the reference
@@ -21,6 +37,7 @@ does the same at 768), and each file's count of cuts is logged — never silentl
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
 import json
 import logging
 import math
@@ -29,7 +46,7 @@ import re
 from typing import Any
 
 from oppu_jax.data import tasks as tasks_lib
-from oppu_jax.data.types import LampData, Query, User
+from oppu_jax.data.types import LampData, Query, User, date_key
 from oppu_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -96,7 +113,8 @@ def truncate_words(text: str, max_words: int) -> str:
 
 
 def write_predictions(path: str, task: str | tasks_lib.Task, outputs: Mapping[str, str]) -> None:
-  """Writes {id: output} in the LaMP outputs shape ({"task", "golds": [{"id", "output"}]})."""
+  """Writes {id: output} in the LaMP outputs shape ({"task", "golds": [{"id", "output"}]}),
+  named as LaMP's evaluator knows the task: LaMP_2N and LaMP_2M are both "LaMP_2"."""
   name = task if isinstance(task, str) else task.name
   _write_json(path, _outputs_doc(name, outputs.items()))
 
@@ -108,7 +126,9 @@ def read_outputs(path: str) -> dict[str, str]:
 
 def write_official_layout(data: LampData, out_dir: str, dev_fraction: float = 0.5) -> None:
   """Writes `train_*` and `dev_*` files: per user, the last ceil(dev_fraction * q) of its q
-  queries go to dev, the rest to train. Every record carries the user's whole history."""
+  queries go to dev, the rest to train. Every record carries the user's whole history and its
+  query's `date` where it has one, so `load` gives the same users back when each history is
+  undated or dated at or before its user's earliest query (as `synth` writes them)."""
   os.makedirs(out_dir, exist_ok=True)
   split_records: dict[str, list[dict[str, Any]]] = {"train": [], "dev": []}
   split_golds: dict[str, list[tuple[str, str]]] = {"train": [], "dev": []}
@@ -160,39 +180,124 @@ def _load_official(path, task, splits, max_words) -> LampData:
   for s in splits or ():
     if s not in present:
       raise DataError(f"{path}: no {s}_questions.json (splits present: {', '.join(present)})")
-  histories: dict[str, dict[str, dict[str, Any]]] = {}
-  queries: dict[str, list[Query]] = {}
+  samples: dict[str, _Samples] = {}
   seen_ids: dict[str, str] = {}
   cuts = _Cuts(max_words)
   for split in splits or present:
     qpath = os.path.join(path, f"{split}_questions.json")
     opath = os.path.join(path, f"{split}_outputs.json")
     golds = _read_golds(opath, task) if os.path.exists(opath) else None
-    records = _read_json(qpath)
-    if not isinstance(records, list):
-      raise DataError(f"{qpath}: expected a list of questions, got {type(records).__name__}")
+    records = _question_records(_read_json(qpath), qpath, task)
     for i, rec in enumerate(records):
       where, qid = _record_with_id(rec, f"{qpath}: record {i}", seen_ids, qpath, "question")
+      _check_texts_built(task, rec, where)
       user_id = rec.get("user_id", qid)
       if not isinstance(user_id, (str, int)):
         raise DataError(f"{where}: field 'user_id' must be a string, got {type(user_id).__name__}")
       user_id = str(user_id)
       gold = None if golds is None else _pop_gold(golds, qid, where, opath, "question")
       items = _check_profile(task, rec.get("profile"), where)
-      history = histories.setdefault(user_id, {})
-      for item in items:
-        history.setdefault(item["id"], item)  # The same item recurs in a user's samples.
-      queries.setdefault(user_id, []).append(_query(task, rec, gold, where))
+      user = samples.setdefault(user_id, _Samples(qpath))
+      user.profiles.append(items)
+      user.times.append(_query_time(rec, items))
+      user.queries.append(_query(task, rec, gold, where))
     if golds:
       first = next(iter(golds))
       raise DataError(f"{opath}: gold id {first!r} has no question in {qpath} "
                       f"({len(golds)} such golds)")
   users = []
-  for user_id, items in histories.items():
-    history = _time_order(list(items.values()))
-    users.append(User(user_id, tuple(cuts.apply(history)), tuple(queries[user_id])))
+  rules: dict[str, int] = {rule: 0 for rule in _RULES}
+  dropped = 0
+  for user_id, user in samples.items():
+    history, rule, n_dropped = _shared_history(user)
+    if not history:
+      raise DataError(f"{user.source}: user_id {user_id!r}: no profile item is visible to all "
+                      f"{len(user.queries)} of its queries ({rule} rule)")
+    rules[rule] += 1
+    dropped += n_dropped
+    history = _time_order(history)
+    users.append(User(user_id, tuple(cuts.apply(history)), tuple(user.queries)))
+  log.info("%s: %d users from %d records; history rule per user: %s; %d profile items dropped "
+           "(not visible to every query of their user)", path, len(users),
+           sum(len(u.queries) for u in samples.values()),
+           ", ".join(f"{rule} {n}" for rule, n in rules.items()), dropped)
   cuts.report(path)
   return LampData(task.name, tuple(users))
+
+
+_RULES = ("dates", "intersection", "single record")
+
+
+def _question_records(doc: Any, qpath: str, task) -> list[Any]:
+  # LaMP's data/avocado/create_avocado_dataset.py writes LaMP_6's test questions in the outputs
+  # shape, {"task": "LaMP_6", "golds": [questions]}; any task's questions may come so.
+  if isinstance(doc, dict) and isinstance(doc.get("golds"), list):
+    if "task" in doc and _family(str(doc["task"])) != _family(task.name):
+      raise DataError(f"{qpath}: questions of task {doc['task']!r}, not {task.name}")
+    return doc["golds"]
+  if not isinstance(doc, list):
+    raise DataError(f"{qpath}: expected a list of questions (or {{\"task\", \"golds\": "
+                    f"[questions]}}), got {type(doc).__name__}")
+  return doc
+
+
+def _check_texts_built(task, rec: dict[str, Any], where: str) -> None:
+  """LaMP_6 is released with Avocado file ids where the emails go (`input`, and items' `text`
+  without `title`); LaMP's script puts the texts in. Say so instead of a missing field."""
+  if task.name != "LaMP_6":
+    return
+  profile = rec.get("profile") if isinstance(rec.get("profile"), list) else []
+  ids = [rec.get("input")] + [p.get("text") for p in profile
+                              if isinstance(p, dict) and "title" not in p]
+  file_id = next((t for t in ids if isinstance(t, str) and t and len(t.split()) == 1), None)
+  if file_id is not None:
+    raise DataError(f"{where}: {file_id!r} is an Avocado file id, not an email: this is LaMP_6's "
+                    "raw release; build the texts with LaMP's "
+                    "data/avocado/create_avocado_dataset.py first")
+
+
+@dataclasses.dataclass
+class _Samples:
+  """One user's records as read: each record's profile, query time and query."""
+
+  source: str  # the file of the user's first record, to name in errors
+  profiles: list[list[dict[str, Any]]] = dataclasses.field(default_factory=list)
+  times: list[tuple[int, ...] | None] = dataclasses.field(default_factory=list)
+  queries: list[Query] = dataclasses.field(default_factory=list)
+
+
+def _shared_history(user: _Samples) -> tuple[list[dict[str, Any]], str, int]:
+  """(the items every query of the user may see, the rule that chose them, how many of the
+  union of its profiles were dropped)."""
+  union: dict[str, dict[str, Any]] = {}
+  for items in user.profiles:
+    for item in items:
+      union.setdefault(item["id"], item)  # The same item recurs in a user's samples.
+  if len(user.profiles) == 1:
+    return list(union.values()), "single record", 0
+  item_times = {i: date_key(item.get("date")) for i, item in union.items()}
+  if all(t is not None for t in [*user.times, *item_times.values()]):
+    earliest = min(user.times)
+    kept = [item for i, item in union.items() if _at_or_before(item_times[i], earliest)]
+    return kept, "dates", len(union) - len(kept)
+  common = set.intersection(*({item["id"] for item in items} for items in user.profiles))
+  kept = [item for i, item in union.items() if i in common]
+  return kept, "intersection", len(union) - len(kept)
+
+
+def _query_time(rec: dict[str, Any], items: list[dict[str, Any]]) -> tuple[int, ...] | None:
+  """The record's own date, else the latest of its profile items' dates (all must have one)."""
+  own = date_key(rec.get("date"))
+  if own is not None:
+    return own
+  keys = [date_key(item.get("date")) for item in items]
+  return max(keys) if keys and all(k is not None for k in keys) else None
+
+
+def _at_or_before(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+  # Mixed granularity ("2011" against "2011-09-01") compares the common prefix.
+  n = min(len(a), len(b))
+  return a[:n] <= b[:n]
 
 
 def _query(task, rec, gold, where) -> Query:
@@ -206,18 +311,11 @@ def _query(task, rec, gold, where) -> Query:
 
 
 def _time_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  keys = [_date_key(it.get("date")) for it in items]
+  keys = [date_key(it.get("date")) for it in items]
   if all(k is not None for k in keys):
     order = sorted(range(len(items)), key=lambda i: keys[i])  # Stable: equal dates keep order.
     return [items[i] for i in order]
   return items
-
-
-def _date_key(value: Any) -> tuple[int, ...] | None:
-  if value is None:
-    return None
-  parts = re.findall(r"\d+", str(value))
-  return tuple(int(p) for p in parts) if parts else None
 
 
 # --- OPPU's processed layout -------------------------------------------------------------------
@@ -372,7 +470,7 @@ def _check_item(task, item, where) -> dict[str, Any]:
     if missing:
       raise DataError(f"{where}: missing field {missing[0]!r} of a {task.name} item{hint}")
     raise DataError(f"{where}: field {foreign[0]!r} is not a {task.name} field{hint}")
-  for f in ("id",) + task.item_fields:
+  for f in ("id",) + task.item_fields + tuple(f for f in task.optional_fields if f in item):
     _string(item, f, where)
   if "date" in item and not isinstance(item["date"], (str, int)):
     raise DataError(f"{where}: field 'date' must be a string, got {type(item['date']).__name__}")
@@ -418,7 +516,8 @@ def _gold_string(task, gold, where) -> str:
 
 
 def _family(name: str) -> str:
-  # Official files name LaMP_2N's and LaMP_2M's golds alike ("LaMP_2"); compare the number.
+  # Official files name LaMP_2N's and LaMP_2M's golds alike ("LaMP_2"), as we write them too;
+  # compare the number.
   return re.sub(r"[^0-9]", "", name)
 
 
@@ -438,7 +537,9 @@ def _write_json(path, doc) -> None:
 
 
 def _outputs_doc(task_name: str, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-  return {"task": task_name, "golds": [{"id": i, "output": o} for i, o in pairs]}
+  # LaMP's evaluator knows LaMP_1 .. LaMP_7 only, and matches predictions to golds by this name.
+  name = f"LaMP_{_family(tasks_lib.get_task(task_name).name)}"
+  return {"task": name, "golds": [{"id": i, "output": o} for i, o in pairs]}
 
 
 def _all_or_none(golds, queries, out_dir) -> bool:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import hashlib
-import re
 from typing import Any
 
 import numpy as np
 import rank_bm25
 
+from oppu_jax.data.types import date_key
 from oppu_jax.errors import DataError
 
 Item = Mapping[str, Any]
@@ -188,13 +188,13 @@ def _text_fn(spec: TextSpec) -> Callable[[Item], str]:
 
 
 def _parse_date(value: Any, where: Any) -> tuple[int, ...] | None:
-  """'2011-09-01', '2011/09/01 12:00', 2011 -> tuples of ints, year first; None if absent."""
+  """`types.date_key` ('2011-09-01', '20110901', 2011 -> ints, year first); None if absent."""
   if value is None or value == "":
     return None
-  parts = re.findall(r"\d+", str(value))
-  if not parts:
+  key = date_key(value)
+  if key is None:
     raise DataError(f"history item {where}: unparsable date {value!r}")
-  return tuple(int(p) for p in parts)
+  return key
 
 
 def _strictly_before(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> bool:

@@ -10,8 +10,9 @@ Sources: the OPPU task prompts (paper Appendix I; wording and line breaks as in 
 Table 4, as LaMP's `prompts/prompts.py` builds it). Departures
 from the reference code, on purpose:
 - LaMP_1's task prompt keeps both reference options (the reference formats them into a template
-  with one slot, so they vanish); its text-mode item is the title (the reference's
-  `"... reference: {citation}"` names a field that items do not have).
+  with one slot, so they vanish). Its history item reads `paper title: {title} reference:
+  {citation}` where the item has a `citation` (OPPU's processed release carries one), else
+  `paper title: {title}` (the official release's items have only title and abstract).
 - The profile prompt joins the items with " | " (the reference formats the Python list repr).
 - LaMP_6 is not in OPPU: its prompts follow LaMP_4's pattern with email/subject.
 """
@@ -55,6 +56,8 @@ class Task:
   """One LaMP task.
 
   item_fields: the keys every history ("profile") item carries besides `id` (and `date`).
+  optional_fields / full_history_line: fields some releases add to items (strings, checked where
+    present), and the history line used when an item has all of them.
   input_field / output_field: the item fields that form a task-shaped (input, answer) pair;
     None for LaMP_1 and LaMP_7, whose history is not in the task's shape.
   labels: the evaluator's label list (classification), else None.
@@ -74,6 +77,8 @@ class Task:
   prompt: str  # OPPU task prompt (Appendix I), same slots as lamp_input
   history_line: str  # a retrieved item in the OPPU prompt, slots are item fields
   profile_instruction: str  # Appendix J; "{}" takes the user history
+  optional_fields: tuple[str, ...] = ()
+  full_history_line: str = ""
 
   @property
   def aligned(self) -> bool:
@@ -170,7 +175,10 @@ def model_pair(prompt: str, answer: str) -> tuple[str, str]:
 
 def format_item(task: Task | str, item: Item) -> str:
   """A history item as one line of the OPPU prompt ("review: ... score: 4")."""
-  return _task(task).history_line.format(**item)
+  task = _task(task)
+  if task.optional_fields and all(f in item for f in task.optional_fields):
+    return task.full_history_line.format(**item)
+  return task.history_line.format(**item)
 
 
 def corpus_text(task: Task | str, item: Item) -> str:
@@ -263,6 +271,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
             "Please respond with only the number that corresponds to the reference.\n"
             "paper title: {title}\nreference: [1] - {option1} [2] - {option2}\nanswer:"),
         history_line="paper title: {title}",
+        optional_fields=("citation",),
+        full_history_line="paper title: {title} reference: {citation}",
         profile_instruction=(
             "Write a summary, in English, of the research interests and topics of a researcher "
             "who has published the following papers. Only generate the summary, no other text. "

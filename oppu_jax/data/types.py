@@ -7,6 +7,7 @@ processed `user_top_100_history.json` ...) load into these types. Pure Python: n
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from oppu_jax.errors import DataError  # noqa: F401  (re-exported: `types.DataError` is the same)
@@ -50,3 +51,15 @@ class LampData:
       if u.id == user_id:
         return u
     raise KeyError(user_id)
+
+
+def date_key(value: Any) -> tuple[int, ...] | None:
+  """A LaMP date as a tuple of ints, year first, to order and compare dates: '2009-08-31',
+  '2009/08/31 12:00', '20090831' and 20090831 all give (2009, 8, 31, ...); '2009' gives (2009,).
+  None when the value is absent or has no digits."""
+  if value is None:
+    return None
+  parts = re.findall(r"\d+", str(value))
+  if len(parts) == 1 and len(parts[0]) == 8:  # LaMP's compact "20111201": year, month, day.
+    return (int(parts[0][:4]), int(parts[0][4:6]), int(parts[0][6:]))
+  return tuple(int(p) for p in parts) if parts else None

@@ -6,9 +6,14 @@
   compares the indices (so, as in the reference, two unknown strings agree); F1 is sklearn's
   `f1_score(labels=range(L), average="macro")`: the mean over ALL L labels, a label with no
   gold and no prediction scoring 0 (sklearn's default zero_division="warn" -> 0).
-- LaMP_3: predictions parse with Python's `float` (so "4.0" counts as 4, and "nan"/"inf" pass
-  through as the reference lets them); an unparsable prediction becomes whichever of 1 and 5 is
-  farther from the gold (5 when the gold is 3, as the reference's `>` picks). MAE and RMSE.
+- LaMP_3: a prediction counts as its number only when it parses with Python's `float` as a
+  finite value within the scale [1, 5] ("4.0" counts as 4, "4.5" as 4.5); anything else counts
+  as the reference's unparsable answer, whichever of 1 and 5 is farther from the gold (5 when
+  the gold is 3, as the reference's `>` picks). MAE and RMSE. The reference parses with `float`
+  alone, so it departs from this on what it lets through: "nan", "inf", "-inf" and "1e400"
+  (inf) make its metric crash or report nan / inf, "3.5e38" gives an absurd error, and "0" / "6"
+  score by their distance 0 / 6 from the gold; here all of these are the worst answer on the
+  scale, like text.
 - Generation (LaMP_4–7): ROUGE-1 and ROUGE-L F-measure of `rouge_score` without stemmer,
   averaged over samples. The reference's `evaluate` reports the median of 1000 unseeded
   bootstrap means instead, which differs from this mean only by resampling noise.
@@ -109,11 +114,15 @@ def rating_errors(
 
 
 def parse_rating(pred: str, gold: float) -> float:
-  """float(pred.strip()), or the farther of 1 and 5 from `gold` when that fails."""
+  """float(pred.strip()) when that is finite and within [1, 5]; otherwise (unparsable, nan,
+  inf, overflow, off the scale) the farther of 1 and 5 from `gold`."""
   try:
-    return float(str(pred).strip())
+    value = float(str(pred).strip())
   except ValueError:
-    return 1.0 if abs(1 - gold) > abs(5 - gold) else 5.0
+    value = math.nan
+  if 1.0 <= value <= 5.0:  # False for nan: comparisons with nan fail.
+    return value
+  return 1.0 if abs(1 - gold) > abs(5 - gold) else 5.0
 
 
 def generation_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, float]:

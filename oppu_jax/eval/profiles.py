@@ -153,11 +153,12 @@ def profile_prompt_ids(
     max_tokens: int = max(DEFAULT_BUCKETS),
 ) -> list[int]:
   """The token ids of the user's Appendix J prompt (chat-wrapped when `chat`), at most
-  `max_tokens`: an over-long prompt keeps its instruction and ending and loses the end of the
-  history (logged)."""
+  `max_tokens`, starting with BOS once when the model expects it (`Tokenizer.encode_prompt`; a
+  chat template that writes BOS itself does not get a second): an over-long prompt keeps its
+  instruction and ending and loses the end of the history (logged)."""
   items = [user.history[j] for j in profile_items(user, num_items, seed)]
   text = tasks_lib.profile_prompt(task, items, max_words=max_words)
-  ids = tokenizer.encode(_wrap(tokenizer, text, chat))
+  ids = tokenizer.encode_prompt(_wrap(tokenizer, text, chat))
   if len(ids) <= max_tokens:
     return ids
   # Cut the history, not the instruction or the chat markup: split the prompt around it.
@@ -165,7 +166,9 @@ def profile_prompt_ids(
   pre, post = task.profile_instruction.format(_SENTINEL).split(_SENTINEL)
   history = text[len(pre):len(text) - len(post)]
   parts = _wrap(tokenizer, pre + _SENTINEL + post, chat).split(_SENTINEL)
-  frame = [tokenizer.encode(p) for p in parts] if len(parts) == 2 else None
+  frame = None
+  if len(parts) == 2:  # The part before the history opens the input: it carries any BOS.
+    frame = [tokenizer.encode_prompt(parts[0]), tokenizer.encode(parts[1])]
   if frame and len(frame[0]) + len(frame[1]) < max_tokens:
     room = max_tokens - len(frame[0]) - len(frame[1])
     cut = frame[0] + tokenizer.encode(history)[:room] + frame[1]

@@ -3,11 +3,14 @@ package, no torch) or a Hugging Face directory (via transformers).
 
 `encode` never adds special tokens on its own (only BOS when asked): prompts that need them get
 them from the chat template, so the GGUF and HF routes give the same ids for the same text.
+`encode_prompt` (and `input_bos_id`, for the batching helpers) make a model input: it starts with
+BOS exactly once when the checkpoint was trained so (`add_bos`: Llama-2 yes, SmolLM2 no).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from typing import Callable, Sequence
@@ -27,6 +30,8 @@ class Tokenizer:
 
   pad_id is explicit: for SmolLM2 it equals eos_id, which is harmless because batching and losses
   use attention masks, never token ids, to find padding.
+  add_bos: whether every model input starts with BOS, as the model was trained (a GGUF's
+  `tokenizer.ggml.add_bos_token`; an HF directory's `tokenizer_config.json` `add_bos_token`).
   """
 
   def __init__(
@@ -37,11 +42,15 @@ class Tokenizer:
       eos_id: int,
       pad_id: int | None = None,
       render_chat: Callable[..., str] | None = None,
+      add_bos: bool = False,
   ):
+    if add_bos and bos_id is None:
+      raise ModelError("the tokenizer says inputs start with BOS but has no BOS token")
     self.backend = backend
     self.bos_id = bos_id
     self.eos_id = eos_id
     self.pad_id = eos_id if pad_id is None else pad_id
+    self.add_bos = add_bos
     self._render_chat = render_chat
 
   @property
@@ -55,6 +64,25 @@ class Tokenizer:
         raise ValueError("this tokenizer has no BOS token")
       ids = [self.bos_id, *ids]
     return ids
+
+  @property
+  def input_bos_id(self) -> int | None:
+    """The BOS id when model inputs start with one (`add_bos`), else None: what
+    `batching.encode_pair` / `encode_text` take as `bos_id`."""
+    return self.bos_id if self.add_bos else None
+
+  def encode_prompt(self, text: str, max_len: int | None = None) -> list[int]:
+    """`text` as a model input: with BOS first exactly once when `add_bos` (a chat template may
+    have written it already); longer than `max_len` tokens, it keeps its end, BOS still first."""
+    ids = self.encode(text)
+    head = [] if self.input_bos_id is None else [self.input_bos_id]
+    if head and ids[:1] == head:
+      ids = ids[1:]
+    if max_len is not None:
+      if max_len <= len(head):
+        raise ValueError(f"max_len {max_len} leaves no room for the prompt")
+      ids = ids[max(len(ids) - (max_len - len(head)), 0):]
+    return head + ids
 
   def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
     return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -102,6 +130,8 @@ class Tokenizer:
       raise ModelError(f"{path}: cannot build the tokenizer ({type(e).__name__}: {e})") from None
     bos_id = meta.get("tokenizer.ggml.bos_token_id")
     pad_id = meta.get("tokenizer.ggml.padding_token_id")
+    # llama.cpp's default for an absent key is False for byte-level BPE, the only kind read here.
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
     template = meta.get("tokenizer.chat_template")
     render = None
     if template:
@@ -116,6 +146,7 @@ class Tokenizer:
         eos_id=eos_id,
         pad_id=None if pad_id is None else int(pad_id),
         render_chat=render,
+        add_bos=add_bos,
     )
 
   @classmethod
@@ -140,7 +171,32 @@ class Tokenizer:
         eos_id=hf.eos_token_id,
         pad_id=hf.pad_token_id,
         render_chat=render,
+        add_bos=_hf_adds_bos(path, hf),
     )
+
+
+def _hf_adds_bos(path: str, hf) -> bool:
+  """tokenizer_config.json's `add_bos_token` where it is set (Llama-2: true), else whether
+  transformers' own encoding with special tokens starts with BOS.
+
+  Not `hf.add_bos_token`: transformers 5 drops the config key when a tokenizer.json exists (the
+  attribute is then False even for Llama-2) and leaves BOS to tokenizer.json's post-processor;
+  transformers 4 applied the key. The key is the checkpoint's declared setting, so it wins.
+  """
+  config_path = os.path.join(path, "tokenizer_config.json")
+  if os.path.exists(config_path):
+    try:
+      with open(config_path, encoding="utf-8") as f:
+        declared = json.load(f).get("add_bos_token")
+    except (OSError, ValueError, AttributeError) as e:
+      raise ModelError(f"{config_path}: unreadable ({type(e).__name__}: {e})") from None
+    if declared is not None:
+      return bool(declared)
+  if hf.bos_token_id is None:
+    return False
+  with_special = hf.encode("a", add_special_tokens=True)
+  plain = hf.encode("a", add_special_tokens=False)
+  return with_special[:1] == [hf.bos_token_id] and plain[:1] != [hf.bos_token_id]
 
 
 def _read_gguf_tokenizer_metadata(path: str) -> dict:

@@ -156,7 +156,7 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
   for index, user in enumerate(exp.test_users):
     for qid, prompt in examples.query_prompts(exp.task, user, setting, exp.profiles.get(user.id),
                                               seed=exp.config.seed):
-      rows.append((index, exp.tokenizer.encode(prompt)[-budget:]))  # too long: keep the end
+      rows.append((index, exp.tokenizer.encode_prompt(prompt, budget)))  # too long: keep the end
       ids.append(qid)
   with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.config.progress) as b:
     preds = _predict(exp, model, adapters, rows)
@@ -206,9 +206,11 @@ def _data(config, workdir: str, task):
 def _plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int):
   """(prompt, answer) pairs -> the trainer's plan; an empty prompt is next-token on the answer."""
   tok, cutoff = exp.tokenizer, exp.config.model.cutoff
+  bos = tok.input_bos_id
   encoded = [encode_pair(*tasks_lib.model_pair(p, a), tok.encode, eos_id=tok.eos_id,
-                         cutoff=cutoff) if p
-             else encode_text(a, tok.encode, eos_id=tok.eos_id, cutoff=cutoff) for p, a in pairs]
+                         bos_id=bos, cutoff=cutoff) if p
+             else encode_text(a, tok.encode, eos_id=tok.eos_id, bos_id=bos, cutoff=cutoff)
+             for p, a in pairs]
   return plan_user(plan_id, encoded, batch_size=batch_size, epochs=epochs,
                    seq_buckets=tuple(exp.config.model.seq_buckets),
                    target_buckets=tuple(exp.config.model.target_buckets))

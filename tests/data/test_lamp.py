@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import lamp_fixtures as lf
 from oppu_jax.data import lamp
 from oppu_jax.data import synth
 from oppu_jax.data import tasks
@@ -105,8 +106,94 @@ def test_user_samples_merge_into_one_dated_history(tmp_path):
                    "LaMP_3")
   assert [u.id for u in data.users] == ["u", "q3"]
   user = data.user("u")
-  assert [it["id"] for it in user.history] == ["i1", "i3", "i2"]
+  # q1's time is its latest item (i3, 2020-02-10): i2 comes after it, so the shared history
+  # (retrieval, the adapter) must not hold it.
+  assert [it["id"] for it in user.history] == ["i1", "i3"]
   assert [(q.id, q.gold) for q in user.queries] == [("q1", "3"), ("q2", "4")]
+
+
+def test_time_based_release_keeps_what_every_query_of_the_user_sees(tmp_path, caplog):
+  items = [lf.review(str(k), f"2009-08-{10 + k}") for k in range(6)]
+  compact = [lf.review(f"c{k}", f"201112{10 + k}") for k in range(4)]
+  questions = (lf.time_based_user(7, items, [3, 5, 6], 100)
+               + lf.time_based_user(8, compact, [2, 4], 200)
+               + lf.time_based_user(9, items, [2], 300))
+  path = lf.write_split(tmp_path, "dev", questions, {q["id"]: "3" for q in questions}, "LaMP_3")
+  with caplog.at_level(logging.INFO, logger="oppu_jax.data.lamp"):
+    data = lamp.load(path, "LaMP_3")
+  assert [u.id for u in data.users] == ["7", "8", "9"]
+  # User 7's earliest sample saw items 0-2 only; its later samples' extra items would leak.
+  assert [it["id"] for it in data.user("7").history] == ["0", "1", "2"]
+  assert [q.id for q in data.user("7").queries] == ["100", "101", "102"]
+  assert {q.date for q in data.user("7").queries} == {None}
+  assert [it["id"] for it in data.user("8").history] == ["c0", "c1"]
+  assert [it["id"] for it in data.user("9").history] == ["0", "1"]
+  assert (f"{path}: 3 users from 6 records; history rule per user: dates 2, intersection 0, "
+          "single record 1; 5 profile items dropped") in caplog.text
+
+
+def test_a_question_date_is_its_query_time_in_either_date_spelling(tmp_path):
+  items = [lf.review("a", "20111201"), lf.review("b", "20111203"), lf.review("c", "20111205")]
+  questions = [{**q, "date": d} for q, d in zip(lf.time_based_user(3, items, [3, 3], 10),
+                                                ("2011-12-02", "2011-12-06"))]
+  data = lamp.load(lf.write_split(tmp_path, "dev", questions, None, "LaMP_3"), "LaMP_3")
+  assert [it["id"] for it in data.users[0].history] == ["a"]
+  assert [q.date for q in data.users[0].queries] == ["2011-12-02", "2011-12-06"]
+
+
+def test_undated_samples_of_a_user_share_the_items_all_of_them_list(tmp_path, caplog):
+  a, b, c, d = (lf.review(i) for i in "abcd")
+  questions = [{**q, "profile": p} for q, p in zip(lf.time_based_user(5, [a], [1, 1, 1], 10),
+                                                   ([a, b], [a, b, c], [b, a, c, d]))]
+  path = lf.write_split(tmp_path, "dev", questions, None, "LaMP_3")
+  with caplog.at_level(logging.INFO, logger="oppu_jax.data.lamp"):
+    data = lamp.load(path, "LaMP_3")
+  assert [it["id"] for it in data.users[0].history] == ["a", "b"]
+  assert "dates 0, intersection 1, single record 0; 2 profile items dropped" in caplog.text
+
+
+def test_a_user_with_no_item_visible_to_all_its_queries(tmp_path):
+  undated = [{**q, "profile": [lf.review(i)]}
+             for q, i in zip(lf.time_based_user(4, [], [0, 0], 10), "ab")]
+  path = lf.write_split(tmp_path, "dev", undated, None, "LaMP_3")
+  message = _error(path)
+  assert "dev_questions.json: user_id '4': no profile item is visible to all 2 of its queries " \
+         "(intersection rule)" in message
+  late = [lf.review("a", "2009-01-01"), lf.review("b", "2009-02-01")]
+  early = lf.time_based_user(4, late, [1, 2], 10)
+  early[0]["date"] = "2008-12-31"
+  path = lf.write_split(tmp_path, "dev", early, None, "LaMP_3")
+  assert "user_id '4': no profile item is visible to all 2 of its queries (dates rule)" in (
+      _error(path))
+
+
+def test_oppu_lamp1_items_carry_citation(tmp_path):
+  data = lamp.load(lf.write_oppu_citation(tmp_path, ["Ref zero", None]), "LaMP_1")
+  history = data.users[0].history
+  assert [it.get("citation") for it in history] == ["Ref zero", None]
+  assert tasks.format_item("LaMP_1", history[0]) == (
+      "paper title: Paper 0 on graphs reference: Ref zero")
+  assert tasks.format_item("LaMP_1", history[1]) == "paper title: Paper 1 on graphs"
+  lf.write_oppu_citation(tmp_path, [["not", "a", "string"]])
+  assert "profile item 0 (id 'p0'): field 'citation' must be a string, got list" in (
+      _error(str(tmp_path), "LaMP_1"))
+
+
+def test_lamp6_test_questions_in_the_avocado_scripts_object_shape(tmp_path):
+  data = lamp.load(lf.write_avocado_processed(tmp_path), "LaMP_6")
+  assert [(q.id, q.gold) for u in data.users for q in u.queries] == [
+      ("600", "Subject 600"), ("601", "Subject 601"), ("602", None)]
+  assert len(data.user("602").history) == 3
+  assert lamp.load(str(tmp_path), "LaMP_6", split="test").users[0].id == "602"
+  assert "test_questions.json: questions of task 'LaMP_6', not LaMP_4" in (
+      _error(str(tmp_path), "LaMP_4", split="test"))
+
+
+def test_lamp6_raw_release_names_the_script_that_builds_it(tmp_path):
+  message = _error(lf.write_avocado_raw(tmp_path), "LaMP_6")
+  assert "dev_questions.json: record 0 (id '600'): '102-000123-EM' is an Avocado file id" in (
+      message)
+  assert "data/avocado/create_avocado_dataset.py" in message
 
 
 def test_missing_outputs_file_gives_no_golds(tmp_path):
@@ -136,6 +223,20 @@ def test_predictions_round_trip(tmp_path):
     assert json.load(f) == {"task": "LaMP_4", "golds": [{"id": "a", "output": "Headline one"},
                                                         {"id": "b", "output": ""}]}
   assert lamp.read_outputs(path) == {"a": "Headline one", "b": ""}
+
+
+def test_lamp2_predictions_and_golds_carry_the_evaluators_task_name(tmp_path):
+  # LaMP's evaluator knows LaMP_1 .. LaMP_7: both LaMP_2 variants are "LaMP_2".
+  for name in ("LaMP_2N", "LaMP_2M"):
+    path = str(tmp_path / f"{name}.json")
+    lamp.write_predictions(path, name, {"a": "comedy"})
+    with open(path) as f:
+      assert json.load(f)["task"] == "LaMP_2"
+    assert lamp.read_outputs(path) == {"a": "comedy"}
+    _small(name, tmp_path / name)
+    with open(tmp_path / name / "dev_outputs.json") as f:
+      assert json.load(f)["task"] == "LaMP_2"
+    assert lamp.load(str(tmp_path / name), name).task == name
 
 
 # --- malformed input: one line naming the file and the record ----------------------------------

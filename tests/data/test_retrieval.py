@@ -104,6 +104,14 @@ def test_query_visibility_by_date():
   assert sorted(got) == visible
 
 
+def test_compact_and_dashed_dates_compare_as_dates():
+  # LaMP spells dates both ways ("20111201", "2011-12-01"); a query may use the other spelling.
+  history = [{"id": "0", "text": "a", "date": "20111201"},
+             {"id": "1", "text": "a", "date": "20111203"}]
+  assert retrieval.visible_before_date(history, "2011-12-02") == [0]
+  assert retrieval.visible_before_item(history + [{"id": "2", "date": "2011-12-02"}], 2) == [0]
+
+
 def test_query_text_defaults_and_separate_renderer():
   # (BM25Okapi's idf is 0 for a term in half of the documents: use a few more.)
   texts = ["battery", "screen", "sound", "price", "box", "screen"]

@@ -76,6 +76,17 @@ def test_build_prompt_lamp1_keeps_both_options():
   assert 'paper title: A "quoted" title\nreference: [1] - Ref one [2] - Ref two\nanswer:' in prompt
 
 
+def test_lamp1_item_with_citation_reads_as_oppus_line():
+  # OPPU's processed LaMP_1 items carry `citation`; the official release's do not.
+  cited = {**ITEMS["LaMP_1"], "citation": "Tight graph bounds, 2001"}
+  line = "paper title: Graph bounds reference: Tight graph bounds, 2001"
+  assert tasks.format_item("LaMP_1", cited) == line
+  assert tasks.history_to_pairs("LaMP_1", cited) == ("", line)
+  assert line in tasks.build_prompt("LaMP_1", tasks.make_input("LaMP_1", **SLOTS["LaMP_1"]),
+                                    [cited])
+  assert tasks.format_item("LaMP_1", ITEMS["LaMP_1"]) == "paper title: Graph bounds"
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_history_to_pairs_oppu_mode(name):
   item = ITEMS[name]

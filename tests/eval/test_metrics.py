@@ -1,3 +1,4 @@
+import json
 import math
 import random
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
+from oppu_jax.errors import DataError
 from oppu_jax.eval import metrics
 
 
@@ -75,6 +77,23 @@ def test_rating_parse_and_fallback():
   assert metrics.parse_rating("", 5.0) == 1.0
 
 
+@pytest.mark.parametrize("pred", ["nan", "inf", "-inf", "1e400", "3.5e38", "0", "6", "-3", "5.01"])
+def test_rating_off_the_scale_or_not_finite_counts_as_unparsable(pred):
+  # The reference's float() lets these through (nan/inf break its metric; 0 and 6 score by
+  # distance); here they are the farther end of the scale, like any text.
+  assert metrics.parse_rating(pred, 2.0) == metrics.parse_rating("four", 2.0) == 5.0
+  assert metrics.parse_rating(pred, 4.0) == 1.0
+  out = metrics.rating_metrics(["2", "4"], [pred, pred])
+  assert out == {"mae": 3.0, "rmse": 3.0}
+
+
+def test_rating_on_the_scale_counts_as_its_number():
+  assert metrics.parse_rating("4.0", 1.0) == 4.0
+  assert metrics.parse_rating(" 1 ", 5.0) == 1.0
+  assert metrics.parse_rating("5", 1.0) == 5.0
+  assert metrics.parse_rating("2.5", 1.0) == 2.5
+
+
 def test_rating_metrics_plain_arithmetic():
   golds = ["1", "3", "5", "2", " 4"]
   preds = ["2", "3", "x", "5.0", "4 "]
@@ -120,6 +139,18 @@ def test_evaluate_id_mismatch_names_an_id():
     metrics.evaluate("LaMP_1", {"a": "[1]"}, {"a": "[1]", "c": "[2]"})
   with pytest.raises(ValueError, match="no gold ids"):
     metrics.evaluate("LaMP_1", {}, {})
+
+
+def test_a_predictions_file_missing_an_id_fails_naming_it(tmp_path):
+  from oppu_jax.data import lamp
+  path = tmp_path / "pred.json"
+  path.write_text(json.dumps({"task": "LaMP_3", "golds": [{"id": "q1", "output": "4"},
+                                                          {"id": "q3", "output": "2"}]}))
+  with pytest.raises(DataError, match=r"no prediction for id 'q2' \(1 of 3 gold ids missing\)"):
+    metrics.evaluate("LaMP_3", {"q1": "4", "q2": "5", "q3": "1"}, lamp.read_outputs(str(path)))
+  path.write_text(json.dumps({"task": "LaMP_3", "golds": [{"output": "4"}]}))
+  with pytest.raises(DataError, match=r"pred.json: gold 0 \(id None\): missing field 'id'"):
+    lamp.read_outputs(str(path))
 
 
 def test_label_lists_are_the_official_evaluators():

@@ -43,9 +43,9 @@ def _render(messages, add_generation_prompt):
   return text + ("<s> assistant" if add_generation_prompt else "")
 
 
-def word_tokenizer():
+def word_tokenizer(add_bos=False):
   """A word-level tokenizer whose vocabulary covers the test prompts, so a changed word changes
-  the prompt ids."""
+  the prompt ids; `add_bos` as a Llama-2 tokenizer says."""
   pre = pre_tokenizers.Whitespace()
   text = tasks.get_task(TASK).profile_instruction + " " + " ".join(WORDS + ["review", "score"])
   words = sorted({w for w, _ in pre.pre_tokenize_str(text)} | set("0123456789|:."))
@@ -53,7 +53,7 @@ def word_tokenizer():
   backend = tokenizers.Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
   backend.pre_tokenizer = pre
   backend.add_special_tokens(SPECIAL[:3])
-  return Tokenizer(backend, bos_id=1, eos_id=2, pad_id=0, render_chat=_render)
+  return Tokenizer(backend, bos_id=1, eos_id=2, pad_id=0, render_chat=_render, add_bos=add_bos)
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +259,21 @@ def test_overlong_prompt_is_cut_to_the_largest_bucket(model, tokenizer, tmp_path
   # Smaller than the instruction itself: both ends kept, still no error.
   tiny = profiles.profile_prompt_ids(tokenizer, TASK, users[0], max_tokens=20)
   assert tiny == full[:10] + full[-10:]
+
+
+def test_prompt_starts_with_bos_once_where_the_model_expects_it():
+  tok, user = word_tokenizer(add_bos=True), _users(1, n_items=30)[0]
+  text = tasks.profile_prompt(TASK, [user.history[j] for j in profiles.profile_items(user, 10, 0)])
+  # The chat template writes <s> (the BOS) first itself: no second one.
+  chat = profiles.profile_prompt_ids(tok, TASK, user)
+  assert chat == tok.encode(_render([{"role": "user", "content": text}], True))
+  assert chat[:2] != [1, 1]
+  assert profiles.profile_prompt_ids(tok, TASK, user, chat=False) == [1, *tok.encode(text)]
+  for chat in (True, False):
+    for max_tokens in (256, 20):  # the history cut, and the both-ends cut
+      ids = profiles.profile_prompt_ids(tok, TASK, user, num_items=30, chat=chat,
+                                        max_tokens=max_tokens)
+      assert len(ids) == max_tokens and ids[0] == 1 and ids[1] != 1
 
 
 def test_user_without_history_gets_an_empty_profile(model, tokenizer, tmp_path, calls):

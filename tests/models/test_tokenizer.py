@@ -77,6 +77,43 @@ def test_add_bos(ours):
   assert ours.encode("hi", add_bos=True) == [1, *ours.encode("hi")]
 
 
+def test_embedded_smollm2_adds_no_bos(ours):
+  # Its GGUF says tokenizer.ggml.add_bos_token = False: model inputs stay as encoded.
+  assert ours.add_bos is False and ours.input_bos_id is None
+  text = "What is the score of the following review? review: great"
+  assert ours.encode_prompt(text) == ours.encode(text)
+  assert ours.encode_prompt(text, 4) == ours.encode(text)[-4:]
+
+
+@pytest.mark.parametrize("post_processor, declared, expected", [
+    (True, True, True),  # Llama-2's own files
+    (True, None, True),  # no key: what transformers' encoding adds
+    (False, True, True),  # the declared key wins (transformers 5 would ignore it)
+    (True, False, False),
+    (False, None, False),
+])
+def test_add_bos_from_an_hf_directory(llama2_tokenizer_dir, post_processor, declared, expected):
+  tok = Tokenizer.for_model(tokenizer_path=llama2_tokenizer_dir(post_processor, declared))
+  assert (tok.bos_id, tok.eos_id, tok.add_bos) == (1, 2, expected)
+  assert tok.input_bos_id == (1 if expected else None)
+
+
+def test_llama2_inputs_start_with_bos_exactly_once(llama2_tokenizer_dir):
+  tok = Tokenizer.from_hf_dir(llama2_tokenizer_dir())
+  text = "What is the score of the following review on a scale of 1 to 5? review: great"
+  body = tok.encode(text)
+  assert body[0] != 1  # encode itself adds nothing
+  assert tok.encode_prompt(text) == [1, *body]
+  assert tok.encode_prompt(text, 5) == [1, *body[-4:]]  # a cut keeps BOS and the end
+  chat = tok.apply_chat_template([{"role": "user", "content": text}])
+  assert chat.startswith("<s>[INST]")
+  ids = tok.encode_prompt(chat)
+  assert ids[0] == 1 and 1 not in ids[1:]  # the template's BOS is not doubled
+  assert tok.encode_prompt(chat, 2) == [1, tok.encode(chat)[-1]]
+  with pytest.raises(ValueError, match="no room"):
+    tok.encode_prompt(text, 1)
+
+
 def test_chat_template_matches_transformers(ours, theirs):
   chats = [
       [{"role": "user", "content": "Rate this review: 'loved it' 🤗"}],
@@ -105,6 +142,7 @@ def test_from_hf_dir_matches(ours, theirs, tmp_path):
   for text in TEXTS:
     assert hf.encode(text) == ours.encode(text) or text in SPACES_BEFORE_DIGIT
   assert (hf.bos_id, hf.eos_id, hf.pad_id, hf.vocab_size) == (1, 2, 2, 49152)
+  assert hf.add_bos is False
   messages = [{"role": "user", "content": "hi"}]
   assert hf.apply_chat_template(messages) == ours.apply_chat_template(messages)
 

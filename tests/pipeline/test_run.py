@@ -73,7 +73,7 @@ def test_every_task_config_runs_and_writes_valid_outputs(tiny_model_dir, tmp_pat
   on_disk = json.loads((tmp_path / "results.json").read_text())
   for setting in settings.split(","):
     doc = json.loads((tmp_path / "predictions" / f"{setting}.json").read_text())
-    assert doc["task"] == task_name
+    assert doc["task"] == task_name[:6]  # LaMP's evaluator names LaMP_2N and LaMP_2M "LaMP_2"
     preds = {g["id"]: g["output"] for g in doc["golds"]}
     assert set(preds) == set(golds)  # every query id has a prediction
     if tasks_lib.get_task(task_name).labels:
@@ -239,3 +239,28 @@ def test_work_is_ordered_by_base_variant_and_one_merged_model_lives_at_a_time(mo
   assert calls == [("adapt", "B", 0), ("eval", "non_personalized"), ("train", "oppu_k0"),
                    ("eval", "oppu_k0"), ("adapt", "R", 0), ("eval", "rag_k1"),
                    ("train", "oppu_k1"), ("eval", "oppu_k1")]
+
+
+def test_a_llama2_style_tokenizer_starts_every_model_input_with_bos_once(
+    tiny_model_dir, llama2_tokenizer_dir, tmp_path, monkeypatch):
+  # Task adaptation, per-user training and evaluation prompts all see <s> (id 1) first, once.
+  config = tiny_config("LaMP_3", tiny_model_dir, settings="non_personalized,oppu_k1",
+                       **{"model.tokenizer": llama2_tokenizer_dir()})
+  examples, rows = [], []
+  real_plan, real_predict = run.plan_user, run._predict
+
+  def plan_user(plan_id, encoded, **kw):
+    examples.extend(e.tokens.tolist() for e in encoded)
+    return real_plan(plan_id, encoded, **kw)
+
+  def predict(exp, model, adapters, batch):
+    rows.extend(ids for _, ids in batch)
+    return real_predict(exp, model, adapters, batch)
+
+  monkeypatch.setattr(run, "plan_user", plan_user)
+  monkeypatch.setattr(run, "_predict", predict)
+  run.run(config, str(tmp_path))
+  assert len(rows) == 2 * 6  # two settings, three users of two queries
+  assert examples
+  for tokens in examples + rows:
+    assert tokens[0] == 1 and 1 not in tokens[1:]
