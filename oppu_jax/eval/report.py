@@ -14,6 +14,8 @@ BASELINE_MARK, RAG_MARK = "*", "†"
 
 # What each metric is, where our computation departs from (or pins down) the official script.
 METRIC_NOTES = {
+    "mae": "LaMP_3: a prediction that is no finite number within [1, 5] counts as the farther of 1 "
+           "and 5 from the gold, as the official evaluator treats an unparsable one.",
     "rouge-1": "ROUGE: the plain mean over queries of rouge-score's F-measure (no stemmer); the "
                "official script reports `evaluate`'s bootstrap median of resampled means, which "
                "differs only by resampling noise.",
