@@ -95,6 +95,9 @@ def check(c: ml_collections.ConfigDict) -> None:
     tasks.get_task(c.task)
   except DataError as e:
     raise ConfigError(f"config.task: {e}") from None
+  if c.model.cutoff <= c.eval.max_new_tokens:
+    raise ConfigError(f"config.model.cutoff: {c.model.cutoff} leaves no room for a prompt before "
+                      f"config.eval.max_new_tokens={c.eval.max_new_tokens} generated tokens")
   for key, allowed in CHOICES.items():
     section, leaf = key.split(".")
     if c[section][leaf] not in allowed:

@@ -71,3 +71,7 @@ def test_check_names_the_key():
   c.eval.decoding = "nucleus"
   with pytest.raises(ConfigError, match="^config.eval.decoding: unknown 'nucleus'; expected one"):
     config_lib.check(c)
+  c.eval.decoding = "greedy"
+  c.model.cutoff = 32
+  with pytest.raises(ConfigError, match="^config.model.cutoff: 32 leaves no room"):
+    config_lib.check(c)
