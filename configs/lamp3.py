@@ -7,7 +7,7 @@ With no data path, the run generates LaMP-format data (40 users; their ratings a
 reviews' sentiment shifted by a per-user habit), adapts the base to the task on the 32 other
 users (LoRA on q,k,v, merged), trains one LoRA per test user (5 epochs of 4 at lr 3e-3, 8 users
 side by side in one compiled step), and scores the five labels. Measured on the 2-core CPU
-(2026-11-23, bf16 weights, the default): 4 min 08 s wall; 48 queries of 8 users:
+(2026-11-23, bf16 weights, the default): 3 min 50 s wall; 48 queries of 8 users:
 
   | setting          | mae     | rmse    |
   | non_personalized | 0.7083  | 1.0801  |
