@@ -40,16 +40,33 @@ class Test:
 def compare(task_name: str, golds: Mapping[str, str], preds: Mapping[str, str],
             reference: Mapping[str, str], *, seed: int = 0) -> dict[str, Test]:
   """{metric: Test} of `preds` against `reference` on the ids of `golds`."""
-  mine = metrics.query_scores(task_name, golds, preds)
-  theirs = metrics.query_scores(task_name, golds, reference)
-  out = {m: _t_test(m, mine[m], theirs[m]) for m in mine}
-  task = tasks.get_task(task_name)
-  if task.metric == "classification":
-    ids = list(golds)
-    out["f1"] = _f1_randomization(
-        *(metrics.label_indices([d[i] for i in ids], task.labels)
-          for d in (golds, preds, reference)), len(task.labels), seed)
-  return out
+  scores = _Scores(task_name, golds)
+  return scores.compare(scores.of(preds), scores.of(reference), seed)
+
+
+class _Scores:
+  """Per-query scores (and, for F1, label indices) of one task's predictions, computed once per
+  prediction set however many comparisons read them (ROUGE per query is the costly part)."""
+
+  def __init__(self, task_name: str, golds: Mapping[str, str]):
+    self.task_name, self.golds = task_name, golds
+    self.task = tasks.get_task(task_name)
+    self.gold_labels = self._labels(golds)
+
+  def of(self, preds: Mapping[str, str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    return metrics.query_scores(self.task_name, self.golds, preds), self._labels(preds)
+
+  def compare(self, mine, theirs, seed: int) -> dict[str, Test]:
+    out = {m: _t_test(m, mine[0][m], theirs[0][m]) for m in mine[0]}
+    if self.gold_labels is not None:
+      out["f1"] = _f1_randomization(self.gold_labels, mine[1], theirs[1], len(self.task.labels),
+                                    seed)
+    return out
+
+  def _labels(self, strings: Mapping[str, str]) -> np.ndarray | None:
+    if self.task.metric != "classification":
+      return None
+    return metrics.label_indices([strings[i] for i in self.golds], self.task.labels)
 
 
 def _t_test(metric: str, mine: np.ndarray, theirs: np.ndarray) -> Test:
@@ -123,7 +140,9 @@ def grid_tests(task_name: str, golds: Mapping[str, str],
     first = next(iter(results[rags[0]]))
     sign = 1 if first in LOWER_IS_BETTER else -1
     best_rag = min(rags, key=lambda s: (sign * results[s][first], rags.index(s)))
+  scores = _Scores(task_name, golds)
+  of = {s: scores.of(p) for s, p in preds.items()}
   against = lambda ref: {} if ref is None else {
-      s: compare(task_name, golds, p, preds[ref], seed=seed) for s, p in preds.items() if s != ref}
+      s: scores.compare(of[s], of[ref], seed) for s in preds if s != ref}
   base = baseline if baseline in preds else None
   return GridTests(base, best_rag, against(base), against(best_rag))
