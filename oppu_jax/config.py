@@ -169,7 +169,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 1e-2
   c.train.clip_norm = 0.3
   c.train.warmup_ratio = 0.1
-  c.train.batch_size = 4
+  c.train.batch_size = 4  # rows per micro-batch
+  c.train.grad_accum = 1  # micro-batches per optimizer step (effective batch: their product)
   c.train.epochs = 2
   c.train.slots = 8  # users trained side by side in one compiled step
   c.train.remat = "auto"  # auto: recompute activations only when a step would not fit in memory

@@ -136,7 +136,8 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   c = exp.config
   plans = [_plan(exp, u.id, examples.user_training_pairs(
                exp.task, u, setting, exp.profiles.get(u.id), seed=c.seed,
-               history_mode=c.data.history_mode), c.train.batch_size, c.train.epochs)
+               history_mode=c.data.history_mode), c.train.batch_size, c.train.epochs,
+                 c.train.grad_accum)
            for u in todo]
   method = method_lib.build(c.peft, table=model.weight_table(), encode=exp.tokenizer.encode,
                             instruction=exp.task.description)
@@ -203,7 +204,8 @@ def _data(config, workdir: str, task):
   return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
 
 
-def _plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int):
+def _plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int,
+          grad_accum: int = 1):
   """(prompt, answer) pairs -> the trainer's plan; an empty prompt is next-token on the answer."""
   tok, cutoff = exp.tokenizer, exp.config.model.cutoff
   bos = tok.input_bos_id
@@ -211,7 +213,7 @@ def _plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int):
                          bos_id=bos, cutoff=cutoff) if p
              else encode_text(a, tok.encode, eos_id=tok.eos_id, bos_id=bos, cutoff=cutoff)
              for p, a in pairs]
-  return plan_user(plan_id, encoded, batch_size=batch_size, epochs=epochs,
+  return plan_user(plan_id, encoded, batch_size=batch_size, epochs=epochs, grad_accum=grad_accum,
                    seq_buckets=tuple(exp.config.model.seq_buckets),
                    target_buckets=tuple(exp.config.model.target_buckets))
 

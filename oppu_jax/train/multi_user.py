@@ -239,7 +239,10 @@ class _StepProgram:
 
   def _step_impl(self, base, slots: Slots, batches, remat):
     def one_user(adapter, opt_state, batch, lr, key):
-      loss, grads = jax.value_and_grad(self._loss)(adapter, base, batch, key, remat)
+      if batch["tokens"].ndim == 3:  # [A, B, T]: gradient accumulation over A micro-batches
+        loss, grads = self._accumulated_grads(adapter, base, batch, key, remat)
+      else:
+        loss, grads = jax.value_and_grad(self._loss)(adapter, base, batch, key, remat)
       updates, opt_state = self.tx.update(grads, opt_state, adapter)
       adapter = jax.tree.map(lambda p, u: p - lr * u, adapter, updates)
       return adapter, opt_state, loss
@@ -270,6 +273,32 @@ class _StepProgram:
 
   def _loss(self, adapter, base, batch, key, remat=False):
     """Mean cross-entropy over the user's target tokens; logits only at target positions."""
+    total, weight = self._loss_terms(adapter, base, batch, key, remat)
+    return total / jnp.maximum(weight, 1.0)
+
+  def _accumulated_grads(self, adapter, base, batches, key, remat):
+    """(loss, grads) of one optimizer step over micro-batches [A, B, ...]: the summed
+    cross-entropy of all A micro-batches over their summed target weight, i.e. exactly the loss
+    of one batch holding all their rows; micro-batch i's dropout key is fold_in(key, i)."""
+    def micro(carry, xs):
+      batch, i = xs
+      grad_fn = jax.value_and_grad(
+          lambda a: self._loss_terms(a, base, batch, jax.random.fold_in(key, i), remat),
+          has_aux=True)  # the summed loss is differentiated; its weight rides along as aux
+      (total, weight), grads = grad_fn(adapter)
+      loss_sum, grad_sum, weight_sum = carry
+      return (loss_sum + total, jax.tree.map(jnp.add, grad_sum, grads), weight_sum + weight), None
+
+    zeros = jax.tree.map(jnp.zeros_like, adapter)
+    accum = batches["tokens"].shape[0]
+    (total, grads, weight), _ = jax.lax.scan(
+        micro, (jnp.zeros((), jnp.float32), zeros, jnp.zeros((), jnp.float32)),
+        (batches, jnp.arange(accum)))
+    weight = jnp.maximum(weight, 1.0)
+    return total / weight, jax.tree.map(lambda g: g / weight, grads)
+
+  def _loss_terms(self, adapter, base, batch, key, remat=False):
+    """(summed cross-entropy over the batch's target tokens, their summed weight)."""
     model = nnx.merge(self.graphdef, base)
     if remat:
       model.config = model.config.replace(remat=True)
@@ -280,4 +309,4 @@ class _StepProgram:
     log_z = jax.nn.logsumexp(logits, axis=-1)
     gold = jnp.take_along_axis(logits, batch["target_ids"][..., None], axis=-1)[..., 0]
     weight = batch["target_weight"]
-    return jnp.sum((log_z - gold) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    return jnp.sum((log_z - gold) * weight), jnp.sum(weight)

@@ -6,6 +6,11 @@ which other users share the compiled step; under "refill" a user may be padded u
 larger (T, K) (train/scheduler.py).
 Batches carry the positions whose outputs predict a target (`target_index`), so the loss computes
 logits only there: on a classification task that is a handful of positions per row, not T.
+
+Gradient accumulation (`grad_accum` = A > 1): one optimizer step reads A micro-batches of
+`batch_size` rows, stacked on a leading [A] axis; they are consecutive slices of the epoch's
+shuffled order, so the step sees exactly the rows one batch of A * batch_size would hold. An
+epoch's last step may have fewer real micro-batches; the rest are all padding (zero weight).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import zlib
 import numpy as np
 
 from oppu_jax.data.batching import Example, bucket_length, make_batches
-from oppu_jax.errors import DataError
+from oppu_jax.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # identity hash: plans hold arrays
@@ -27,12 +32,14 @@ class UserPlan:
   examples: tuple[Example, ...]
   seq_len: int  # T, a bucket
   num_targets: int  # K, a bucket
-  batch_size: int
+  batch_size: int  # rows per (micro-)batch
   epochs: int
+  grad_accum: int = 1  # micro-batches per optimizer step
 
   @property
   def steps_per_epoch(self) -> int:
-    return -(-len(self.examples) // self.batch_size)
+    """Optimizer steps per epoch."""
+    return -(-len(self.examples) // (self.batch_size * self.grad_accum))
 
   @property
   def total_steps(self) -> int:
@@ -44,16 +51,19 @@ class UserPlan:
 
 
 def plan_user(user_id: str, examples, *, batch_size: int, epochs: int,
-              seq_buckets: tuple[int, ...], target_buckets: tuple[int, ...]) -> UserPlan:
+              seq_buckets: tuple[int, ...], target_buckets: tuple[int, ...],
+              grad_accum: int = 1) -> UserPlan:
   if not examples:
     raise DataError(f"user {user_id!r}: no training examples")
+  if grad_accum < 1:
+    raise ConfigError(f"config.train.grad_accum: {grad_accum}; must be at least 1")
   longest = max(len(e.tokens) for e in examples)
   most_targets = max(int(e.loss_mask[1:].sum()) for e in examples)
   seq_len = bucket_length(longest, seq_buckets)
   return UserPlan(
       user_id=user_id, examples=tuple(examples), seq_len=seq_len,
       num_targets=min(bucket_length(max(most_targets, 1), target_buckets + (seq_len,)), seq_len),
-      batch_size=batch_size, epochs=epochs,
+      batch_size=batch_size, epochs=epochs, grad_accum=grad_accum,
   )
 
 
@@ -85,13 +95,20 @@ class UserBatches:
     self._epoch, self._batches = -1, []
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
+    """The batch of optimizer step `step`: arrays [B, ...], or [A, B, ...] with grad_accum A > 1."""
     epoch, i = divmod(step, self.plan.steps_per_epoch)
     if epoch != self._epoch:
       # All of the user's examples fit its own T, so one bucket (T,) pads every row to T.
       self._epoch, self._batches = epoch, make_batches(
           self.plan.examples, self.plan.batch_size, (self.seq_len,), self.pad_id,
           shuffle_seed=user_seed(self.seed, f"{self.plan.user_id}/epoch{epoch}"), length="user")
-    return with_targets(self._batches[i], self.num_targets)
+    accum = self.plan.grad_accum
+    if accum == 1:
+      return with_targets(self._batches[i], self.num_targets)
+    micro = [with_targets(b, self.num_targets) for b in self._batches[i * accum:(i + 1) * accum]]
+    empty = {k: np.zeros_like(v) for k, v in micro[0].items()}  # zero weight: adds nothing
+    micro += [empty] * (accum - len(micro))
+    return {k: np.stack([m[k] for m in micro]) for k in micro[0]}
 
 
 def with_targets(batch: dict[str, np.ndarray], num_targets: int) -> dict[str, np.ndarray]:

@@ -272,3 +272,32 @@ def test_isolation_and_equality_on_a_mesh_of_8_devices(tmp_path):
   out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                        timeout=600)
   assert "MESH-OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_gradient_accumulation_equals_one_batch_of_all_micro_batches_rows(model):
+  """batch 2 x grad_accum 2 reads the rows of batch 4 (an epoch's last step has one row, then
+  an all-padding micro-batch): the same adapter up to float summation order."""
+  peft = lora.Lora(rank=4, alpha=8, dropout=0.0)
+  whole = su.plan(0, 9, batch_size=4)
+  micro = ub.plan_user("user0", su.user_examples(0, 9, 0), batch_size=2, epochs=2,
+                       seq_buckets=(16, 32), target_buckets=(2, 4, 8), grad_accum=2)
+  assert micro.total_steps == whole.total_steps == 6
+  assert ub.batch_for_step(micro, 2, seed=0)["tokens"].shape == (2, 2, 16)
+  a = _train(model, [whole], slots=1, peft=peft)["user0"]
+  b = _train(model, [micro], slots=1, peft=peft)["user0"]
+  np.testing.assert_allclose(b.losses, a.losses, rtol=1e-5)
+  assert _rel(b.adapter, a.adapter) <= 1e-5
+  # Vmapped beside another user (accelerators' path), the same.
+  other = ub.plan_user("user1", su.user_examples(1, 5, 0), batch_size=2, epochs=2,
+                       seq_buckets=(16, 32), target_buckets=(2, 4, 8), grad_accum=2)
+  v = _train(model, [micro, other], slots=2, peft=peft, users_per_pass=2)
+  assert _rel(v["user0"].adapter, a.adapter) <= 1e-5
+  # Not a tautology: without accumulation, batch 2 takes other steps and ends elsewhere.
+  c = _train(model, [su.plan(0, 9, batch_size=2)], slots=1, peft=peft)["user0"]
+  assert _rel(c.adapter, a.adapter) > 1e-2
+
+
+def test_gradient_accumulation_below_one_is_a_config_error():
+  with pytest.raises(ConfigError, match="grad_accum"):
+    ub.plan_user("u", su.user_examples(0, 3, 0), batch_size=2, epochs=1, seq_buckets=(16,),
+                 target_buckets=(2,), grad_accum=0)
