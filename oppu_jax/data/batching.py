@@ -14,6 +14,10 @@ Conventions (the trainer and the scorer rely on them):
   loses its EOS (it did not end there).
 - Training batches are RIGHT-padded; generation/scoring prompts are LEFT-padded (`left_pad`).
 - A user's batch length T is a bucket chosen from that user's examples and the config only.
+- Encoder-decoder models (T5): an example also carries `source`, the encoder input (the prompt
+  and EOS); `tokens` is then the decoder input, [decoder start] answer EOS, with the loss on the
+  answer and EOS, so the same alignment holds. Batches add source_tokens / source_mask [B, S],
+  right-padded to the user's source bucket S.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ Batch = dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-  """One training sequence. tokens: int32 [n]; loss_mask: bool [n] (True on target tokens)."""
+  """One training sequence. tokens: int32 [n]; loss_mask: bool [n] (True on target tokens);
+  source: int32 [m], the encoder input of an encoder-decoder model, else None."""
 
   tokens: np.ndarray
   loss_mask: np.ndarray
+  source: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.tokens)
@@ -64,6 +70,32 @@ def encode_pair(
   tokens = bos + p + a + eos
   mask = [False] * (len(bos) + len(p)) + [True] * (len(a) + len(eos))
   return _example(tokens, mask)
+
+
+def encode_seq2seq(
+    prompt: str,
+    answer: str,
+    encode: Callable[[str], list[int]],
+    *,
+    eos_id: int,
+    decoder_start_id: int,
+    source_cutoff: int | None = None,
+    target_cutoff: int | None = None,
+) -> Example:
+  """Encoder input `prompt EOS` (too long: its start is cut, as decoder-only prompts are, so the
+  task input at the end survives retrieved context); decoder input `[start] answer EOS` with the
+  loss on answer and EOS (too long: the answer keeps its start and loses its EOS)."""
+  for key, cut in (("model.cutoff", source_cutoff), ("model.target_cutoff", target_cutoff)):
+    if cut is not None and cut < 2:
+      raise ConfigError(f"config.{key}: {cut} leaves no room for a token and EOS")
+  source = list(encode(prompt))
+  if source_cutoff is not None:
+    source = _cut_prompt(source, source_cutoff - 1, 0)
+  body = list(encode(answer)) + [eos_id]
+  if target_cutoff is not None and 1 + len(body) > target_cutoff:
+    body = body[: target_cutoff - 1]
+  example = _example([decoder_start_id] + body, [False] + [True] * len(body))
+  return dataclasses.replace(example, source=np.asarray(source + [eos_id], np.int32))
 
 
 def encode_text(
@@ -102,6 +134,7 @@ def make_batches(
     *,
     shuffle_seed: int | None,
     length: str = "batch",
+    source_len: int = 0,
 ) -> list[Batch]:
   """One epoch of ONE user's examples as right-padded batches of shape [batch_size, T].
 
@@ -110,7 +143,8 @@ def make_batches(
   batches (fewest shapes). Either way T depends on this user's examples and `buckets` only.
   The final short batch is filled with fully-masked rows (see `pad_to_batch`).
   Returns dicts: tokens int32 [B, T], loss_mask bool [B, T], attention_mask bool [B, T],
-  positions int32 [B, T].
+  positions int32 [B, T]; for examples with a `source`, also source_tokens int32 [B, S] and
+  source_mask bool [B, S], S = `source_len`.
   """
   if length not in ("batch", "user"):
     raise ValueError(f"length must be 'batch' or 'user', got {length!r}")
@@ -124,12 +158,13 @@ def make_batches(
   for start in range(0, len(order), batch_size):
     rows = [examples[i] for i in order[start : start + batch_size]]
     t = user_t if length == "user" else bucket_length(max(len(e) for e in rows), buckets)
-    batches.append(pad_to_batch(collate(rows, t, pad_id), batch_size, pad_id))
+    batches.append(pad_to_batch(collate(rows, t, pad_id, source_len), batch_size, pad_id))
   return batches
 
 
-def collate(examples: Sequence[Example], T: int, pad_id: int) -> Batch:
-  """Right-pads examples to length T: tokens, loss_mask, attention_mask, positions [len, T]."""
+def collate(examples: Sequence[Example], T: int, pad_id: int, source_len: int = 0) -> Batch:
+  """Right-pads examples to length T: tokens, loss_mask, attention_mask, positions [len, T];
+  with sources, source_tokens / source_mask right-padded to `source_len` [len, S]."""
   n = len(examples)
   tokens = np.full((n, T), pad_id, np.int32)
   loss_mask = np.zeros((n, T), bool)
@@ -142,8 +177,23 @@ def collate(examples: Sequence[Example], T: int, pad_id: int) -> Batch:
     attention_mask[row, : len(e)] = True
   # Pads get position 0; they are masked out of attention and loss anyway.
   positions = np.where(attention_mask, np.arange(T, dtype=np.int32), 0).astype(np.int32)
-  return {"tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention_mask,
-          "positions": positions}
+  batch = {"tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention_mask,
+           "positions": positions}
+  if examples and examples[0].source is not None:
+    batch.update(_collate_sources(examples, source_len, pad_id))
+  return batch
+
+
+def _collate_sources(examples: Sequence[Example], S: int, pad_id: int) -> Batch:
+  tokens = np.full((len(examples), S), pad_id, np.int32)
+  mask = np.zeros((len(examples), S), bool)
+  for row, e in enumerate(examples):
+    if e.source is None or len(e.source) > S:
+      raise ValueError(f"example {row}: source of {None if e.source is None else len(e.source)} "
+                       f"tokens does not fit in length {S}")
+    tokens[row, : len(e.source)] = e.source
+    mask[row, : len(e.source)] = True
+  return {"source_tokens": tokens, "source_mask": mask}
 
 
 def pad_to_batch(batch: Batch, batch_size: int, pad_id: int) -> Batch:
@@ -153,7 +203,8 @@ def pad_to_batch(batch: Batch, batch_size: int, pad_id: int) -> Batch:
     raise ValueError(f"batch has {n} rows, more than batch_size {batch_size}")
   if n == batch_size:
     return batch
-  fill = {"tokens": pad_id, "loss_mask": False, "attention_mask": False, "positions": 0}
+  fill = {"tokens": pad_id, "source_tokens": pad_id, "loss_mask": False,
+          "attention_mask": False, "source_mask": False, "positions": 0}
   out = {}
   for key, value in batch.items():
     extra = np.full((batch_size - n,) + value.shape[1:], fill.get(key, 0), value.dtype)

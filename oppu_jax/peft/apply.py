@@ -25,12 +25,21 @@ def forward(
     *,
     rng: jax.Array | None = None,
     return_hidden: bool = False,
+    encoder: dict | None = None,
 ) -> jax.Array:
   """Logits [batch, seq, vocab] (or final hidden states) for the real tokens only.
 
   With prompt tuning the virtual tokens come first, at positions 0..n-1; the real tokens follow
   at n + position, as HF PEFT numbers them. Their outputs are dropped before returning.
+  encoder: an encoder-decoder model's encoder input {"tokens": [B, S], "attention_mask": [B, S]};
+  `tokens` are then the decoder's, and prompt tuning's virtual tokens go in front of the encoder
+  input (`encoder_inputs`).
   """
+  if encoder is not None:
+    out, _ = model(tokens, positions=positions, attention_mask=attention_mask,
+                   encoder=encoder_inputs(model, method, adapter, encoder),
+                   return_hidden=return_hidden, **hook(model, method, adapter, rng))
+    return out
   if method is None:
     out, _ = model(tokens, positions=positions, attention_mask=attention_mask,
                    return_hidden=return_hidden)
@@ -51,6 +60,27 @@ def forward(
       return_hidden=return_hidden,
   )
   return out[:, n_prefix:]
+
+
+def encoder_inputs(model, method, adapter, encoder: dict) -> dict:
+  """The encoder input with prompt tuning's virtual tokens in front (HF PEFT's seq2seq prompt
+  tuning with num_transformer_submodules = 1: the encoder input only), else as given."""
+  prefix = None if method is None else method.prefix(adapter)
+  if prefix is None:
+    return encoder
+  tokens, mask = encoder["tokens"], encoder["attention_mask"].astype(bool)
+  batch, n = tokens.shape[0], prefix.shape[0]
+  embeds = jnp.concatenate([jnp.broadcast_to(prefix, (batch, *prefix.shape)),
+                            model.embed_tokens(tokens)], axis=1)
+  return {"embeds": embeds,
+          "attention_mask": jnp.concatenate([jnp.ones((batch, n), bool), mask], axis=1)}
+
+
+def hook(model, method, adapter, rng=None) -> dict:
+  """The model's adapter keywords for `method` (none for the bare base)."""
+  if method is None:
+    return {}
+  return dict(adapter_layers=adapter.get("layers"), project=bind_project(model, method), rng=rng)
 
 
 def bind_project(model: Llama, method):

@@ -34,7 +34,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 # The PEFT release whose file layout this mirrors; PEFT stamps its own version the same way.
 PEFT_VERSION = "0.21.2"
-# Fields PEFT 0.21.2 writes for every CAUSAL_LM adapter type; methods add their own.
+# Fields PEFT 0.21.2 writes for every adapter type (task_type: see `task_type`); methods add theirs.
 COMMON_DEFAULTS = {
     "auto_mapping": None, "inference_mode": True, "modules_to_save": None,
     "peft_version": PEFT_VERSION, "revision": None, "task_type": "CAUSAL_LM",
@@ -69,7 +69,7 @@ def save_adapter(
   """
   fields, tensors = method.to_hf(adapter, table, model_config)
   # PEFT writes null, not "", when the base model has no name.
-  config = {**COMMON_DEFAULTS, "peft_type": method.peft_type,
+  config = {**COMMON_DEFAULTS, "peft_type": method.peft_type, "task_type": task_type(model_config),
             "base_model_name_or_path": base_model_name_or_path or None, **fields}
   _write_atomically(directory, config, tensors)
 
@@ -106,10 +106,25 @@ def tensor_name(table: WeightTable, layer: int, target: str, leaf: str) -> str:
   return f"{_PREFIX}{table.projections[target].hf_module(layer)}.{leaf}"
 
 
-def hf_targets(table: WeightTable, targets) -> list[str]:
-  """Short HF module names ("q_proj") in model order (PEFT writes a set, so its order is
-  arbitrary anyway)."""
-  return [_short(w) for p, w in table.projections.items() if p in targets]
+def task_type(model_config) -> str:
+  """PEFT's task type: SEQ_2_SEQ_LM for an encoder-decoder model (T5), else CAUSAL_LM."""
+  return "SEQ_2_SEQ_LM" if getattr(model_config, "is_encoder_decoder", False) else "CAUSAL_LM"
+
+
+def hf_targets(table: WeightTable, targets) -> list[str] | str:
+  """PEFT's target_modules for our projections: short HF module names ("q_proj") in model order
+  (PEFT writes a set, so its order is arbitrary anyway) when every module of each such name is a
+  target; else one regex of the full module names. (T5's "q" names the encoder's, the decoder's
+  and the cross-attention's query: adapting only the encoder's needs the regex.)"""
+  targets = set(targets)
+  by_short: dict[str, list[str]] = {}
+  for p, w in table.projections.items():
+    by_short.setdefault(_short(w), []).append(p)
+  if all(set(ps) <= targets or not set(ps) & targets for ps in by_short.values()):
+    return [short for short, ps in by_short.items() if set(ps) <= targets]
+  modules = [re.escape(w.hf.removesuffix(".weight")).replace(re.escape("{i}"), r"\d+")
+             for p, w in table.projections.items() if p in targets]
+  return "(" + "|".join(modules) + ")"
 
 
 def parse_targets(spec, table: WeightTable, config_path: str) -> tuple[str, ...]:

@@ -302,8 +302,12 @@ class _StepProgram:
     model = nnx.merge(self.graphdef, base)
     if remat:
       model.config = model.config.replace(remat=True)
+    encoder = None  # an encoder-decoder model's batch carries the encoder input
+    if "source_tokens" in batch:
+      encoder = {"tokens": batch["source_tokens"], "attention_mask": batch["source_mask"]}
     hidden = forward(model, self.peft, adapter, batch["tokens"], batch["positions"],
-                     batch["attention_mask"], rng=key, return_hidden=True)  # [B, T, D]
+                     batch["attention_mask"], rng=key, return_hidden=True,
+                     encoder=encoder)  # [B, T, D]
     at_targets = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)  # [B,K,D]
     logits = model.logits(at_targets)  # [B, K, V]
     log_z = jax.nn.logsumexp(logits, axis=-1)

@@ -27,7 +27,7 @@ POLICIES = ("refill", "exact")
 class Group:
   """Users that share one compiled step: `plans` in the order they enter the `slots`."""
 
-  shape: tuple[int, int]  # (T, K) of every batch of the group
+  shape: tuple[int, ...]  # (T, K), or (T, K, S) with encoder inputs, of every batch of the group
   plans: tuple[UserPlan, ...]
   slots: int
 
@@ -52,7 +52,7 @@ def schedule(plans: Sequence[UserPlan], slots: int, policy: str = "refill",
       if not pending[0]:
         pending.pop(0)
     members = sorted(members, key=_length, reverse=True)
-    shape = (max(p.seq_len for p in members), max(p.num_targets for p in members))
+    shape = tuple(max(dims) for dims in zip(*(p.shape_key for p in members)))
     used = -(-min(slots, len(members)) // multiple_of) * multiple_of
     groups.append(Group(shape, tuple(members), used))
   return groups

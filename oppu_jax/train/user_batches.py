@@ -35,6 +35,7 @@ class UserPlan:
   batch_size: int  # rows per (micro-)batch
   epochs: int
   grad_accum: int = 1  # micro-batches per optimizer step
+  source_len: int = 0  # S, a bucket of the encoder inputs (encoder-decoder models); 0: none
 
   @property
   def steps_per_epoch(self) -> int:
@@ -46,8 +47,9 @@ class UserPlan:
     return self.steps_per_epoch * self.epochs
 
   @property
-  def shape_key(self) -> tuple[int, int]:
-    return (self.seq_len, self.num_targets)
+  def shape_key(self) -> tuple[int, ...]:
+    """(T, K), or (T, K, S) for an encoder-decoder model's plan."""
+    return (self.seq_len, self.num_targets) + ((self.source_len,) if self.source_len else ())
 
 
 def plan_user(user_id: str, examples, *, batch_size: int, epochs: int,
@@ -60,10 +62,14 @@ def plan_user(user_id: str, examples, *, batch_size: int, epochs: int,
   longest = max(len(e.tokens) for e in examples)
   most_targets = max(int(e.loss_mask[1:].sum()) for e in examples)
   seq_len = bucket_length(longest, seq_buckets)
+  sources = [e.source for e in examples if e.source is not None]
+  if sources and len(sources) != len(examples):
+    raise DataError(f"user {user_id!r}: some training examples have an encoder input, some not")
+  source_len = bucket_length(max(len(s) for s in sources), seq_buckets) if sources else 0
   return UserPlan(
       user_id=user_id, examples=tuple(examples), seq_len=seq_len,
       num_targets=min(bucket_length(max(most_targets, 1), target_buckets + (seq_len,)), seq_len),
-      batch_size=batch_size, epochs=epochs, grad_accum=grad_accum,
+      batch_size=batch_size, epochs=epochs, grad_accum=grad_accum, source_len=source_len,
   )
 
 
@@ -88,8 +94,10 @@ class UserBatches:
   def __init__(self, plan: UserPlan, seed: int, pad_id: int = 0,
                shape: tuple[int, int] | None = None):
     self.plan, self.seed, self.pad_id = plan, seed, pad_id
-    self.seq_len, self.num_targets = shape or plan.shape_key
-    if self.seq_len < plan.seq_len or self.num_targets < plan.num_targets:
+    self.seq_len, self.num_targets, *source = shape or plan.shape_key
+    self.source_len = source[0] if source else 0
+    if (self.seq_len < plan.seq_len or self.num_targets < plan.num_targets
+        or self.source_len < plan.source_len):
       raise ValueError(f"user {plan.user_id!r}: shape {shape} is smaller than its own "
                        f"{plan.shape_key}")
     self._epoch, self._batches = -1, []
@@ -101,7 +109,8 @@ class UserBatches:
       # All of the user's examples fit its own T, so one bucket (T,) pads every row to T.
       self._epoch, self._batches = epoch, make_batches(
           self.plan.examples, self.plan.batch_size, (self.seq_len,), self.pad_id,
-          shuffle_seed=user_seed(self.seed, f"{self.plan.user_id}/epoch{epoch}"), length="user")
+          shuffle_seed=user_seed(self.seed, f"{self.plan.user_id}/epoch{epoch}"), length="user",
+          source_len=self.source_len)
     accum = self.plan.grad_accum
     if accum == 1:
       return with_targets(self._batches[i], self.num_targets)
@@ -123,5 +132,6 @@ def with_targets(batch: dict[str, np.ndarray], num_targets: int) -> dict[str, np
     target_index[row, :len(where)] = where - 1
     target_ids[row, :len(where)] = batch["tokens"][row, where]
     target_weight[row, :len(where)] = 1.0
-  out = {k: batch[k] for k in ("tokens", "positions", "attention_mask")}
+  out = {k: batch[k] for k in ("tokens", "positions", "attention_mask", "source_tokens",
+                               "source_mask") if k in batch}
   return dict(out, target_index=target_index, target_ids=target_ids, target_weight=target_weight)
