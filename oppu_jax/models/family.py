@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from oppu_jax.errors import ModelError
-from oppu_jax.models import llama
+from oppu_jax.models import llama, t5
 from oppu_jax.models.weights import Weight, WeightTable
 
 
@@ -27,7 +27,8 @@ class Family:
   """name: ours; model: the nnx module class, `model(config, rngs=...)`; config_class: its config
   dataclass (with `param_dtype` and `backend` fields); hf_model_types / gguf_architectures: the
   config.json `model_type`s and GGUF `general.architecture`s it reads;
-  config_from_hf(hf_dict, source) / config_from_gguf(meta, tensor_shapes, source) -> config;
+  config_from_hf(hf_dict, source, tensor_names) / config_from_gguf(meta, tensor_shapes, source)
+  -> config (tensor_names: the checkpoint's, for choices the config.json does not record);
   weight_table(config); gguf_tensor(weight, array, config) undoes llama.cpp layouts."""
 
   name: str
@@ -81,3 +82,5 @@ def for_config(config: Any) -> Family:
 register(Family("llama", llama.Llama, llama.LlamaConfig, ("llama",), ("llama",),
                 llama.config_from_hf, llama.config_from_gguf, llama.weight_table,
                 llama.gguf_tensor))
+register(Family("t5", t5.T5, t5.T5Config, ("t5",), (), t5.config_from_hf, t5.config_from_gguf,
+                t5.weight_table))

@@ -114,21 +114,26 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 def attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, compute_dtype=jnp.float32,
-    policy: str | backend.Policy = "auto",
+    policy: str | backend.Policy = "auto", *, scale: float | None = None,
+    bias: jax.Array | None = None,
 ) -> jax.Array:
   """Grouped-query attention.
 
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
   mask: [batch, q_len, kv_len] bool (True = may attend). Returns [batch, q_len, heads, head_dim].
   compute_dtype applies to the two einsums unless the policy says f32 (`backend.attention_dtype`).
+  scale: multiplies q (default head_dim**-0.5; T5 uses 1); bias: added to the scores, f32
+  [batch or 1, heads, q_len, kv_len] (T5's relative position bias).
   """
   b, t, h, d = q.shape
   kv_heads = k.shape[2]
-  q = q.reshape(b, t, kv_heads, h // kv_heads, d) * (d**-0.5)
+  q = q.reshape(b, t, kv_heads, h // kv_heads, d) * (d**-0.5 if scale is None else scale)
   dt = backend.attention_dtype(compute_dtype, backend.policy(policy))
   scores = jnp.einsum(
       "btkgd,bskd->bkgts", q.astype(dt), k.astype(dt), preferred_element_type=jnp.float32
   )
+  if bias is not None:
+    scores = scores + bias.reshape(bias.shape[0], kv_heads, h // kv_heads, *bias.shape[2:])
   scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1)
   out = jnp.einsum(

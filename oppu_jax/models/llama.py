@@ -76,8 +76,9 @@ def tiny_config(**kw) -> LlamaConfig:
   return LlamaConfig(**base)
 
 
-def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
+def config_from_hf(hf: dict, source: str = "config.json", tensor_names=None) -> LlamaConfig:
   """An HF config.json (as a dict) -> LlamaConfig; ModelError naming `source`."""
+  del tensor_names  # config.json says all
   if hf.get("rope_scaling"):
     raise ModelError(f"{source}: rope_scaling {hf['rope_scaling']!r} is not supported yet")
   try:

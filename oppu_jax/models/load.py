@@ -69,8 +69,8 @@ def load_hf_dir(path: str, **config_overrides):
   with open(config_path) as f:
     hf = json.load(f)
   family = families.for_hf(hf, config_path)
-  config = family.config_from_hf(hf, config_path).replace(**config_overrides)
   get = _safetensors_getter(path)
+  config = family.config_from_hf(hf, config_path, get.names).replace(**config_overrides)
   return model_from_tensors(config, lambda w, i: get(w.hf_name(i)), family), config
 
 
@@ -87,7 +87,8 @@ def from_hf_state_dict(config, tensors):
 
 
 def _safetensors_getter(path: str) -> Callable[[str], np.ndarray]:
-  """name -> numpy array, opening the shard that holds it (sharded index or one file)."""
+  """name -> numpy array, opening the shard that holds it (sharded index or one file); the
+  getter's `names` are every tensor name of the checkpoint."""
   from safetensors import safe_open
 
   index_path = os.path.join(path, "model.safetensors.index.json")
@@ -98,11 +99,12 @@ def _safetensors_getter(path: str) -> Callable[[str], np.ndarray]:
     single = os.path.join(path, "model.safetensors")
     if not os.path.exists(single):
       raise ModelError(f"{path}: no model.safetensors or model.safetensors.index.json")
-    weight_map = None
+    with safe_open(single, framework="numpy") as f:
+      weight_map = {name: "model.safetensors" for name in f.keys()}
   handles = {}
 
   def get(name: str) -> np.ndarray:
-    file = weight_map.get(name) if weight_map is not None else "model.safetensors"
+    file = weight_map.get(name)
     if file is None:
       raise ModelError(f"{path}: tensor {name!r} is not in the checkpoint")
     if file not in handles:
@@ -113,6 +115,7 @@ def _safetensors_getter(path: str) -> Callable[[str], np.ndarray]:
       # bf16 tensors have no numpy dtype: read them through flax's framework-free path.
       return _get_via_jax(os.path.join(path, file), name)
 
+  get.names = frozenset(weight_map)
   return get
 
 
