@@ -7,6 +7,11 @@ with its adapter.
 Beam search works too: generate turns row r into rows r*num_beams.., so the forward repeats each
 user index num_beams times once it sees num_beams times as many rows.
 
+An encoder-decoder model (T5) goes through the same loops (`_Seq2SeqRowsForward`): a row's
+"prompt" is its encoder input; the prefill encodes it, stores the cross-attention keys/values in
+the cache and runs the decoder-start token in the last prompt slot, so the generated tokens
+take the slots after it, exactly as a decoder-only model's do.
+
 Prompt tuning: the virtual tokens take P extra cache slots in front. Their keys and values
 depend on the adapter only (they come first and attend only to each other), so the prefill runs
 [virtual tokens; prompt] and every later step is shifted by P slots (positions too, as HF PEFT
@@ -63,8 +68,12 @@ def generate_for_rows(
   adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
   n_virtual = _n_virtual(adapters)
   # Equal for equal graphs, so generate's jitted loops find their compiled programs again.
-  rows_forward = _RowsForward(graphdef)
-  cache = functools.partial(_init_cache, model.config, n_virtual)
+  if getattr(model.config, "is_encoder_decoder", False):
+    rows_forward = _Seq2SeqRowsForward(graphdef, n_virtual)
+    cache = functools.partial(_seq2seq_cache, model, n_virtual, max_new_tokens)
+  else:
+    rows_forward = _RowsForward(graphdef)
+    cache = functools.partial(_init_cache, model.config, n_virtual)
   n = len(rows)
   size = min(batch_size, 1 << max(n - 1, 0).bit_length())
   # Similar lengths share a batch (less padding); the caller gets the given order back.
@@ -114,6 +123,58 @@ class _RowsForward:
 
     return jax.vmap(one_row, in_axes=(0, 0, 0, 0, 1), out_axes=(0, 1))(
         picked, tokens, positions, attention_mask, cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Seq2SeqRowsForward:
+  """generate's forward for an encoder-decoder model, rows of mixed users.
+
+  The prefill (cache_index the literal 0) gets the left-padded encoder inputs [B, P]: it encodes
+  them (virtual tokens in front), fills the cross-attention cache and runs the decoder-start
+  token at slot P - 1. Later calls run one token at slot cache_index >= P. The decoder attends
+  to slots P - 1 onwards (its own tokens), whatever the generator's mask says of the prompt."""
+
+  graphdef: Any
+  n_virtual: int
+
+  def __call__(self, base, adapters, users, tokens, positions, attention_mask, cache,
+               cache_index):
+    del positions  # T5's decoder reads relative slot offsets, not positions
+    rows = tokens.shape[0]
+    if rows != users.shape[0]:  # beam search: row r is now rows r*num_beams ..
+      users = jnp.repeat(users, rows // users.shape[0])
+    method = None if adapters is None else adapters.method
+    picked = None if adapters is None else adapters.gather(users)
+    prefill = isinstance(cache_index, int) and cache_index == 0
+    source_len = cache["cross_k"].shape[2] - self.n_virtual  # P
+    decoder_slots = jnp.arange(cache["k"].shape[2]) >= source_len - 1
+
+    def one_row(adapter, toks, mask, row_cache):
+      model = nnx.merge(self.graphdef, base)
+      row_cache = jax.tree.map(lambda c: c[:, None], row_cache)
+      hook = apply.hook(model, method, adapter)
+      if prefill:
+        encoder = apply.encoder_inputs(model, method, adapter, {
+            "tokens": toks[None], "attention_mask": mask[None, :source_len]})
+        start = jnp.full((1, 1), model.config.decoder_start_id, jnp.int32)
+        hidden, row_cache = model(start, positions=jnp.zeros((1, 1), jnp.int32),
+                                  attention_mask=decoder_slots[None], cache=row_cache,
+                                  cache_index=source_len - 1, encoder=encoder,
+                                  return_hidden=True, **hook)
+      else:
+        hidden, row_cache = model(toks[None], positions=jnp.zeros((1, 1), jnp.int32),
+                                  attention_mask=decoder_slots[None], cache=row_cache,
+                                  cache_index=cache_index, return_hidden=True, **hook)
+      return model.logits(hidden[0, -1]), jax.tree.map(lambda c: c[:, 0], row_cache)
+
+    return jax.vmap(one_row, in_axes=(0, 0, 0, 1), out_axes=(0, 1))(
+        picked, tokens, attention_mask, cache)
+
+
+def _seq2seq_cache(model, n_virtual: int, max_new_tokens: int, batch: int, length: int):
+  """generate asks for (prompt bucket + max_new_tokens) slots: the decoder's self-attention
+  cache is that long, the cross-attention part holds the encoder input (+ virtual tokens)."""
+  return model.init_cache(batch, length, source_len=length - max_new_tokens + n_virtual)
 
 
 def _init_cache(config, n_virtual: int, batch: int, length: int):

@@ -129,7 +129,9 @@ class Programs:
   Compiling happens here, on the host, through `jit(...).lower(...).compile()` (JAX keeps its own
   in-process cache of those, so a fresh `Programs` does not make XLA compile a shape again)."""
 
-  def __init__(self):
+  def __init__(self, program=None):
+    """program: the jitted batch function (graphdef static first); default `_score_batch`."""
+    self._program = program
     self._compiled: dict[Any, Any] = {}
 
   def __len__(self) -> int:
@@ -140,7 +142,7 @@ class Programs:
     leaves, structure = jax.tree.flatten(args)
     key = (graphdef, structure, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
     if key not in self._compiled:
-      self._compiled[key] = _SCORE_BATCH.lower(graphdef, *args).compile()
+      self._compiled[key] = (self._program or _SCORE_BATCH).lower(graphdef, *args).compile()
     return self._compiled[key](*args)
 
 

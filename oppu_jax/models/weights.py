@@ -78,19 +78,19 @@ class WeightTable:
     return found
 
   def check_projections(self, names, key: str = "peft.targets") -> tuple[str, ...]:
-    """Validates adapter target names; returns them as a tuple in the given order, with every
-    alias expanded in place: a name that is not a projection but the part after "." of some ("q"
-    in T5) stands for all of them in model order ("enc.q", "dec.q", "cross.q"), as HF PEFT's
-    target_modules do."""
-    expanded = []
+    """Validates adapter target names; returns them as a tuple in model order (the order HF
+    PEFT files are read back in), with aliases expanded: a name that is not a projection but the
+    part after "." of some ("q" in T5) stands for all of them ("enc.q", "dec.q", "cross.q"), as
+    HF PEFT's target_modules do."""
+    chosen = set()
     for name in names:
-      found = ([name] if name in self.projections else
-               [p for p in self.projections if p.rpartition(".")[2] == name and "." in p])
+      found = ({name} if name in self.projections else
+               {p for p in self.projections if "." in p and p.rpartition(".")[2] == name})
       if not found:
         raise ConfigError(f"{key}: unknown projection {name!r}; choose from "
                           f"{', '.join(self.projections)}")
-      expanded += [p for p in found if p not in expanded]
-    return tuple(expanded)
+      chosen |= found
+    return tuple(p for p in self.projections if p in chosen)
 
   def at(self, *path: str) -> Weight:
     for w in self.weights:

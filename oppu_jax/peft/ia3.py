@@ -33,9 +33,12 @@ class IA3:
   @classmethod
   def from_config(cls, peft_config, context: BuildContext) -> "IA3":
     """The paper's (IA)³ on k, v and down, whatever `peft.targets` says: those are LoRA's
-    (q, v by default)."""
-    del peft_config, context
-    return cls()
+    (q, v by default). In T5 the names cover every stack ("k": encoder, decoder and cross-
+    attention; "down": both feed-forwards, HF's `wo`), as HF PEFT's T5 defaults do."""
+    del peft_config
+    table = context.table
+    return cls(targets=table.check_projections(cls.targets + cls.feedforward),
+               feedforward=table.check_projections(cls.feedforward))
 
   def init(self, table: WeightTable, key: jax.Array, embed: jax.Array | None = None) -> dict:
     del key, embed

@@ -23,10 +23,11 @@ import orbax.checkpoint as ocp
 from oppu_jax import config as config_lib, files
 from oppu_jax.data import lamp, synth
 from oppu_jax.data import tasks as tasks_lib
-from oppu_jax.data.batching import encode_pair, encode_text
+from oppu_jax.data.batching import encode_pair, encode_seq2seq, encode_text
 from oppu_jax.data.types import User
-from oppu_jax.errors import DataError
-from oppu_jax.eval import decode, metrics, profiles as profiles_lib, report, score, significance
+from oppu_jax.errors import ConfigError, DataError
+from oppu_jax.eval import decode, metrics, profiles as profiles_lib, report
+from oppu_jax.eval import score, score_seq2seq, significance
 from oppu_jax.models import load
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax.peft import hf_format, method as method_lib
@@ -95,6 +96,9 @@ def setup(config, workdir: str) -> Experiment:
   exp = Experiment(config, workdir, task, settings, test.users, others.users, tokenizer,
                    _load_model(config), {}, mesh)
   if any(s.profile or s.base == "P" for s in settings):
+    if _seq2seq(exp):
+      raise ConfigError(f"config.settings: {config.settings!r} needs PAG profiles, which an "
+                        "instruct decoder-only model writes; this model is an encoder-decoder")
     exp.profiles = profiles_lib.user_profiles(
         exp.base_model, exp.tokenizer, task, data.users, cache_path=exp.path("profiles.json"),
         num_items=config.profile.num_items, max_new_tokens=config.profile.max_new_tokens,
@@ -153,11 +157,10 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
   (stacked, gathered per row), never a merged per-user model."""
   adapters = _load_adapters(exp, model, setting) if setting.personal else None
   rows, ids = [], []
-  budget = exp.config.model.cutoff - exp.config.eval.max_new_tokens
   for index, user in enumerate(exp.test_users):
     for qid, prompt in examples.query_prompts(exp.task, user, setting, exp.profiles.get(user.id),
                                               seed=exp.config.seed):
-      rows.append((index, exp.tokenizer.encode_prompt(prompt, budget)))  # too long: keep the end
+      rows.append((index, _model_input(exp, prompt)))
       ids.append(qid)
   with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.config.progress) as b:
     preds = _predict(exp, model, adapters, rows)
@@ -204,15 +207,37 @@ def _data(config, workdir: str, task):
   return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
 
 
+def _seq2seq(exp: Experiment) -> bool:
+  """Whether the base is an encoder-decoder model (T5): prompts go to the encoder."""
+  return bool(getattr(exp.base_model.config, "is_encoder_decoder", False))
+
+
+def _model_input(exp: Experiment, prompt: str) -> list[int]:
+  """A query prompt's ids: a decoder-only model's prompt leaves room for the generated tokens;
+  an encoder input is `prompt EOS` in model.cutoff tokens (generation has its own budget). Too
+  long, a prompt keeps its end (the task input; retrieved context comes first)."""
+  c, tok = exp.config, exp.tokenizer
+  if not _seq2seq(exp):
+    return tok.encode_prompt(prompt, c.model.cutoff - c.eval.max_new_tokens)
+  ids = tok.encode(prompt)
+  return ids[max(len(ids) - (c.model.cutoff - 1), 0):] + [tok.eos_id]
+
+
 def _plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int,
           grad_accum: int = 1):
-  """(prompt, answer) pairs -> the trainer's plan; an empty prompt is next-token on the answer."""
+  """(prompt, answer) pairs -> the trainer's plan; an empty prompt is next-token on the answer
+  (decoder-only), or an encoder input of EOS alone (encoder-decoder)."""
   tok, cutoff = exp.tokenizer, exp.config.model.cutoff
   bos = tok.input_bos_id
-  encoded = [encode_pair(*tasks_lib.model_pair(p, a), tok.encode, eos_id=tok.eos_id,
-                         bos_id=bos, cutoff=cutoff) if p
-             else encode_text(a, tok.encode, eos_id=tok.eos_id, bos_id=bos, cutoff=cutoff)
-             for p, a in pairs]
+  if _seq2seq(exp):
+    start = exp.base_model.config.decoder_start_id
+    encoded = [encode_seq2seq(p, a, tok.encode, eos_id=tok.eos_id, decoder_start_id=start,
+                              source_cutoff=cutoff, target_cutoff=cutoff) for p, a in pairs]
+  else:
+    encoded = [encode_pair(*tasks_lib.model_pair(p, a), tok.encode, eos_id=tok.eos_id,
+                           bos_id=bos, cutoff=cutoff) if p
+               else encode_text(a, tok.encode, eos_id=tok.eos_id, bos_id=bos, cutoff=cutoff)
+               for p, a in pairs]
   return plan_user(plan_id, encoded, batch_size=batch_size, epochs=epochs, grad_accum=grad_accum,
                    seq_buckets=tuple(exp.config.model.seq_buckets),
                    target_buckets=tuple(exp.config.model.target_buckets))
@@ -280,10 +305,13 @@ def _predict(exp: Experiment, model, adapters, rows) -> list[str]:
   """rows [(user index, prompt ids)] -> one prediction each: the label with the best score, or
   the decoded text."""
   e, tok, task = exp.config.eval, exp.tokenizer, exp.task
+  seq2seq = _seq2seq(exp)
   if task.labels and e.classification == "score":
-    choices = [tok.encode(tasks_lib.model_pair("x", label)[1]) + [tok.eos_id]
-               for label in task.labels]
-    scores = score.score_choices(model, adapters, rows, choices, batch_size=e.batch_size)
+    # A decoder-only model reads the answer after " " (tasks.model_pair); T5's decoder starts it.
+    choices = [tok.encode(label if seq2seq else tasks_lib.model_pair("x", label)[1])
+               + [tok.eos_id] for label in task.labels]
+    scorer = score_seq2seq if seq2seq else score
+    scores = scorer.score_choices(model, adapters, rows, choices, batch_size=e.batch_size)
     return [task.labels[int(i)] for i in np.argmax(scores, axis=1)]
   outs = decode.generate_for_rows(
       model, adapters, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,

@@ -120,12 +120,12 @@ def test_greedy_and_beam_search_are_token_identical_to_transformers(pair, beams)
 
 def test_bare_names_expand_to_every_stack_and_llama_names_stay_exact():
   table = t5.weight_table(t5.tiny_config())
-  assert table.check_projections(("q", "v")) == ("enc.q", "dec.q", "cross.q", "enc.v", "dec.v",
+  assert table.check_projections(("v", "q")) == ("enc.q", "enc.v", "dec.q", "dec.v", "cross.q",
                                                  "cross.v")
   assert table.check_projections(("enc.q", "down")) == ("enc.q", "enc.down", "dec.down")
   with pytest.raises(ConfigError, match="unknown projection 'wq'"):
     table.check_projections(("wq",))
-  assert llama.weight_table(llama.tiny_config()).check_projections(("q", "v")) == ("q", "v")
+  assert llama.weight_table(llama.tiny_config()).check_projections(("v", "q")) == ("q", "v")
 
 
 def test_config_errors_name_the_file(tmp_path):
