@@ -1,4 +1,4 @@
-"""Per-user retrieval over a time-ordered history: BM25, recency, random, and least-similar.
+"""Per-user retrieval over a time-ordered history: BM25, recency, random, dense, and RSPG.
 
 Every function returns indices into the user's own history (never items), so the caller keeps
 control of formatting and no other user's data can enter.
@@ -14,6 +14,9 @@ Conventions:
   query has a date, the items whose date is strictly before it (undated items stay visible).
 - Randomness derives from `stable_seed(seed, user_id, salt)` (SHA-256), never Python's `hash()`,
   so runs and processes agree.
+- "dense" ranks by an injected scorer `dense(query, texts) -> scores` (cosine similarity from a
+  sentence encoder: `models/bert.py: DenseEncoder.scores`), so this module stays free of JAX;
+  "rspg" asks an injected selector (`data/rspg.py: Selector`) which retriever to use per query.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from oppu_jax.errors import DataError
 Item = Mapping[str, Any]
 # A history item's text: a field name, or a function of the item (e.g. title + " " + text).
 TextSpec = str | Callable[[Item], str]
-METHODS = ("bm25", "recency", "random")
+METHODS = ("bm25", "recency", "random", "dense", "rspg")
+# dense(query, candidate texts) -> similarity scores, higher = closer.
+DenseScorer = Callable[[str, Sequence[str]], np.ndarray]
 
 
 def bm25_top_k(
@@ -82,6 +87,8 @@ def retrieve_for_history_item(
     seed: int = 0,
     user_id: str = "",
     date_key: str = "date",
+    dense: DenseScorer | None = None,
+    rspg: Any = None,
 ) -> list[int]:
   """Top-k history indices for training item `t_index`, from items strictly before it.
 
@@ -90,9 +97,10 @@ def retrieve_for_history_item(
   """
   visible = visible_before_item(history, t_index, date_key=date_key)
   # Only BM25 reads the query; recency and random must not fail on its fields.
-  query = _text_fn(query_text or doc_text)(history[t_index]) if method == "bm25" else ""
+  reads_query = method in ("bm25", "dense", "rspg")
+  query = _text_fn(query_text or doc_text)(history[t_index]) if reads_query else ""
   return _rank(method, query, history, visible, k, doc_text, tokenize,
-               (seed, user_id, f"item:{t_index}"), date_key)
+               (seed, user_id, f"item:{t_index}"), date_key, dense, rspg)
 
 
 def retrieve_for_query(
@@ -108,14 +116,17 @@ def retrieve_for_query(
     user_id: str = "",
     salt: str = "",
     date_key: str = "date",
+    dense: DenseScorer | None = None,
+    rspg: Any = None,
 ) -> list[int]:
   """Top-k history indices for a test query (text already extracted from the input).
 
   `salt` (e.g. the query id) gives each query its own random draw in the random method.
+  `dense`: the scorer for method "dense"; `rspg`: the fitted selector for method "rspg".
   """
   visible = visible_before_date(history, query_date, date_key=date_key)
   return _rank(method, query, history, visible, k, doc_text, tokenize,
-               (seed, user_id, f"query:{salt}"), date_key)
+               (seed, user_id, f"query:{salt}"), date_key, dense, rspg)
 
 
 def visible_before_item(
@@ -162,11 +173,23 @@ def stable_seed(*parts: Any) -> int:
   return int.from_bytes(digest[:8], "little")
 
 
-def _rank(method, query, history, visible, k, doc_text, tokenize, seed_parts, date_key):
+def _rank(method, query, history, visible, k, doc_text, tokenize, seed_parts, date_key,
+          dense=None, rspg=None):
+  if method == "rspg":
+    if rspg is None:
+      raise ValueError("retrieval method 'rspg' needs a fitted selector (data/rspg.py)")
+    texts = [_text_fn(doc_text)(history[j]) for j in visible]
+    method = rspg.choose(query, texts, [history[j].get(date_key) for j in visible], dense=dense)
   if method == "bm25":
     text = _text_fn(doc_text)
     top = bm25_top_k(query, [text(history[j]) for j in visible], k, tokenize)
     return [visible[i] for i in top]
+  if method == "dense":
+    if dense is None:
+      raise ValueError("retrieval method 'dense' needs a dense scorer (models/bert.py)")
+    text = _text_fn(doc_text)
+    scores = dense(query, [text(history[j]) for j in visible]) if visible else np.zeros(0)
+    return [visible[i] for i in top_k_indices(scores, k)]
   if method == "recency":
     return recency_top_k(history, visible, k, date_key=date_key)
   if method == "random":

@@ -67,13 +67,20 @@ def test_tokenization_is_reference_split():
 @pytest.mark.parametrize("method", retrieval.METHODS)
 @pytest.mark.parametrize("with_dates", [True, False])
 def test_training_items_never_see_their_time_or_later(method, with_dates):
+  from oppu_jax.data import rspg
+
   rng = random.Random(1)
+  # Any scorer and any choice: leakage is the ranking's frame, not the scores'.
+  overlap = lambda q, texts: np.array([len(set(q.split()) & set(t.split())) for t in texts], float)
+  weights = np.zeros((2, len(rspg.FEATURES)))
+  weights[1, 1] = 1.0  # long histories -> dense, short -> bm25 (by the log_history feature)
+  selector = rspg.Selector(("bm25", "dense"), weights)
   for trial in range(30):
     history = _history(rng, rng.randint(1, 25), with_dates)
     for t in range(len(history)):
       got = retrieval.retrieve_for_history_item(
           history, t, rng.randint(0, 6), doc_text="text", method=method,
-          user_id=f"u{trial}")
+          user_id=f"u{trial}", dense=overlap, rspg=selector)
       assert len(set(got)) == len(got)
       for j in got:
         assert j < t
@@ -124,7 +131,7 @@ def test_query_text_defaults_and_separate_renderer():
   with pytest.raises(DataError, match="no field 'title'"):
     retrieval.retrieve_for_history_item(history, 5, 1, doc_text="title")
   with pytest.raises(ValueError, match="unknown retrieval method"):
-    retrieval.retrieve_for_history_item(history, 5, 1, doc_text="text", method="dense")
+    retrieval.retrieve_for_history_item(history, 5, 1, doc_text="text", method="contriever")
 
 
 def test_recency():
@@ -149,3 +156,47 @@ def test_random_is_deterministic_per_user_and_salt():
   # Pinned values: catch a switch to Python's salted hash() or to another RNG.
   assert retrieval.stable_seed(0, "alice", "") == 0xA7D9E27085E9152A
   assert a == [3, 23, 9, 39, 4]
+
+
+# -- dense (real all-MiniLM-L6-v2) and RSPG ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm():
+  pytest.importorskip("torch")  # not needed, but the encoder's deps come with the test extra
+  from oppu_jax.models import bert
+
+  return bert.DenseEncoder()
+
+
+MEANING = [
+    {"id": "0", "text": "a travel guide about space-saving furniture for small flats",
+     "date": "2020-01-01"},
+    {"id": "1", "text": "movie on astronauts flying to Mars", "date": "2020-01-02"},
+    {"id": "2", "text": "travel deals: cheap flights and more space in economy",
+     "date": "2020-01-03"},
+    {"id": "3", "text": "a documentary of the Apollo moon landing", "date": "2020-01-04"},
+    {"id": "4", "text": "recipes for a quick pasta dinner", "date": "2020-01-05"},
+    {"id": "5", "text": "space travel tips for your suitcase", "date": "2020-01-06"},
+]
+
+
+def test_dense_top_4_differs_from_bm25_where_meaning_not_words_matches(minilm):
+  query = "a film about space travel"
+  bm25 = retrieval.retrieve_for_query(MEANING, query, 4, doc_text="text", method="bm25")
+  dense = retrieval.retrieve_for_query(MEANING, query, 4, doc_text="text", method="dense",
+                                       dense=minilm.scores)
+  assert dense != bm25
+  assert dense[0] == 1  # the paraphrase (movie / astronauts / Mars) shares no word with the query
+  assert 1 not in bm25[:1] and 4 not in dense
+
+
+def test_dense_respects_time_and_needs_a_scorer(minilm):
+  got = retrieval.retrieve_for_query(MEANING, "a film about space travel", 4, doc_text="text",
+                                     method="dense", dense=minilm.scores, query_date="2020-01-03")
+  assert set(got) <= {0, 1}
+  got = retrieval.retrieve_for_history_item(MEANING, 4, 2, doc_text="text", method="dense",
+                                            dense=minilm.scores)
+  assert set(got) <= {0, 1, 2, 3}
+  with pytest.raises(ValueError, match="needs a dense scorer"):
+    retrieval.retrieve_for_query(MEANING, "x", 2, doc_text="text", method="dense")

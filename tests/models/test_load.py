@@ -53,8 +53,8 @@ def test_missing_path_is_one_clear_line(tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-  (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5",
-                                                    "architectures": ["T5ForConditionalGeneration"]}))
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba",
+                                                    "architectures": ["MambaForCausalLM"]}))
   with pytest.raises(load.ModelError, match="unsupported architecture") as e:
     load.load_model(str(tmp_path))
   assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
