@@ -17,6 +17,8 @@ Two recipes:
   `--config.model.path=/models/llama-2-7b-hf`.
 """
 
+import os
+
 import ml_collections
 
 from oppu_jax.errors import ConfigError, DataError
@@ -53,7 +55,29 @@ TASK_DIFFERENCES = {
     "LaMP_6": {"train.weight_decay": 1e-1},
     "LaMP_7": {"train.weight_decay": 1e-1},
 }
-RECIPES = ("embedded", "paper")
+# The PEFT-vs-RAG study (its Appendix B), FlanT5-XXL: LoRA r in {8, 16, 32, 64} (the rank is the
+# setting's: peft_r8..r64), alpha 32, dropout 0.1 on q, k, v (every T5 stack: encoder, decoder,
+# cross-attention); AdamW lr 5e-4, weight decay 1e-4, 5 % warm-up, linear decay, batch 16 (4 x 4
+# accumulated), 50 epochs; input 512 / output 128 tokens, beam search 4; RAG with k = 4; CONVERT
+# training pairs (its Table 4); no task adaptation; every user with test queries gets an adapter.
+STUDY_PAPER = {
+    "settings": "study", "train.learning_rate": 5e-4, "train.weight_decay": 1e-4,
+    "train.warmup_ratio": 0.05, "train.batch_size": 4, "train.grad_accum": 4, "train.epochs": 50,
+    "peft.method": "lora", "peft.alpha": 32.0, "peft.dropout": 0.1, "peft.targets": ("q", "k", "v"),
+    "model.cutoff": 512, "eval.max_new_tokens": 128, "eval.decoding": "beam", "eval.num_beams": 4,
+    "data.history_mode": "convert", "task_adapt.enabled": False, "data.num_test_users": 0,
+}
+# The same protocol on the embedded SmolLM2 and a 2-core CPU (`study_embedded`, the default of
+# configs/study.py). Departures, each for time on this machine: 3 epochs, not 50; batch 4 without
+# accumulation (a user's 12-32 history items would give one or two optimizer steps per epoch at
+# 16); lr 1e-3 (5e-4 is for FlanT5-XXL; the OPPU recipe's 3e-3 is for alpha = rank); 32 new tokens
+# and greedy decoding (beam 4 costs ~4x per generated token); the 8 most active users, not all.
+STUDY_EMBEDDED = {
+    **STUDY_PAPER, "train.learning_rate": 1e-3, "train.batch_size": 4, "train.grad_accum": 1,
+    "train.epochs": 3, "eval.max_new_tokens": 32, "eval.decoding": "greedy",
+    "data.num_test_users": 8,
+}
+RECIPES = ("embedded", "paper", "study", "study_embedded")
 
 # Keys with a fixed set of values, checked before a run starts.
 CHOICES = {
@@ -79,11 +103,11 @@ def for_task(name: str, recipe: str | None = None) -> ml_collections.ConfigDict:
   c = get_config()
   c.task = name
   c.recipe = recipe
-  changes = (TASK_DIFFERENCES[name] if recipe == "embedded"
-             else {**PAPER_COMMON, **PAPER_TABLE_4[name]})
+  changes = {"embedded": TASK_DIFFERENCES[name], "paper": {**PAPER_COMMON, **PAPER_TABLE_4[name]},
+             "study": STUDY_PAPER, "study_embedded": STUDY_EMBEDDED}[recipe]
   for key, value in changes.items():
-    section, leaf = key.split(".")
-    c[section][leaf] = value
+    section, _, leaf = key.rpartition(".")
+    (c[section] if section else c)[leaf] = value
   return c
 
 
@@ -98,6 +122,13 @@ def check(c: ml_collections.ConfigDict) -> None:
   if c.model.cutoff <= c.eval.max_new_tokens:
     raise ConfigError(f"config.model.cutoff: {c.model.cutoff} leaves no room for a prompt before "
                       f"config.eval.max_new_tokens={c.eval.max_new_tokens} generated tokens")
+  if c.retrieval.dense_model and not os.path.exists(c.retrieval.dense_model):
+    raise ConfigError(f"config.retrieval.dense_model: {c.retrieval.dense_model!r} does not "
+                      "exist (a BERT directory such as Contriever, or '' for the embedded MiniLM)")
+  bad = [r for r in c.retrieval.rspg_candidates if r not in ("bm25", "recency", "dense")]
+  if bad or not c.retrieval.rspg_candidates:
+    raise ConfigError(f"config.retrieval.rspg_candidates: {list(c.retrieval.rspg_candidates)}; "
+                      "choose among bm25, recency, dense")
   for key, allowed in CHOICES.items():
     section, leaf = key.split(".")
     if c[section][leaf] not in allowed:
@@ -118,7 +149,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.path = ""  # an official LaMP or OPPU-processed directory; "" = generate into workdir
   c.data.format = "auto"  # auto | official | oppu
-  c.data.num_test_users = 8  # the N most active users get their own adapter (paper: 100)
+  # The N most active users get their own adapter (OPPU: 100); 0: every user with test queries
+  # (the PEFT-vs-RAG study's protocol).
+  c.data.num_test_users = 8
   c.data.max_task_users = 0  # cap on users for task adaptation (0 = all the others)
   c.data.max_words = 768  # per history field, as the reference cuts
   c.data.history_mode = "oppu"  # oppu | aligned | text | convert (tasks.history_to_pairs)
@@ -191,6 +224,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.top_p = 0.9
   c.eval.num_beams = 4
   c.eval.batch_size = 16
+
+  # Retrieval for the PEFT-vs-RAG study's RAG rows (settings "study"): its dense retriever and
+  # the retrievers RSPG chooses among.
+  c.retrieval = ml_collections.ConfigDict()
+  c.retrieval.dense_model = ""  # "" = all-MiniLM-L6-v2 (embedded); or a BERT dir (Contriever)
+  c.retrieval.rspg_candidates = ("bm25", "recency", "dense")
 
   c.profile = ml_collections.ConfigDict()
   c.profile.num_items = 10

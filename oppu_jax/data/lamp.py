@@ -98,8 +98,12 @@ def detect_format(path: str) -> str:
 
 def select_users(data: LampData, n: int) -> tuple[LampData, LampData]:
   """(the n users with the longest histories, longest first, ties by id; all the others in
-  their original order) — the paper's test users and base-adaptation users."""
+  their original order) — the paper's test users and base-adaptation users. n <= 0: every user
+  with a query (the PEFT-vs-RAG study's "one adapter per user present in the test set")."""
   ranked = sorted(data.users, key=lambda u: (-len(u.history), u.id))
+  if n <= 0:
+    ranked = [u for u in ranked if u.queries]
+    n = len(ranked)
   chosen = {u.id for u in ranked[:n]}
   test = tuple(ranked[:n])
   others = tuple(u for u in data.users if u.id not in chosen)

@@ -133,6 +133,44 @@ def build_prompt(
                        retrieved_items, profile)
 
 
+# The PEFT-vs-RAG study's Table 3 (after Salemi et al. 2024b, LaMP's prompts): a per-entry prompt
+# (PPEP) per retrieved item, the entries joined by ", and ", then the aggregated input prompt
+# (AIP) around the task input. LaMP_2N is not in the study (it uses LaMP-2 movies); its entry
+# follows LaMP's original news-categorization prompt. Departure: LaMP cuts each entry to a share
+# of the token budget; here the whole prompt is cut from its start (retrieved entries first) so
+# the task input at its end survives (pipeline/run.py).
+_STUDY_PPEP = {
+    "LaMP_1": '"{title}"',
+    "LaMP_2N": 'the category for the article: "{text}" is "{category}"',
+    "LaMP_2M": 'the tag for the movie: "{description}" is "{tag}"',
+    "LaMP_3": '{score} is the score for "{text}"',
+    "LaMP_4": '"{title}" is the title for "{text}"',
+    "LaMP_5": '"{title}" is the title for "{abstract}"',
+    "LaMP_6": '"{title}" is the title for "{text}"',
+    "LaMP_7": '"{text}"',
+}
+_STUDY_AIP = {"LaMP_5": "{entries}. Following the given patterns {input}",
+              "LaMP_7": "{entries} are written by a person. Following the given patterns {input}"}
+
+
+def build_study_prompt(task: Task | str, query_input: str,
+                       retrieved_items: Sequence[Item] = ()) -> str:
+  """The study's prompt (its Table 3) for an official `input` with k retrieved items; with none,
+  the input itself. LaMP_1 adds the entries right after the word "title" of the input
+  (`add_to_paper_title`: "...the title, and "A", and "B" "T"..."), as LaMP's code does."""
+  task = _task(task)
+  if not retrieved_items:
+    return query_input
+  entries = ", and ".join(_STUDY_PPEP[task.name].format(**item) for item in retrieved_items)
+  if task.name == "LaMP_1":
+    at = query_input.find("title")
+    if at == -1:
+      return f"{entries} {query_input}"
+    return f"{query_input[:at + 5]}, and {entries}{query_input[at + 5:]}"
+  return _STUDY_AIP.get(task.name, "{entries}. {input}").format(entries=entries,
+                                                                 input=query_input)
+
+
 def history_to_pairs(
     task: Task | str,
     item: Item,

@@ -1,6 +1,7 @@
 """results.md: the paper's Table 1 layout for one task — a row per setting, a column per metric,
 the best value in bold, the second underlined, significance marks, and a caption that says what
-was tested on how many queries and users."""
+was tested on how many queries and users. `study_table`: the PEFT-vs-RAG study's Table 1 layout
+(a row per metric, the settings as columns grouped by approach)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,49 @@ def _tests_caption(metrics, tests) -> str:
     text += (f" F1 is no mean over queries: paired randomization test "
              f"({significance.RANDOMIZATION_ROUNDS:,} rounds, seeded), p < {significance.ALPHA}.")
   return text + " p-values: significance.json."
+
+
+# The study's column groups, in its Table 1 order: (setting name prefix, group, column label).
+STUDY_COLUMNS = (("non_personalized", "", "Non-personalized"),
+                 ("peft_r", "PEFT", "r={}"), ("rag_", "RAG", "{}"), ("peft_rag_r", "PEFT+RAG",
+                                                                    "r={}"))
+RETRIEVER_LABELS = {"bm25": "BM25", "recency": "Recency", "dense": "Dense", "rspg": "RSPG"}
+
+
+def study_table(task: str, results: Mapping[str, Mapping[str, float]], *,
+                tests: significance.GridTests | None = None, num_queries: int | None = None,
+                num_users: int | None = None) -> str:
+  """The study's Table 1 for one task: one row per metric; columns Non-personalized | PEFT
+  r=... | RAG BM25 / Recency / Dense / RSPG | PEFT+RAG r=...; bold best, underlined second."""
+  metrics = [m for m in METRIC_ORDER if any(m in r for r in results.values())]
+  names = list(results)
+  header, groups = [], []
+  for name in names:
+    for prefix, group, label in STUDY_COLUMNS:
+      if name == prefix or (prefix != "non_personalized" and name.startswith(prefix)
+                            and not (prefix == "peft_r" and name.startswith("peft_rag"))):
+        rest = name[len(prefix):]
+        header.append(label.format(RETRIEVER_LABELS.get(rest, rest)))
+        groups.append(group)
+        break
+    else:
+      header.append(name)
+      groups.append("")
+  lines = [f"# {task}", "", "| metric | " + " | ".join(
+      f"{g} {h}".strip() for g, h in zip(groups, header)) + " |",
+           "|---|" + "---:|" * len(names)]
+  for m in metrics:
+    ranks = _ranks(m, [results[n][m] for n in names])
+    cells = []
+    for n in names:
+      cell = f"{results[n][m]:.4f}" + _marks(tests, n, m)
+      rank = ranks.get(results[n][m]) if len(names) > 1 else None
+      rank = None if rank == 1 and len(names) < 3 else rank
+      cells.append(f"**{cell}**" if rank == 0 else f"<u>{cell}</u>" if rank == 1 else cell)
+    arrow = "↓" if m in LOWER_IS_BETTER else "↑"
+    lines.append(f"| {m} {arrow} | " + " | ".join(cells) + " |")
+  caption = _caption(metrics, results, tests, num_queries, num_users)
+  if any(n.startswith("peft_rag") for n in names) and tests is not None and tests.best_rag:
+    caption += (f" PEFT+RAG uses each user's PEFT adapter of that rank with the best RAG row's "
+                f"retriever ({tests.best_rag}).")
+  return "\n".join(lines + ["", caption]) + "\n"

@@ -4,12 +4,32 @@ before each one), and a test user's query prompts. Pure Python: no JAX."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any, Callable
 
 from oppu_jax.data import retrieval
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.types import User
-from oppu_jax.pipeline.settings import Setting
+from oppu_jax.pipeline.settings import BEST, Setting
+
+
+@dataclasses.dataclass(frozen=True)
+class Retrievers:
+  """What the study's retrieval methods need besides the history: the dense scorer ("dense",
+  and RSPG's features), the fitted RSPG selector, and the retriever the best RAG row used (for
+  the PEFT + RAG rows' "best")."""
+
+  dense: Callable | None = None
+  rspg: Any = None
+  best: str | None = None
+
+  def method(self, setting: Setting) -> str:
+    if setting.retrieval != BEST:
+      return setting.retrieval
+    if self.best is None:
+      raise ValueError(f"{setting.name}: the best RAG retriever is not known yet")
+    return self.best
 
 
 def task_adaptation_pairs(task, users, base: str, k: int, profiles: dict[str, str], *,
@@ -47,21 +67,51 @@ def user_training_pairs(task, user: User, setting: Setting, profile: str | None,
 
 
 def query_prompts(task, user: User, setting: Setting, profile: str | None, *,
-                  seed: int) -> list[tuple[str, str]]:
+                  seed: int, retrievers: Retrievers | None = None) -> list[tuple[str, str]]:
   """(query id, prompt) for each of the user's queries under `setting`."""
+  retrievers = retrievers or Retrievers()
   out = []
   for q in user.queries:
-    items = _retrieve_for_query(task, user, q, setting.k, setting.retrieval, seed)
-    out.append((q.id, tasks_lib.build_prompt(task, q.input, items,
-                                             profile if setting.profile else None)))
+    items = _retrieve_for_query(task, user, q, setting.k, retrievers.method(setting), seed,
+                                retrievers)
+    if setting.prompts == "study":
+      out.append((q.id, tasks_lib.build_study_prompt(task, q.input, items)))
+    else:
+      out.append((q.id, tasks_lib.build_prompt(task, q.input, items,
+                                               profile if setting.profile else None)))
   return out
 
 
-def _retrieve_for_query(task, user: User, q, k: int, method: str, seed: int):
+def _retrieve_for_query(task, user: User, q, k: int, method: str, seed: int,
+                        retrievers: Retrievers | None = None):
   if k <= 0 or not user.history:
     return []
+  retrievers = retrievers or Retrievers()
   idx = retrieval.retrieve_for_query(
       user.history, tasks_lib.retrieval_query(task, q.input), k,
       doc_text=functools.partial(tasks_lib.corpus_text, task), query_date=q.date,
-      method=method, seed=seed, user_id=user.id, salt=q.id)
+      method=method, seed=seed, user_id=user.id, salt=q.id, dense=retrievers.dense,
+      rspg=retrievers.rspg)
   return [user.history[j] for j in idx]
+
+
+def rspg_training_rows(task, users, candidates, *, k: int, seed: int,
+                       retrievers: Retrievers) -> list:
+  """(features, {candidate: utility}) for every query with a gold of `users` (the non-test
+  users): RSPG's training split (data/rspg.py)."""
+  from oppu_jax.data import rspg
+
+  rows = []
+  doc_text = functools.partial(tasks_lib.corpus_text, task)
+  for user in users:
+    for q in user.queries:
+      if q.gold is None or not user.history:
+        continue
+      query = tasks_lib.retrieval_query(task, q.input)
+      visible = retrieval.visible_before_date(user.history, q.date)
+      x = rspg.features(query, [doc_text(user.history[j]) for j in visible],
+                        [user.history[j].get("date") for j in visible], retrievers.dense)
+      utilities = {m: rspg.utility(task, q.input, q.gold, _retrieve_for_query(
+          task, user, q, k, m, seed, retrievers)) for m in candidates}
+      rows.append((x, utilities))
+  return rows

@@ -35,7 +35,7 @@ from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge
 from oppu_jax.peft.stack import UserAdapters
 from oppu_jax.pipeline import examples, progress, workdir as wd
-from oppu_jax.pipeline.settings import Setting, parse_settings
+from oppu_jax.pipeline.settings import STUDY, Setting, parse_settings
 from oppu_jax.train import mesh as mesh_lib, multi_user
 from oppu_jax.train.user_batches import plan_user
 
@@ -56,6 +56,7 @@ class Experiment:
   base_model: Any  # the plain LLM
   profiles: dict[str, str]  # user id -> profile text, where a setting or variant P needs them
   mesh: Any = None
+  retrievers: examples.Retrievers = examples.Retrievers()  # dense / RSPG, built when needed
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -69,8 +70,8 @@ def run(config, workdir: str) -> dict:
     if todo:
       model = adapt_to_task(exp, base)  # dropped when this variant's settings are done
       for setting in todo:
-        if setting.personal:
-          train_user_adapters(exp, model, setting)
+        if setting.personal:  # a setting reusing another's adapters trains that one's
+          train_user_adapters(exp, model, _adapter_owner(setting))
         evaluate(exp, model, setting)
       del model
   return write_report(exp)
@@ -138,13 +139,14 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   if not todo:
     return
   c = exp.config
+  logging.info("%s: %d users, one adapter each", setting.name, len(todo))
   plans = [_plan(exp, u.id, examples.user_training_pairs(
                exp.task, u, setting, exp.profiles.get(u.id), seed=c.seed,
                history_mode=c.data.history_mode), c.train.batch_size, c.train.epochs,
                  c.train.grad_accum)
            for u in todo]
-  method = method_lib.build(c.peft, table=model.weight_table(), encode=exp.tokenizer.encode,
-                            instruction=exp.task.description)
+  method = method_lib.build(_peft_config(exp, setting), table=model.weight_table(),
+                            encode=exp.tokenizer.encode, instruction=exp.task.description)
   save = lambda result: hf_format.save_adapter(
       _adapter_dir(exp, setting, result.user_id), method, result.adapter, model.weight_table(),
       model_config=model.config)
@@ -156,10 +158,11 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
   """Writes predictions/<setting>.json: every test query, each row with its own user's adapter
   (stacked, gathered per row), never a merged per-user model."""
   adapters = _load_adapters(exp, model, setting) if setting.personal else None
+  retrievers = _retrievers(exp, setting)
   rows, ids = [], []
   for index, user in enumerate(exp.test_users):
     for qid, prompt in examples.query_prompts(exp.task, user, setting, exp.profiles.get(user.id),
-                                              seed=exp.config.seed):
+                                              seed=exp.config.seed, retrievers=retrievers):
       rows.append((index, _model_input(exp, prompt)))
       ids.append(qid)
   with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.config.progress) as b:
@@ -186,7 +189,9 @@ def write_report(exp: Experiment) -> dict:
   files.write_json(exp.path("results.json"), results)
   files.write_json(exp.path("significance.json"), tests.to_json())
   users = sum(any(q.gold is not None for q in u.queries) for u in exp.test_users)
-  files.write_text(exp.path("results.md"), report.markdown_table(
+  table = (report.study_table if any(s.prompts == "study" for s in exp.settings)
+           else report.markdown_table)
+  files.write_text(exp.path("results.md"), table(
       exp.task.name, results, tests=tests, num_queries=len(golds), num_users=users))
   return results
 
@@ -248,7 +253,82 @@ def _predictions(exp: Experiment, setting: Setting) -> str:
 
 
 def _adapter_dir(exp: Experiment, setting: Setting, user_id: str) -> str:
-  return exp.path("adapters", setting.name, user_id)
+  return exp.path("adapters", setting.adapter_setting, user_id)
+
+
+def _adapter_owner(setting: Setting) -> Setting:
+  """The setting that trains the adapters `setting` plugs in (itself, or the one it reuses)."""
+  return STUDY[setting.adapters_of] if setting.adapters_of else setting
+
+
+def _peft_config(exp: Experiment, setting: Setting):
+  """config.peft with the setting's own LoRA rank, if it has one (the study's r = 8..64)."""
+  peft = exp.config.peft
+  if not setting.rank:
+    return peft
+  peft = peft.copy_and_resolve_references()
+  peft.rank = setting.rank
+  return peft
+
+
+def _retrievers(exp: Experiment, setting: Setting) -> examples.Retrievers:
+  """The dense scorer and the fitted RSPG selector, built once per run when a setting needs
+  them, and for a PEFT + RAG row the best RAG row's retriever."""
+  from oppu_jax.pipeline.settings import BEST
+
+  best = _best_retriever(exp) if setting.retrieval == BEST else None
+  method = best or setting.retrieval
+  r = exp.retrievers
+  needs_dense = method == "dense" or (method == "rspg" and
+                                      "dense" in exp.config.retrieval.rspg_candidates)
+  if needs_dense or method == "rspg":
+    if needs_dense and r.dense is None:
+      from oppu_jax.models import bert
+
+      encoder = bert.DenseEncoder(exp.config.retrieval.dense_model)
+      logging.info("dense retriever: %s", exp.config.retrieval.dense_model or
+                   "all-MiniLM-L6-v2 (embedded)")
+      r = dataclasses.replace(r, dense=encoder.scores)
+    if method == "rspg" and r.rspg is None:
+      r = dataclasses.replace(r, rspg=_rspg_selector(exp, r))
+  exp.retrievers = r
+  return dataclasses.replace(r, best=best)
+
+
+def _rspg_selector(exp: Experiment, retrievers: examples.Retrievers):
+  """RSPG's rule, fitted on the non-test users' queries (cached in W/rspg.json)."""
+  from oppu_jax.data import rspg
+
+  path = exp.path("rspg.json")
+  if files.is_done(path):
+    return rspg.Selector.load(path)
+  candidates = tuple(exp.config.retrieval.rspg_candidates)
+  rows = examples.rspg_training_rows(exp.task, exp.other_users, candidates, k=4,
+                                     seed=exp.config.seed, retrievers=retrievers)
+  selector = rspg.fit(rows, candidates)
+  selector.save(path)
+  chosen = [candidates[int(np.argmax(selector.weights @ x))] for x, _ in rows]
+  logging.info("RSPG fitted on %d training queries; it picks %s", len(rows),
+               {c: chosen.count(c) for c in candidates})
+  return selector
+
+
+def _best_retriever(exp: Experiment) -> str:
+  """The retriever of the best rag_* row evaluated so far (the task's first metric)."""
+  golds = {q.id: q.gold for u in exp.test_users for q in u.queries if q.gold is not None}
+  scored = {}
+  for setting in exp.settings:
+    path = _predictions(exp, setting)
+    if setting.name.startswith("rag_") and files.is_done(path):
+      scored[setting] = metrics.evaluate(exp.task.name, golds, lamp.read_outputs(path))
+  if not scored:
+    raise DataError("the PEFT + RAG rows need an evaluated rag_* row (none has predictions)")
+  first = next(iter(next(iter(scored.values()))))
+  sign = 1 if first in significance.LOWER_IS_BETTER else -1
+  best = min(scored, key=lambda s: sign * scored[s][first])
+  logging.info("PEFT + RAG: the best RAG row is %s (%s %.4f)", best.name, first,
+               scored[best][first])
+  return best.retrieval
 
 
 # -- calls into models/, peft/, train/ and eval/: one place each --------------------------------

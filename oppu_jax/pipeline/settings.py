@@ -1,8 +1,15 @@
-"""The paper's Table 1 grid: what each named setting feeds the model, and which base it uses.
+"""The two papers' grids: what each named setting feeds the model, and which base it uses.
 
-Base variants (the paper's task adaptation): "B" trains on the query alone, "R" on the query and
-k retrieved history items, "P" on the profile and retrieved items. Each setting is evaluated on
-the base variant that matches its prompt shape.
+OPPU's Table 1 (`--config.settings=all`). Base variants (the paper's task adaptation): "B"
+trains on the query alone, "R" on the query and k retrieved history items, "P" on the profile
+and retrieved items. Each setting is evaluated on the base variant that matches its prompt shape.
+
+The PEFT-vs-RAG study's Table 1 (`--config.settings=study`): non-personalized; PEFT, one LoRA
+per user at rank r (peft_r8..r64); RAG with k = 4 by BM25, recency, a dense retriever or RSPG;
+PEFT + RAG (peft_rag_r8..r64: the user's peft_rN adapter, reused, under the best RAG row's
+retriever, chosen by the task's first metric once the RAG rows are evaluated). Its prompts are
+the study's (`tasks.build_study_prompt`). The study uses its LLM as it is, without task
+adaptation, so its rows all sit on base "B" (with task adaptation off, the plain base).
 """
 
 from __future__ import annotations
@@ -20,7 +27,19 @@ class Setting:
   retrieval: str  # "bm25" | "random" (only read when k > 0)
   profile: bool  # prepend the user's profile (PAG)
   personal: bool  # train and plug in the user's own adapter (OPPU)
+  prompts: str = "oppu"  # "oppu" (OPPU's prompts) | "study" (the PEFT-vs-RAG study's Table 3)
+  rank: int = 0  # the adapter's LoRA rank; 0: config.peft.rank
+  adapters_of: str = ""  # evaluate with this setting's adapters (trained once, reused)
 
+  @property
+  def adapter_setting(self) -> str:
+    """The setting whose adapters this one plugs in."""
+    return self.adapters_of or self.name
+
+
+BEST = "best"  # retrieval of the study's PEFT + RAG rows: the best RAG row's retriever
+STUDY_RANKS = (8, 16, 32, 64)
+STUDY_RETRIEVERS = ("bm25", "recency", "dense", "rspg")
 
 SETTINGS = {s.name: s for s in [
     Setting("non_personalized", "B", 0, "bm25", False, False),
@@ -37,17 +56,35 @@ SETTINGS = {s.name: s for s in [
     Setting("pag_oppu_k0", "P", 0, "bm25", True, True),
     Setting("pag_oppu_k1", "P", 1, "bm25", True, True),
 ]}
+STUDY = {s.name: s for s in [
+    Setting("non_personalized", "B", 0, "bm25", False, False, prompts="study"),
+    *(Setting(f"peft_r{r}", "B", 0, "bm25", False, True, prompts="study", rank=r)
+      for r in STUDY_RANKS),
+    *(Setting(f"rag_{m}", "B", 4, m, False, False, prompts="study") for m in STUDY_RETRIEVERS),
+    *(Setting(f"peft_rag_r{r}", "B", 4, BEST, False, True, prompts="study", rank=r,
+              adapters_of=f"peft_r{r}") for r in STUDY_RANKS),
+]}
+GRIDS = {"all": SETTINGS, "study": STUDY}
 
 
 def parse_settings(spec: str) -> list[Setting]:
-  """'non_personalized,oppu_k0' (or 'all') -> settings in the grid's order."""
-  names = [n.strip() for n in spec.split(",") if n.strip()]
-  if spec.strip() == "all":
-    names = list(SETTINGS)
-  unknown = [n for n in names if n not in SETTINGS]
+  """'non_personalized,oppu_k0', 'all' (OPPU's grid), 'study' (the PEFT-vs-RAG study's) or
+  'study:peft_r8,rag_bm25' (some of the study's) -> settings in the grid's order."""
+  grid, _, names = spec.strip().partition(":") if spec.strip().startswith("study") else (
+      "all", "", spec)
+  table = GRIDS[grid]
+  names = [n.strip() for n in names.split(",") if n.strip()]
+  if spec.strip() in GRIDS:
+    names = list(table)
+  unknown = [n for n in names if n not in table]
   if unknown:
     raise ConfigError(f"config.settings: unknown setting(s) {unknown}; choose from "
-                      f"{', '.join(SETTINGS)} or 'all'")
+                      f"{', '.join(table)}, or 'all' / 'study' / 'study:<names>'")
   if not names:
     raise ConfigError("config.settings: no setting given")
-  return [SETTINGS[n] for n in SETTINGS if n in names]
+  chosen = [table[n] for n in table if n in names]
+  if any(s.retrieval == BEST for s in chosen) and not any(
+      s.name.startswith("rag_") for s in chosen):
+    raise ConfigError("config.settings: the peft_rag_* rows use the best rag_* row's retriever; "
+                      "add at least one rag_* setting")
+  return chosen
