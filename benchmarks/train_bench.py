@@ -33,6 +33,7 @@ Timing and counting (what the table means):
 
   .venv/bin/python benchmarks/train_bench.py            # ~12 min on the 2-core dev box, quiet
   .venv/bin/python benchmarks/train_bench.py --quick    # ~3 min, a smoke run
+  .venv/bin/python benchmarks/train_bench.py --model=t5 # T5 6+6 x 512, the study's LoRA
   .venv/bin/python benchmarks/train_bench.py --memory_only --memory_batch_size 4
   taskset -c 1 .venv/bin/python benchmarks/train_bench.py --threads 1   # a busy box: per thread
 """
@@ -80,7 +81,16 @@ GIB = 1024**3
 
 
 def main():
-  args = parse_args()
+  if "--model=t5" in sys.argv or " ".join(sys.argv).count("--model t5"):
+    args = argparse.Namespace(model="t5")  # its own flags: t5_train_bench.parse_args
+  else:
+    args = parse_args()
+  if args.model == "t5":  # the encoder-decoder's own benchmark (the study's LoRA on a T5)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import t5_train_bench
+
+    t5_train_bench.main(sys.argv[1:])
+    return
   if args.threads:
     # Before the XLA backend starts (first device query); memory runs inherit the environment.
     flags = [f"--xla_cpu_multi_thread_eigen={'false' if args.threads == 1 else 'true'}",
@@ -121,6 +131,8 @@ def main():
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model", choices=("smollm2", "t5"), default="smollm2",
+                 help="t5: benchmarks/t5_train_bench.py (a 6+6-layer T5, the study's LoRA)")
   p.add_argument("--users", type=int, default=8, help="U: users, and slots of method (a)")
   p.add_argument("--examples_per_user", type=int, default=8)
   p.add_argument("--batch_size", type=int, default=4)
