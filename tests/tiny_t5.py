@@ -68,3 +68,32 @@ def save_t5_tokenizer(path, corpus, vocab_size: int = 400) -> transformers.PreTr
                                     pad_token="<pad>", unk_token="<unk>", extra_ids=0)
   hf.save_pretrained(path)
   return hf
+
+
+def main(argv=None):
+  """`python tests/tiny_t5.py OUT_DIR [TASK ...]`: a tiny random FlanT5-shaped checkpoint with a
+  T5 tokenizer trained on the tasks' generated LaMP data (config defaults, seed 0), to run the
+  pipeline's FlanT5 path end to end: `--config.model.path=OUT_DIR`."""
+  import argparse
+
+  from oppu_jax import config as config_lib
+  from oppu_jax.data import synth, tasks
+
+  parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+  parser.add_argument("out")
+  parser.add_argument("tasks", nargs="*", default=["LaMP_2M", "LaMP_5"])
+  args = parser.parse_args(argv)
+  corpus = []
+  for task in args.tasks:
+    data = synth.synthesize(task, seed=0, **config_lib.get_config().data.synth.to_dict())
+    for user in data.users:
+      corpus += [" ".join(str(v) for v in item.values()) for item in user.history]
+      corpus += [q.input for q in user.queries] + [str(q.gold) for q in user.queries]
+    corpus += list(tasks.get_task(task).labels or ())
+  tokenizer = save_t5_tokenizer(args.out, corpus, vocab_size=2000)
+  save_t5(args.out, "flan", vocab_size=len(tokenizer))
+  print(f"{args.out}: a random T5 (3+2 layers x 32) with a {len(tokenizer)}-token tokenizer")
+
+
+if __name__ == "__main__":
+  main()

@@ -145,3 +145,25 @@ def test_corpus_and_item_query_texts():
   assert tasks.item_query_text("LaMP_3", ITEMS["LaMP_3"]) == "Works fine."
   assert tasks.item_query_text("LaMP_5", ITEMS["LaMP_5"]) == "We train nets."
   assert tasks.item_query_text("LaMP_1", ITEMS["LaMP_1"]) == "Graph bounds"
+
+
+def test_study_prompts_are_its_table_3():
+  items2m = [{"description": "a robot", "tag": "sci-fi"}, {"description": "a heist", "tag": "action"}]
+  q2m = tasks.make_input("LaMP_2M", text="a spaceship")
+  assert tasks.build_study_prompt("LaMP_2M", q2m, items2m) == (
+      'the tag for the movie: "a robot" is "sci-fi", and the tag for the movie: "a heist" is '
+      f'"action". {q2m}')
+  assert tasks.build_study_prompt("LaMP_2M", q2m, []) == q2m
+  q3 = tasks.make_input("LaMP_3", text="fine")
+  assert tasks.build_study_prompt("LaMP_3", q3, [{"text": "ok", "score": "4"}]) == (
+      f'4 is the score for "ok". {q3}')
+  q5 = tasks.make_input("LaMP_5", text="we study nets")
+  assert tasks.build_study_prompt("LaMP_5", q5, [{"title": "T", "abstract": "A"}]) == (
+      f'"T" is the title for "A". Following the given patterns {q5}')
+  q7 = tasks.make_input("LaMP_7", text="hello world")
+  assert tasks.build_study_prompt("LaMP_7", q7, [{"text": "a"}, {"text": "b"}]) == (
+      f'"a", and "b" are written by a person. Following the given patterns {q7}')
+  q1 = tasks.make_input("LaMP_1", title="Deep Nets", option1="A", option2="B")
+  got = tasks.build_study_prompt("LaMP_1", q1, [{"title": "X"}, {"title": "Y"}])
+  at = q1.find("title") + 5
+  assert got == q1[:at] + ', and "X", and "Y"' + q1[at:]  # LaMP's add_string_after_title
