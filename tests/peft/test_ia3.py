@@ -53,9 +53,9 @@ def test_feedforward_vector_has_input_size(tiny, table):
 
 
 def test_bad_targets_raise(table):
-  with pytest.raises(ConfigError, match=r"unknown projection\(s\) \['value'\]"):
+  with pytest.raises(ConfigError, match=r"unknown projection 'value'"):
     IA3(targets=("k", "value")).init(table, None)
-  with pytest.raises(ConfigError, match=r"unknown projection\(s\) \['mlp'\]"):
+  with pytest.raises(ConfigError, match=r"unknown projection 'mlp'"):
     IA3(feedforward=("mlp",)).init(table, None)
 
 
