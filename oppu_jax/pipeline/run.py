@@ -89,8 +89,10 @@ def setup(config, workdir: str) -> Experiment:
   test, others = lamp.select_users(data, config.data.num_test_users)
   if config.data.max_task_users:
     others = lamp.select_users(others, config.data.max_task_users)[0]
-  logging.info("%s: %d test users (%d queries), %d users for task adaptation", task.name,
-               len(test.users), sum(len(u.queries) for u in test.users), len(others.users))
+  logging.info("%s: %d test users (%d queries), each with an adapter per personalized setting; "
+               "%d other users (task adaptation%s, RSPG's training split)", task.name,
+               len(test.users), sum(len(u.queries) for u in test.users), len(others.users),
+               "" if config.task_adapt.enabled else " is off")
   mesh = None if config.mesh.users == config.mesh.model == 1 else mesh_lib.make_mesh(
       config.mesh.users, config.mesh.model)
   tokenizer = Tokenizer.for_model(config.model.path, config.model.tokenizer)
