@@ -140,3 +140,13 @@ def attention(
       "bkgts,bskd->btkgd", probs.astype(dt), v.astype(dt), preferred_element_type=jnp.float32
   )
   return out.reshape(b, t, h, d)
+
+
+def plain_project(matmul_fn):
+  """The projection hook without an adapter: `project(name, x, w, adapter_layer, rng)` = x @ w
+  through the model's own matmul."""
+  def project(name, x, w, adapter_layer, rng):
+    del name, adapter_layer, rng
+    return matmul_fn(x, w)
+
+  return project

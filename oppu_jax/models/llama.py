@@ -25,7 +25,7 @@ from flax import nnx
 
 from oppu_jax.errors import ModelError
 from oppu_jax.models import backend
-from oppu_jax.models.layers import attention, matmul, rms_norm, rope
+from oppu_jax.models.layers import attention, matmul, plain_project, rms_norm, rope
 from oppu_jax.models.weights import Weight, WeightTable
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -293,7 +293,7 @@ class Llama(nnx.Module):
       causal = slots[None, :] <= query_slots[:, None]
       mask = causal[None] & attention_mask[:, None, :].astype(bool)
 
-    project = project or _plain_project(self.matmul)
+    project = project or plain_project(self.matmul)
     layer_rngs = None if rng is None else jax.random.split(rng, cfg.num_layers)
 
     # The cache rides in the scan carry and each layer writes only its new keys/values into it
@@ -327,14 +327,6 @@ class Llama(nnx.Module):
 def init_cache(config: LlamaConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
   shape = (config.num_layers, batch, length, config.num_kv_heads, config.dim_per_head)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-
-
-def _plain_project(matmul_fn) -> ProjectFn:
-  def project(name, x, w, adapter_layer, rng):
-    del name, adapter_layer, rng
-    return matmul_fn(x, w)
-
-  return project
 
 
 def _decoder_layer(cfg, p, adapter_layer, rng, x, positions, mask, project, cache_k, cache_v,

@@ -37,7 +37,7 @@ from flax import nnx
 
 from oppu_jax.errors import ModelError
 from oppu_jax.models import backend
-from oppu_jax.models.layers import attention, matmul, rms_norm
+from oppu_jax.models.layers import attention, matmul, plain_project, rms_norm
 from oppu_jax.models.weights import Weight, WeightTable
 
 ATTENTION = ("q", "k", "v", "o")
@@ -288,7 +288,7 @@ class T5(nnx.Module):
     bias = self._position_bias(self.encoder, positions[None, :] - positions[:, None], True)
     full_mask = jnp.broadcast_to(mask[:, None, :], (x.shape[0], s, s))
     layers = _for_stack(adapter_layers, "encoder")
-    project = project or _plain_project(self.matmul)
+    project = project or plain_project(self.matmul)
     rngs = None if rng is None else jax.random.split(rng, cfg.num_layers)
 
     def body(x, per_layer):
@@ -327,7 +327,7 @@ class T5(nnx.Module):
     Returns (logits [B, T, V] f32 or final hidden states, the updated cache or None).
     """
     cfg = self.config
-    project = project or _plain_project(self.matmul)
+    project = project or plain_project(self.matmul)
     enc_rng, dec_rng = (None, None) if rng is None else jax.random.split(rng)
     hidden_src = source_mask = None
     if encoder is not None:
@@ -416,14 +416,6 @@ def _for_stack(adapter_layers, stack: str):
     return None
   prefixes = ("enc.",) if stack == "encoder" else ("dec.", "cross.")
   return {k: v for k, v in adapter_layers.items() if k.startswith(prefixes)}
-
-
-def _plain_project(matmul_fn):
-  def project(name, x, w, adapter_layer, rng):
-    del name, adapter_layer, rng
-    return matmul_fn(x, w)
-
-  return project
 
 
 def _projector(p, adapter_layer, rng, project, stack_prefix: str):
