@@ -35,7 +35,7 @@ from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge
 from oppu_jax.peft.stack import UserAdapters
 from oppu_jax.pipeline import examples, progress, workdir as wd
-from oppu_jax.pipeline.settings import STUDY, Setting, parse_settings
+from oppu_jax.pipeline.settings import BEST, STUDY, Setting, parse_settings
 from oppu_jax.train import mesh as mesh_lib, multi_user
 from oppu_jax.train.user_batches import plan_user
 
@@ -276,23 +276,19 @@ def _peft_config(exp: Experiment, setting: Setting):
 def _retrievers(exp: Experiment, setting: Setting) -> examples.Retrievers:
   """The dense scorer and the fitted RSPG selector, built once per run when a setting needs
   them, and for a PEFT + RAG row the best RAG row's retriever."""
-  from oppu_jax.pipeline.settings import BEST
-
   best = _best_retriever(exp) if setting.retrieval == BEST else None
   method = best or setting.retrieval
   r = exp.retrievers
-  needs_dense = method == "dense" or (method == "rspg" and
-                                      "dense" in exp.config.retrieval.rspg_candidates)
-  if needs_dense or method == "rspg":
-    if needs_dense and r.dense is None:
-      from oppu_jax.models import bert
+  # RSPG's features read the dense scores too, so a resumed run rebuilds the same inputs.
+  if method in ("dense", "rspg") and r.dense is None:
+    from oppu_jax.models import bert
 
-      encoder = bert.DenseEncoder(exp.config.retrieval.dense_model)
-      logging.info("dense retriever: %s", exp.config.retrieval.dense_model or
-                   "all-MiniLM-L6-v2 (embedded)")
-      r = dataclasses.replace(r, dense=encoder.scores)
-    if method == "rspg" and r.rspg is None:
-      r = dataclasses.replace(r, rspg=_rspg_selector(exp, r))
+    encoder = bert.DenseEncoder(exp.config.retrieval.dense_model)
+    logging.info("dense retriever: %s", exp.config.retrieval.dense_model or
+                 "all-MiniLM-L6-v2 (embedded)")
+    r = dataclasses.replace(r, dense=encoder.scores)
+  if method == "rspg" and r.rspg is None:
+    r = dataclasses.replace(r, rspg=_rspg_selector(exp, r))
   exp.retrievers = r
   return dataclasses.replace(r, best=best)
 

@@ -108,7 +108,8 @@ def train_users(
   results: dict[str, UserResult] = {}
   report = StepReport(0, sum(p.total_steps for p in plans), 0, 0, len(plans))
   for group in scheduler.schedule(plans, config.slots, policy, per_device):
-    logging.info("training %d users with batch shape (T, K) = %s", len(group.plans), group.shape)
+    logging.info("training %d users with batch shape (T, K[, S]) = %s", len(group.plans),
+                 group.shape)
     report = _train_group(program, group, config, report, results, on_user_done, progress)
   if stats is not None:
     stats.update(step_compilations=program.compilations(), steps=program.steps,
