@@ -1,9 +1,10 @@
 """The one base config: `get_config()` holds every default, `TASK_DIFFERENCES` what each LaMP
 task changes for the embedded model, `PAPER_TABLE_4` the OPPU paper's per-task values for
-Llama-2-7B, and `for_task(name, recipe)` (what configs/lampN.py return) applies one or the other.
-Every field can be overridden on the command line: `--config.train.epochs=3`.
+Llama-2-7B, `STUDY_PAPER` / `STUDY_EMBEDDED` the PEFT-vs-RAG study's, and `for_task(name,
+recipe)` (what configs/lampN.py and configs/study.py return) applies one of them. Every field can
+be overridden on the command line: `--config.train.epochs=3`.
 
-Two recipes:
+The OPPU recipes (the study's are described next to their tables below):
 - "embedded" (the default): SmolLM2-135M-Instruct on a 2-core CPU. A learning rate of 3e-3 in
   both stages (the paper's 1e-5, meant for a 7B model, leaves a 135M LoRA where it started in a
   user's 10-30 steps). Per task the paper's epochs, regularisation and batch size capped at 4
