@@ -178,6 +178,7 @@ def history_to_pairs(
     *,
     retrieved_items: Sequence[Item] = (),
     profile: str | None = None,
+    seed: int = 0,
 ) -> tuple[str, str]:
   """One history item as a training pair (prompt, answer).
 
@@ -187,7 +188,7 @@ def history_to_pairs(
   mode "oppu": the paper's choice, "aligned" where possible, else "text".
   mode "convert": PEFT-vs-RAG Table 4 — the official input -> output for task-shaped items;
     LaMP_1 "Write an abstract for this title: T" -> abstract; LaMP_7 "Complete the following
-    tweet: <first part>" -> <second part>, split at a word boundary drawn from the item id.
+    tweet: <first part>" -> <second part>, split at a word boundary drawn from (seed, item id).
   retrieved_items / profile are prepended as in `build_prompt` (not in "text" mode, whose prompt
   is empty; nor in "convert", whose prompts are the study's, without context).
   """
@@ -199,7 +200,7 @@ def history_to_pairs(
   if mode == "text":
     return "", format_item(task, item)
   if mode == "convert":
-    return _convert(task, item)
+    return _convert(task, item, seed)
   if not task.aligned:
     raise DataError(f"{task.name} history is not task-shaped; use mode 'text' or 'convert'")
   prompt = task.prompt.format(text=item[task.input_field])
@@ -259,15 +260,17 @@ def _with_context(task, prompt, retrieved_items, profile) -> str:
   return "\n".join(parts)
 
 
-def _convert(task: Task, item: Item) -> tuple[str, str]:
+def _convert(task: Task, item: Item, seed: int = 0) -> tuple[str, str]:
   if task.name == "LaMP_1":
     return f"Write an abstract for this title: {item['title']}", str(item["abstract"])
   if task.name == "LaMP_7":
     words = str(item["text"]).split()
     if len(words) < 2:
       return "Complete the following tweet: ", " ".join(words)
-    # Random as in the study, but reproducible: seeded by the item id, not global state.
-    cut = random.Random(zlib.crc32(str(item["id"]).encode())).randint(1, len(words) - 1)
+    # Random as in the study, but reproducible: seeded by the run's seed and the item id, not
+    # by global state (seed 0 keeps the item id's own draw).
+    key = str(item["id"]) if seed == 0 else f"{seed}:{item['id']}"
+    cut = random.Random(zlib.crc32(key.encode())).randint(1, len(words) - 1)
     return (f"Complete the following tweet: {' '.join(words[:cut])}", " ".join(words[cut:]))
   return make_input(task, text=item[task.input_field]), str(item[task.output_field])
 

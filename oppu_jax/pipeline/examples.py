@@ -62,7 +62,7 @@ def user_training_pairs(task, user: User, setting: Setting, profile: str | None,
       items = [user.history[j] for j in idx]
     pairs.append(tasks_lib.history_to_pairs(
         task, item, history_mode, retrieved_items=items,
-        profile=profile if setting.profile else None))
+        profile=profile if setting.profile else None, seed=seed))
   return pairs
 
 

@@ -120,6 +120,11 @@ def test_convert_pairs():
   rest = first[len("Complete the following tweet: "):]
   assert rest and second and f"{rest} {second}" == ITEMS["LaMP_7"]["text"]
   assert tasks.history_to_pairs("LaMP_7", ITEMS["LaMP_7"], "convert") == (first, second)
+  # The split point follows the run's seed: over seeds it moves, and each seed repeats itself.
+  by_seed = {s: tasks.history_to_pairs("LaMP_7", ITEMS["LaMP_7"], "convert", seed=s)
+             for s in range(1, 9)}
+  assert len(set(by_seed.values())) > 1
+  assert tasks.history_to_pairs("LaMP_7", ITEMS["LaMP_7"], "convert", seed=3) == by_seed[3]
   assert tasks.history_to_pairs("LaMP_4", ITEMS["LaMP_4"], "convert") == (
       "Generate a headline for the following article: The team won.", "Team wins")
 
