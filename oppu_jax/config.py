@@ -78,12 +78,22 @@ STUDY_EMBEDDED = {
     "train.epochs": 3, "eval.max_new_tokens": 32, "eval.decoding": "greedy",
     "data.num_test_users": 8,
 }
-RECIPES = ("embedded", "paper", "study", "study_embedded")
+# The analyses' data (`configs/analysis.py`, recipe "analysis"): the embedded recipe on generated
+# data whose users spread over history lengths (4..48 items, uniform rather than long-tailed),
+# with 12 test users evenly spaced over that range, so the activity buckets and the profile-size
+# regression have short and long histories to compare.
+ANALYSIS_DATA = {
+    "data.synth.num_users": 36, "data.synth.history_min": 4, "data.synth.history_max": 48,
+    "data.synth.long_tail": False, "data.synth.queries_per_user": 4,
+    "data.num_test_users": 12, "data.test_users": "spread",
+}
+RECIPES = ("embedded", "paper", "study", "study_embedded", "analysis")
 
 # Keys with a fixed set of values, checked before a run starts.
 CHOICES = {
     "data.format": ("auto", "official", "oppu"),
-    "data.history_mode": ("oppu", "aligned", "text", "convert"),
+    "data.history_mode": ("oppu", "aligned", "text", "convert", "input_only", "output_only"),
+    "data.test_users": ("most_active", "spread"),
     "model.backend": ("auto", "cpu", "xla"),
     "train.schedule": ("auto", "refill", "exact"),
     "train.remat": ("auto", "always", "never"),
@@ -105,7 +115,8 @@ def for_task(name: str, recipe: str | None = None) -> ml_collections.ConfigDict:
   c.task = name
   c.recipe = recipe
   changes = {"embedded": TASK_DIFFERENCES[name], "paper": {**PAPER_COMMON, **PAPER_TABLE_4[name]},
-             "study": STUDY_PAPER, "study_embedded": STUDY_EMBEDDED}[recipe]
+             "study": STUDY_PAPER, "study_embedded": STUDY_EMBEDDED,
+             "analysis": {**TASK_DIFFERENCES[name], **ANALYSIS_DATA}}[recipe]
   for key, value in changes.items():
     section, _, leaf = key.rpartition(".")
     (c[section] if section else c)[leaf] = value
@@ -153,6 +164,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The N most active users get their own adapter (OPPU: 100); 0: every user with test queries
   # (the PEFT-vs-RAG study's protocol).
   c.data.num_test_users = 8
+  c.data.test_users = "most_active"  # most_active (OPPU) | spread (over history lengths)
   c.data.max_task_users = 0  # cap on users for task adaptation (0 = all the others)
   c.data.max_words = 768  # per history field, as the reference cuts
   c.data.history_mode = "oppu"  # oppu | aligned | text | convert (tasks.history_to_pairs)
@@ -161,6 +173,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.synth.num_users = 40
   c.data.synth.history_min = 12
   c.data.synth.history_max = 32
+  c.data.synth.long_tail = True  # history lengths: Pareto from history_min (else uniform)
   c.data.synth.queries_per_user = 6
   c.data.synth.text_words = 14
   c.data.synth.shift = 0.0
@@ -235,6 +248,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.profile = ml_collections.ConfigDict()
   c.profile.num_items = 10
   c.profile.max_new_tokens = 96
+
+  # The papers' analyses (oppu_jax/analysis/): after the run, build analysis/<name>.md and .png
+  # from the workdir's stages, training or evaluating only what is not there yet.
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.name = ""  # "" | a name of analysis.ANALYSES | comma-separated names | "all"
+  c.analysis.shift_keep = 0.5  # behaviour shift: the share of each history kept (least similar)
+  c.analysis.buckets = 3  # activity levels: equal-count buckets of test users by history length
+  c.analysis.ks = (0, 1, 2, 4, 8)  # the retrieval k sweep
+  c.analysis.efficiency_items = (4, 8, 16, 24, 32, 48)  # history sizes timed (one user's prefix)
+  c.analysis.efficiency_ranks = (2, 4, 8, 16, 32)  # LoRA ranks timed
 
   c.distributed = False  # multi-host: call jax.distributed.initialize() first (launch/)
   c.mesh = ml_collections.ConfigDict()

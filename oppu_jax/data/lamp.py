@@ -96,14 +96,24 @@ def detect_format(path: str) -> str:
       f" or {OPPU_FILES['test']} / {OPPU_FILES['others']}; found {sorted(names)[:10]}")
 
 
-def select_users(data: LampData, n: int) -> tuple[LampData, LampData]:
-  """(the n users with the longest histories, longest first, ties by id; all the others in
-  their original order) — the paper's test users and base-adaptation users. n <= 0: every user
-  with a query (the PEFT-vs-RAG study's "one adapter per user present in the test set")."""
+def select_users(data: LampData, n: int, how: str = "most_active") -> tuple[LampData, LampData]:
+  """(the n test users, all the others in their original order) — the paper's test users and
+  base-adaptation users. how "most_active": the n users with the longest histories, longest
+  first, ties by id (OPPU's protocol); "spread": n users with a query, evenly spaced over the
+  history-length ranking, longest first (activity analyses need short and long histories).
+  n <= 0: every user with a query (the PEFT-vs-RAG study's "one adapter per user present in the
+  test set")."""
   ranked = sorted(data.users, key=lambda u: (-len(u.history), u.id))
   if n <= 0:
     ranked = [u for u in ranked if u.queries]
     n = len(ranked)
+  if how == "spread":
+    ranked = [u for u in ranked if u.queries]
+    if n < len(ranked):
+      picks = sorted({round(i * (len(ranked) - 1) / max(n - 1, 1)) for i in range(n)})
+      ranked = [ranked[i] for i in picks]
+  elif how != "most_active":
+    raise ValueError(f"select_users: unknown how={how!r}")
   chosen = {u.id for u in ranked[:n]}
   test = tuple(ranked[:n])
   others = tuple(u for u in data.users if u.id not in chosen)

@@ -120,6 +120,26 @@ def oracle_report(task: str, **kwargs: Any) -> dict[str, dict[str, float]]:
   return report
 
 
+def user_habits(task: str, **kwargs: Any) -> dict[str, str]:
+  """{user id: the habit the generator gave the user} (`synthesize`'s keyword arguments): the
+  truth an analysis compares adapters against. LaMP_3: the rating bias ("bias -1"); LaMP_2N/2M:
+  the favourite home label; LaMP_1: the home topics; LaMP_4-7: the case style and length."""
+  name = tasks_lib.get_task(task).name
+  _, latents = _build(name, _Config(**kwargs))
+  out = {}
+  for uid, lat in latents.items():
+    p = lat.pref
+    if name == "LaMP_3":
+      out[uid] = f"bias {p['bias']:+d}"
+    elif name in ("LaMP_2N", "LaMP_2M"):
+      out[uid] = max(p["home"], key=lambda label: p["scores"][label])
+    elif name == "LaMP_1":
+      out[uid] = "+".join(sorted(p["topics"]))
+    else:
+      out[uid] = f"{p['case']} case, length {p['length']}"
+  return out
+
+
 # --- configuration and the user loop -----------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from oppu_jax.errors import DataError
 
 Item = Mapping[str, Any]
 ANSWER_SEP = " "
-MODES = ("oppu", "aligned", "text", "convert")
+MODES = ("oppu", "aligned", "text", "convert", "input_only", "output_only")
 
 CATEGORIES = (
     "food & drink", "sports", "education", "parents", "religion", "travel", "business",
@@ -189,6 +189,9 @@ def history_to_pairs(
   mode "convert": PEFT-vs-RAG Table 4 — the official input -> output for task-shaped items;
     LaMP_1 "Write an abstract for this title: T" -> abstract; LaMP_7 "Complete the following
     tweet: <first part>" -> <second part>, split at a word boundary drawn from (seed, item id).
+  mode "input_only" / "output_only": OPPU's history-format ablation (its Table 3) — next-token on
+    the item's input side alone (a review, an abstract) or its output side alone (a score, a
+    title), as if the history had kept only that half; task-shaped histories only.
   retrieved_items / profile are prepended as in `build_prompt` (not in "text" mode, whose prompt
   is empty; nor in "convert", whose prompts are the study's, without context).
   """
@@ -203,6 +206,8 @@ def history_to_pairs(
     return _convert(task, item, seed)
   if not task.aligned:
     raise DataError(f"{task.name} history is not task-shaped; use mode 'text' or 'convert'")
+  if mode in ("input_only", "output_only"):
+    return "", str(item[task.input_field if mode == "input_only" else task.output_field])
   prompt = task.prompt.format(text=item[task.input_field])
   return _with_context(task, prompt, retrieved_items, profile), str(item[task.output_field])
 

@@ -20,6 +20,7 @@ numbers them: virtual 0..P-1, real tokens from P).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
 from typing import Any, Sequence
@@ -52,6 +53,7 @@ def generate_for_rows(
     seed: int = 0,
     batch_size: int = 8,
     buckets: Sequence[int] = gen.DEFAULT_BUCKETS,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
   """Generated ids per row (cut before the first EOS), in the order of `rows`.
 
@@ -61,6 +63,7 @@ def generate_for_rows(
     `generate.generate`. Sampling draws depend on `seed` and on the row's place in its batch
     (rows are batched by prompt length), so they are reproducible for the same rows.
   buckets: prompt lengths (left-padded); one program per (bucket, batch, method).
+  progress: if given, called with the number of rows each batch finished.
   """
   _check(adapters, rows)
   graphdef, base = nnx.split(model)
@@ -94,6 +97,8 @@ def generate_for_rows(
     )
     for row, i in enumerate(index):
       outputs[i] = out[row]
+    if progress is not None:
+      progress(len(index))
   return outputs
 
 

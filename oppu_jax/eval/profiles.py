@@ -16,7 +16,7 @@ history, sampling seed, word cut, tokenizer or chat template) user by user.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import hashlib
 import json
@@ -58,6 +58,7 @@ def user_profiles(
     chat: bool = True,
     given: Mapping[str, str] | None = None,
     prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, str]:
   """{user id: profile text} for `users`, generated greedily where not cached.
 
@@ -65,6 +66,7 @@ def user_profiles(
   given: profiles to use as they are (e.g. `profiles_from_release(data)`); those users are neither
     generated nor cached.
   prompt_buckets: prompts longer than the largest bucket lose the end of their history (logged).
+  progress: if given, called with (profiles generated, profiles to generate) after every batch.
   """
   task = tasks_lib.get_task(task) if isinstance(task, str) else task
   given = given or {}
@@ -119,6 +121,8 @@ def user_profiles(
     with files.output(cache_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
       json.dump(cache, f, ensure_ascii=False, indent=1)
     done = b + len(chunk)
+    if progress is not None:
+      progress(done, len(pending))
     log.info("profiles %d/%d (%.1f s/user)", done, len(pending),
              (time.perf_counter() - start) / done)
   return {u.id: out[u.id] for u in users}  # in the users' order

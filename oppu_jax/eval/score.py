@@ -23,6 +23,7 @@ shapes), so counting its entries counts compilations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Sequence
 
 import jax
@@ -48,6 +49,7 @@ def score_choices(
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     stats: dict | None = None,
     programs: "Programs | None" = None,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
   """Summed log-probabilities [n_rows, n_choices] (f32) of each choice's tokens after each prompt.
 
@@ -60,6 +62,7 @@ def score_choices(
   stats: if given, gets "compilations" (programs this call added to `programs`) and "batches".
   programs: the compiled programs to use and extend; pass the same one to several calls to share
     them (default: a fresh one for this call).
+  progress: if given, called with the number of rows each batch finished.
   """
   choices = [list(c) for c in choices]
   _check(adapters, rows, choices, batch_size)
@@ -86,6 +89,8 @@ def score_choices(
     # Sum each choice's token log-probs: [R, C] @ [C, n_choices].
     out[index] = token_logp[:len(index)] @ plan.owner_onehot
     batches += 1
+    if progress is not None:
+      progress(len(index))
   if stats is not None:
     stats["compilations"] = len(programs) - programs_before
     stats["batches"] = batches

@@ -13,6 +13,7 @@ adapters and the per-row function is vmapped with the base weights broadcast, as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Sequence
 
 import jax
@@ -36,6 +37,7 @@ def score_choices(
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     stats: dict | None = None,
     programs: Programs | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
   """Summed log-probabilities [n_rows, n_choices] (f32) of each choice's tokens as the decoder
   output for each row's encoder input; the arguments are `score.score_choices`'s, except that a
@@ -76,6 +78,8 @@ def score_choices(
                                          dec_tokens, dec_mask, targets))
     out[index] = (token_logp[:len(index)] * dec_mask).sum(-1)
     batches += 1
+    if progress is not None:
+      progress(len(index))
   if stats is not None:
     stats["compilations"] = len(programs) - programs_before
     stats["batches"] = batches

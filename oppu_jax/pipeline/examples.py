@@ -8,6 +8,8 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
+import numpy as np
+
 from oppu_jax.data import retrieval
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.types import User
@@ -93,6 +95,25 @@ def _retrieve_for_query(task, user: User, q, k: int, method: str, seed: int,
       method=method, seed=seed, user_id=user.id, salt=q.id, dense=retrievers.dense,
       rspg=retrievers.rspg)
   return [user.history[j] for j in idx]
+
+
+def least_similar_histories(task, users, keep: float, scores: Callable) -> tuple[User, ...]:
+  """OPPU §5's behaviour shift: each user's history cut to the `keep` share of its items (at
+  least one) least similar to the user's queries — an item's similarity is its highest cosine
+  to any of the user's queries under `scores(query, texts)` (the dense encoder); time order kept.
+  A user with several queries gets one cut for all of them, so one adapter serves them all."""
+  out = []
+  for user in users:
+    if not user.history or not user.queries:
+      out.append(user)
+      continue
+    texts = [tasks_lib.corpus_text(task, item) for item in user.history]
+    similarity = np.max([scores(tasks_lib.retrieval_query(task, q.input), texts)
+                         for q in user.queries], axis=0)
+    n = max(1, int(round(keep * len(texts))))
+    kept = sorted(np.argsort(similarity, kind="stable")[:n])
+    out.append(dataclasses.replace(user, history=tuple(user.history[i] for i in kept)))
+  return tuple(out)
 
 
 def rspg_training_rows(task, users, candidates, *, k: int, seed: int,

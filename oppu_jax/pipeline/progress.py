@@ -26,6 +26,11 @@ class Bar:
     self.tqdm.total = self.total = report.total_steps
     self.update(report.steps_done - self.done)
 
+  def advance(self, done: int, total: int) -> None:
+    """For work whose total is known only once it starts (profiles to generate)."""
+    self.tqdm.total = self.total = total
+    self.update(done - self.done)
+
   def update(self, n: int = 1) -> None:
     self.done += n
     elapsed = max(time.perf_counter() - self.start, 1e-9)

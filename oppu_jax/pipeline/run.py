@@ -55,8 +55,10 @@ class Experiment:
   tokenizer: Tokenizer
   base_model: Any  # the plain LLM
   profiles: dict[str, str]  # user id -> profile text, where a setting or variant P needs them
+  data: Any = None  # the LampData of every user
   mesh: Any = None
   retrievers: examples.Retrievers = examples.Retrievers()  # dense / RSPG, built when needed
+  shifted: dict = dataclasses.field(default_factory=dict)  # behaviour shift: users, profiles
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -65,8 +67,20 @@ class Experiment:
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the configured experiment; returns {setting: {metric: value}}."""
   exp = setup(config, workdir)
+  run_settings(exp, exp.settings)
+  if config.analysis.name:
+    from oppu_jax import analysis
+
+    analysis.run(exp, config.analysis.name)
+  return write_report(exp)
+
+
+def run_settings(exp: Experiment, settings) -> None:
+  """Predictions for each of `settings` whose file is missing, training the adapters they need;
+  analyses call it with their own settings (an existing output is never made twice)."""
+  ensure_profiles(exp, settings)
   for base in BASE_VARIANTS:
-    todo = [s for s in exp.settings if s.base == base and not files.is_done(_predictions(exp, s))]
+    todo = [s for s in settings if s.base == base and not files.is_done(_predictions(exp, s))]
     if todo:
       model = adapt_to_task(exp, base)  # dropped when this variant's settings are done
       for setting in todo:
@@ -74,7 +88,6 @@ def run(config, workdir: str) -> dict:
           train_user_adapters(exp, model, _adapter_owner(setting))
         evaluate(exp, model, setting)
       del model
-  return write_report(exp)
 
 
 def setup(config, workdir: str) -> Experiment:
@@ -86,7 +99,7 @@ def setup(config, workdir: str) -> Experiment:
   task = tasks_lib.get_task(config.task)
   wd.claim(workdir, config.to_dict(), config.overwrite)
   data = _data(config, workdir, task)
-  test, others = lamp.select_users(data, config.data.num_test_users)
+  test, others = lamp.select_users(data, config.data.num_test_users, config.data.test_users)
   if config.data.max_task_users:
     others = lamp.select_users(others, config.data.max_task_users)[0]
   logging.info("%s: %d test users (%d queries), each with an adapter per personalized setting; "
@@ -98,15 +111,26 @@ def setup(config, workdir: str) -> Experiment:
   tokenizer = Tokenizer.for_model(config.model.path, config.model.tokenizer)
   exp = Experiment(config, workdir, task, settings, test.users, others.users, tokenizer,
                    _load_model(config), {}, mesh)
+  exp.data = data
   if any(s.profile or s.base == "P" for s in settings):
-    if _seq2seq(exp):
-      raise ConfigError(f"config.settings: {config.settings!r} needs PAG profiles, which an "
-                        "instruct decoder-only model writes; this model is an encoder-decoder")
-    exp.profiles = profiles_lib.user_profiles(
-        exp.base_model, exp.tokenizer, task, data.users, cache_path=exp.path("profiles.json"),
-        num_items=config.profile.num_items, max_new_tokens=config.profile.max_new_tokens,
-        seed=config.seed, given=profiles_lib.profiles_from_release(data))
+    ensure_profiles(exp, settings)
   return exp
+
+
+def ensure_profiles(exp: Experiment, settings) -> None:
+  """Every user's PAG profile (generated once, cached in profiles.json), if `settings` need it."""
+  if exp.profiles or not any(s.profile or s.base == "P" for s in settings):
+    return
+  c = exp.config
+  if _seq2seq(exp):
+    raise ConfigError(f"config.settings: {c.settings!r} needs PAG profiles, which an "
+                      "instruct decoder-only model writes; this model is an encoder-decoder")
+  with progress.bar("PAG profiles", len(exp.data.users), "users", c.progress) as bar:
+    exp.profiles = profiles_lib.user_profiles(
+        exp.base_model, exp.tokenizer, exp.task, exp.data.users,
+        cache_path=exp.path("profiles.json"), num_items=c.profile.num_items,
+        max_new_tokens=c.profile.max_new_tokens, seed=c.seed,
+        given=profiles_lib.profiles_from_release(exp.data), progress=bar.advance)
 
 
 def adapt_to_task(exp: Experiment, base: str):
@@ -124,7 +148,7 @@ def adapt_to_task(exp: Experiment, base: str):
   if not pairs:
     raise DataError("task adaptation has no training pairs: the non-test users have no queries "
                     "with golds (set config.task_adapt.enabled=False to skip it)")
-  plan = _plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
+  plan = make_plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
   result = _train(exp, exp.base_model, _task_lora(exp), [plan], ta.learning_rate, 1,
                   f"stage 1: task adaptation ({base})")[plan.user_id]
   logging.info("task adaptation %s: %d pairs, %d steps, loss %.3f -> %.3f", base, len(pairs),
@@ -134,21 +158,22 @@ def adapt_to_task(exp: Experiment, base: str):
 
 def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   """One PEFT per test user on its own history; each adapter is saved as soon as it is done."""
-  todo = [u for u in exp.test_users if not files.is_done(_adapter_dir(exp, setting, u.id))]
-  if len(todo) < len(exp.test_users):
+  users = test_users(exp, setting)
+  todo = [u for u in users if not files.is_done(_adapter_dir(exp, setting, u.id))]
+  if len(todo) < len(users):
     logging.info("%s: %d of %d user adapters already trained", setting.name,
-                 len(exp.test_users) - len(todo), len(exp.test_users))
+                 len(users) - len(todo), len(users))
   if not todo:
     return
   c = exp.config
+  profiles = _profiles(exp, setting)
   logging.info("%s: %d users, one adapter each", setting.name, len(todo))
-  plans = [_plan(exp, u.id, examples.user_training_pairs(
-               exp.task, u, setting, exp.profiles.get(u.id), seed=c.seed,
-               history_mode=c.data.history_mode), c.train.batch_size, c.train.epochs,
-                 c.train.grad_accum)
+  plans = [make_plan(exp, u.id, examples.user_training_pairs(
+               exp.task, u, setting, profiles.get(u.id), seed=c.seed,
+               history_mode=setting.history_mode or c.data.history_mode), c.train.batch_size,
+                 c.train.epochs, c.train.grad_accum)
            for u in todo]
-  method = method_lib.build(_peft_config(exp, setting), table=model.weight_table(),
-                            encode=exp.tokenizer.encode, instruction=exp.task.description)
+  method = build_method(exp, model, setting)
   save = lambda result: hf_format.save_adapter(
       _adapter_dir(exp, setting, result.user_id), method, result.adapter, model.weight_table(),
       model_config=model.config)
@@ -156,20 +181,60 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
          f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.mesh)
 
 
+def build_method(exp: Experiment, model, setting: Setting):
+  """The PEFT method the setting's adapters use (config.peft with the setting's changes)."""
+  return method_lib.build(_peft_config(exp, setting), table=model.weight_table(),
+                          encode=exp.tokenizer.encode, instruction=exp.task.description)
+
+
+def test_users(exp: Experiment, setting: Setting) -> tuple[User, ...]:
+  """The test users as `setting` sees them: under behaviour shift, each history cut to the items
+  least similar to the user's queries (dense cosine; the same cut for training and retrieval)."""
+  if setting.history != "shift":
+    return exp.test_users
+  if "users" not in exp.shifted:
+    keep = exp.config.analysis.shift_keep
+    exp.shifted["users"] = examples.least_similar_histories(
+        exp.task, exp.test_users, keep, _retrievers(exp, dataclasses.replace(
+            setting, retrieval="dense")).dense)
+    kept = [len(u.history) for u in exp.shifted["users"]]
+    logging.info("behaviour shift: each test user keeps the %.0f %% of its history least "
+                 "similar to its queries (%d of %d items)", 100 * keep, sum(kept),
+                 sum(len(u.history) for u in exp.test_users))
+  return exp.shifted["users"]
+
+
+def _profiles(exp: Experiment, setting: Setting) -> dict[str, str]:
+  """The PAG profiles `setting` reads: a shifted setting's test users get profiles written from
+  their cut histories (cached apart, in profiles@shift.json)."""
+  if setting.history != "shift" or not (setting.profile or setting.base == "P"):
+    return exp.profiles
+  if "profiles" not in exp.shifted:
+    c = exp.config
+    users = test_users(exp, setting)
+    with progress.bar("PAG profiles (shifted histories)", len(users), "users",
+                      c.progress) as bar:
+      exp.shifted["profiles"] = {**exp.profiles, **profiles_lib.user_profiles(
+          exp.base_model, exp.tokenizer, exp.task, users, cache_path=exp.path(
+              "profiles@shift.json"), num_items=c.profile.num_items,
+          max_new_tokens=c.profile.max_new_tokens, seed=c.seed, progress=bar.advance)}
+  return exp.shifted["profiles"]
+
+
 def evaluate(exp: Experiment, model, setting: Setting) -> None:
   """Writes predictions/<setting>.json: every test query, each row with its own user's adapter
   (stacked, gathered per row), never a merged per-user model."""
   adapters = _load_adapters(exp, model, setting) if setting.personal else None
   retrievers = _retrievers(exp, setting)
+  profiles = _profiles(exp, setting)
   rows, ids = [], []
-  for index, user in enumerate(exp.test_users):
-    for qid, prompt in examples.query_prompts(exp.task, user, setting, exp.profiles.get(user.id),
+  for index, user in enumerate(test_users(exp, setting)):
+    for qid, prompt in examples.query_prompts(exp.task, user, setting, profiles.get(user.id),
                                               seed=exp.config.seed, retrievers=retrievers):
       rows.append((index, _model_input(exp, prompt)))
       ids.append(qid)
   with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.config.progress) as b:
-    preds = _predict(exp, model, adapters, rows)
-    b.update(len(rows))
+    preds = _predict(exp, model, adapters, rows, b.update)
   with files.output(_predictions(exp, setting)) as tmp:
     lamp.write_predictions(tmp, exp.task, dict(zip(ids, preds)))
 
@@ -194,11 +259,23 @@ def write_report(exp: Experiment) -> dict:
   table = (report.study_table if any(s.prompts == "study" for s in exp.settings)
            else report.markdown_table)
   files.write_text(exp.path("results.md"), table(
-      exp.task.name, results, tests=tests, num_queries=len(golds), num_users=users))
+      exp.task.name, results, tests=tests, num_queries=len(golds), num_users=users)
+      + _figure_links(exp))
   return results
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _figure_links(exp: Experiment) -> str:
+  """results.md's links to the analyses' tables and figures the workdir holds."""
+  from oppu_jax.analysis import ANALYSES
+
+  found = [n for n in ANALYSES if files.is_done(exp.path("analysis", f"{n}.png"))]
+  if not found:
+    return ""
+  return "\nAnalyses: " + ", ".join(
+      f"[{n}](analysis/{n}.md) ([figure](analysis/{n}.png))" for n in found) + "\n"
 
 
 def _data(config, workdir: str, task):
@@ -230,7 +307,7 @@ def _model_input(exp: Experiment, prompt: str) -> list[int]:
   return ids[max(len(ids) - (c.model.cutoff - 1), 0):] + [tok.eos_id]
 
 
-def _plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int,
+def make_plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int,
           grad_accum: int = 1):
   """(prompt, answer) pairs -> the trainer's plan; an empty prompt is next-token on the answer
   (decoder-only), or an encoder input of EOS alone (encoder-decoder)."""
@@ -250,6 +327,14 @@ def _plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int,
                    target_buckets=tuple(exp.config.model.target_buckets))
 
 
+def predictions_path(exp: Experiment, setting: Setting) -> str:
+  return _predictions(exp, setting)
+
+
+def adapter_dir(exp: Experiment, setting: Setting, user_id: str) -> str:
+  return _adapter_dir(exp, setting, user_id)
+
+
 def _predictions(exp: Experiment, setting: Setting) -> str:
   return exp.path("predictions", f"{setting.name}.json")
 
@@ -264,12 +349,14 @@ def _adapter_owner(setting: Setting) -> Setting:
 
 
 def _peft_config(exp: Experiment, setting: Setting):
-  """config.peft with the setting's own LoRA rank, if it has one (the study's r = 8..64)."""
+  """config.peft with the setting's own LoRA rank (the study's r = 8..64) and PEFT method, if it
+  has them."""
   peft = exp.config.peft
-  if not setting.rank:
+  if not (setting.rank or setting.method):
     return peft
   peft = peft.copy_and_resolve_references()
-  peft.rank = setting.rank
+  peft.rank = setting.rank or peft.rank
+  peft.method = setting.method or peft.method
   return peft
 
 
@@ -357,17 +444,24 @@ def _merge_task_lora(exp: Experiment, checkpoint: str, adapter=None):
   return merge(exp.base_model, lora, jax.tree.map(jnp.asarray, adapter))
 
 
+def train_config(exp: Experiment, learning_rate: float, slots: int,
+                 **changes) -> multi_user.TrainConfig:
+  """config.train at a stage's learning rate and slots, as the trainer takes it."""
+  t = exp.config.train
+  return multi_user.TrainConfig(**{
+      **dict(learning_rate=learning_rate, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
+             warmup_ratio=t.warmup_ratio, slots=slots, seed=exp.config.seed, remat=t.remat,
+             memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass,
+             schedule=t.schedule), **changes})
+
+
 def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: int, desc: str,
            **kw):
   """Both training stages: config.train at the stage's rate and slots, with a progress bar."""
-  t = exp.config.train
-  train_config = multi_user.TrainConfig(
-      learning_rate=learning_rate, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
-      warmup_ratio=t.warmup_ratio, slots=slots, seed=exp.config.seed, remat=t.remat,
-      memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass, schedule=t.schedule)
   total = sum(p.total_steps for p in plans)
   with progress.bar(desc, total, "steps", exp.config.progress) as bar:
-    return multi_user.train_users(model, method, plans, train_config, progress=bar, **kw)
+    return multi_user.train_users(model, method, plans, train_config(exp, learning_rate, slots),
+                                  progress=bar, **kw)
 
 
 def _load_adapters(exp: Experiment, model, setting: Setting) -> UserAdapters:
@@ -379,9 +473,9 @@ def _load_adapters(exp: Experiment, model, setting: Setting) -> UserAdapters:
   return adapters
 
 
-def _predict(exp: Experiment, model, adapters, rows) -> list[str]:
+def _predict(exp: Experiment, model, adapters, rows, progress=None) -> list[str]:
   """rows [(user index, prompt ids)] -> one prediction each: the label with the best score, or
-  the decoded text."""
+  the decoded text; progress(rows done) after every batch."""
   e, tok, task = exp.config.eval, exp.tokenizer, exp.task
   seq2seq = _seq2seq(exp)
   if task.labels and e.classification == "score":
@@ -389,10 +483,12 @@ def _predict(exp: Experiment, model, adapters, rows) -> list[str]:
     choices = [tok.encode(label if seq2seq else tasks_lib.model_pair("x", label)[1])
                + [tok.eos_id] for label in task.labels]
     scorer = score_seq2seq if seq2seq else score
-    scores = scorer.score_choices(model, adapters, rows, choices, batch_size=e.batch_size)
+    scores = scorer.score_choices(model, adapters, rows, choices, batch_size=e.batch_size,
+                                  progress=progress)
     return [task.labels[int(i)] for i in np.argmax(scores, axis=1)]
   outs = decode.generate_for_rows(
       model, adapters, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,
       pad_id=tok.pad_id, method=e.decoding, temperature=e.temperature, top_k=e.top_k,
-      top_p=e.top_p, num_beams=e.num_beams, seed=exp.config.seed, batch_size=e.batch_size)
+      top_p=e.top_p, num_beams=e.num_beams, seed=exp.config.seed, batch_size=e.batch_size,
+      progress=progress)
   return [tok.decode(o).strip() for o in outs]

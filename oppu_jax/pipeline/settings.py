@@ -30,7 +30,10 @@ class Setting:
   prompts: str = "oppu"  # "oppu" (OPPU's prompts) | "study" (the PEFT-vs-RAG study's Table 3)
   rank: int = 0  # the adapter's LoRA rank; 0: config.peft.rank
   adapters_of: str = ""  # evaluate with this setting's adapters (trained once, reused)
-
+  # What an analysis varies (oppu_jax/analysis/); such a setting is named "<setting>@<variant>".
+  history: str = ""  # "" (the whole history) | "shift" (the least query-similar items only)
+  history_mode: str = ""  # the adapters' training pairs; "" = config.data.history_mode
+  method: str = ""  # the PEFT method; "" = config.peft.method
   @property
   def adapter_setting(self) -> str:
     """The setting whose adapters this one plugs in."""
@@ -65,6 +68,22 @@ STUDY = {s.name: s for s in [
               adapters_of=f"peft_r{r}") for r in STUDY_RANKS),
 ]}
 GRIDS = {"all": SETTINGS, "study": STUDY}
+
+
+def retrieval_setting(k: int, personal: bool) -> Setting:
+  """OPPU's grid extended to any k: rag_k<k> (non_personalized at 0) or oppu_k<k>, as Table 1
+  builds them (base R with retrieval, B without)."""
+  if k == 0:
+    return SETTINGS["oppu_k0" if personal else "non_personalized"]
+  return Setting(f"{'oppu' if personal else 'rag'}_k{k}", "R", k, "bm25", False, personal)
+
+
+def variant(setting: Setting, suffix: str, **changes) -> Setting:
+  """`setting` with an analysis's changes, named "<name>@<suffix>" (its own predictions and
+  adapters in the workdir); a setting reusing another's adapters reuses that one's variant."""
+  adapters_of = f"{setting.adapters_of}@{suffix}" if setting.adapters_of else ""
+  return dataclasses.replace(setting, name=f"{setting.name}@{suffix}", adapters_of=adapters_of,
+                             **changes)
 
 
 def parse_settings(spec: str) -> list[Setting]:

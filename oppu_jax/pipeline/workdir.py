@@ -16,7 +16,7 @@ from oppu_jax.errors import WorkdirError
 from oppu_jax.files import write_json
 
 # Keys that do not change results: a rerun may differ in them.
-_NOT_FINGERPRINTED = ("overwrite", "progress", "distributed")
+_NOT_FINGERPRINTED = ("overwrite", "progress", "distributed", "analysis")
 
 
 def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
