@@ -51,7 +51,7 @@ def run(exp, command: str) -> str:
             marker=common.MARKERS[i], label=name)
   ax.set_xticks(x, labels)
   ax.set_xlabel("history length of the bucket's users (items)")
-  ax.set_ylabel(common.METRIC_LABELS[metric])
+  ax.set_ylabel(common.axis_label(metric))
   ax.set_title(f"{exp.task.name}: users by activity level")
   ax.legend(fontsize=8)
   data = {"metric": metric, "buckets": labels, "series": series,

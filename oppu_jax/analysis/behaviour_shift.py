@@ -13,14 +13,16 @@ METHODS = (("RAG (k=1)", "rag_k1"), ("PAG (k=0)", "pag_k0"), ("OPPU (k=0)", "opp
            ("OPPU (k=1)", "oppu_k1"))
 
 
-def settings():
+def settings(keep: float):
+  """non_personalized, the methods on the whole history, the methods on the cut history."""
   full = [SETTINGS[name] for _, name in METHODS]
+  suffix = run_lib.shift_suffix(keep)
   return [SETTINGS["non_personalized"], *full,
-          *(variant(s, "shift", history="shift") for s in full)]
+          *(variant(s, suffix, history="shift") for s in full)]
 
 
 def run(exp, command: str) -> str:
-  all_settings = settings()
+  all_settings = settings(exp.config.analysis.shift_keep)
   run_lib.run_settings(exp, all_settings)
   metric = common.primary_metric(exp.task.name)
   base = common.setting_metrics(exp, all_settings[0])[metric]
@@ -30,9 +32,10 @@ def run(exp, command: str) -> str:
     a = common.setting_metrics(exp, full)[metric]
     b = common.setting_metrics(exp, shifted)[metric]
     rows.append([label, a, b, b - a, common.better_sign(metric) * (b - base)])
-    data["methods"][label] = {"full": a, "shift": b, "change": b - a, "setting": full.name}
+    data["methods"][label] = {"full": a, "shift": b, "change": b - a, "setting": full.name,
+                              "shifted_setting": shifted.name}
   keep = exp.config.analysis.shift_keep
-  kept = sum(len(u.history) for u in run_lib.test_users(exp, all_settings[-1]))
+  kept = sum(len(u.history) for u in run_lib.users_of(exp, all_settings[-1]))
   total = sum(len(u.history) for u in exp.test_users)
   data.update(keep=keep, items_kept=kept, items_total=total)
   table = common.Table(

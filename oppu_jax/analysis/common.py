@@ -28,6 +28,11 @@ METRIC_LABELS = {"accuracy": "accuracy (share of queries)", "mae": "MAE (rating 
                  "rouge-L": "ROUGE-L F (0-1)", "f1": "macro F1 (0-1)"}
 
 
+def axis_label(metric: str) -> str:
+  """The metric with its unit and which way is better, for a plot's axis."""
+  return f"{METRIC_LABELS[metric]}, {'lower' if metric in LOWER_IS_BETTER else 'higher'} = better"
+
+
 def primary_metric(task_name: str) -> str:
   """The metric an analysis plots: the task's first (accuracy, MAE or ROUGE-1)."""
   kind = tasks_lib.get_task(task_name).metric

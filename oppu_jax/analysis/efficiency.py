@@ -5,8 +5,8 @@ against the LoRA rank, each fitted by least squares; the storage per user of eac
 Timed here, one user at a time (one slot), on the plain base weights (time does not depend on
 their values). A user's time is the wall time of its steps (between the trainer's progress
 reports), including its entry and its adapter's hand-over; compilation is paid by an untimed
-warm-up user per batch shape. The timings are kept in analysis/efficiency_timings.json: a rerun re-plots them, and
-deleting that file measures again."""
+warm-up user per batch shape. The timings are kept in analysis/efficiency_timings.json: a rerun
+re-plots them, and deleting that file measures again."""
 
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ def measure(exp) -> dict:
   for r in c.analysis.efficiency_ranks:
     row = timed_training(exp, model, dataclasses.replace(oppu, rank=int(r)), [longest])[0]
     by_rank.append({**row, "rank": int(r)})
-  return {"user": longest.id, "rank_items": len(longest.history), "by_items": sorted(by_items, key=lambda r: r["items"]),
+  return {"user": longest.id, "rank_items": len(longest.history),
+          "by_items": sorted(by_items, key=lambda r: r["items"]),
           "by_rank": by_rank, "storage": storage(exp, model), "devices": str(jax.devices()[0]),
           "epochs": c.train.epochs, "batch_size": c.train.batch_size}
 

@@ -41,7 +41,7 @@ def run(exp, command: str) -> str:
   for i, (label, v) in enumerate(zip(labels, values)):
     ax.bar(label, v, color=common.SHADES[i], edgecolor="black", hatch=common.HATCHES[i])
   ax.axhline(base, color="black", linestyle="--", linewidth=1, label="non-personalized")
-  ax.set_ylabel(common.METRIC_LABELS[metric])
+  ax.set_ylabel(common.axis_label(metric))
   ax.set_title(f"{exp.task.name}: OPPU by history format")
   ax.legend(fontsize=8)
   data = {"metric": metric, "non_personalized": base, "formats": dict(zip(labels, values))}

@@ -31,7 +31,7 @@ def run(exp, command: str) -> str:
   ax.set_xscale("symlog", base=2, linthresh=1)
   ax.set_xticks(ks, [str(k) for k in ks])
   ax.set_xlabel("retrieved history items k")
-  ax.set_ylabel(common.METRIC_LABELS[metric])
+  ax.set_ylabel(common.axis_label(metric))
   ax.set_title(f"{exp.task.name}: retrieval k sweep")
   ax.legend(fontsize=8)
   return common.save(exp, "k_sweep", table, fig, {"metric": metric, "ks": ks, "series": series},

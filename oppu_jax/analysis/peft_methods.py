@@ -59,7 +59,7 @@ def run(exp, command: str) -> str:
     ax.bar(f"{label}\n{row[2]} params", row[1], color=common.SHADES[i], edgecolor="black",
            hatch=common.HATCHES[i])
   ax.axhline(base, color="black", linestyle="--", linewidth=1, label="non-personalized")
-  ax.set_ylabel(common.METRIC_LABELS[metric])
+  ax.set_ylabel(common.axis_label(metric))
   ax.set_title(f"{exp.task.name}: OPPU by PEFT method")
   ax.tick_params(axis="x", labelsize=8)
   ax.legend(fontsize=8)

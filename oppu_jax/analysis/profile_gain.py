@@ -44,7 +44,9 @@ def run(exp, command: str) -> str:
        "gain (+ = better)"], rows,
       f"Least squares: gain = {line['intercept']:.4f} + {line['slope']:.5f} x items; slope 95 % "
       f"CI [{line['low']:.5f}, {line['high']:.5f}] (r = {line['r']:.3f}, p = {line['p']:.3f}, "
-      f"{len(users)} users). A CI that contains 0 shows no trend at this sample size.")
+      f"{len(users)} users). " + ("A CI that contains 0 shows no trend at this sample size."
+                               if np.isfinite(line["low"]) else
+                               "The interval is undefined: the gains do not vary."))
   fig, (ax,) = common.figure()
   ax.scatter(sizes, gains, color=common.SHADES[0], marker="o", label="users")
   grid_x = np.linspace(min(sizes), max(sizes), 50)

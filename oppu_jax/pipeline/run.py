@@ -158,7 +158,7 @@ def adapt_to_task(exp: Experiment, base: str):
 
 def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   """One PEFT per test user on its own history; each adapter is saved as soon as it is done."""
-  users = test_users(exp, setting)
+  users = users_of(exp, setting)
   todo = [u for u in users if not files.is_done(_adapter_dir(exp, setting, u.id))]
   if len(todo) < len(users):
     logging.info("%s: %d of %d user adapters already trained", setting.name,
@@ -187,7 +187,7 @@ def build_method(exp: Experiment, model, setting: Setting):
                           encode=exp.tokenizer.encode, instruction=exp.task.description)
 
 
-def test_users(exp: Experiment, setting: Setting) -> tuple[User, ...]:
+def users_of(exp: Experiment, setting: Setting) -> tuple[User, ...]:
   """The test users as `setting` sees them: under behaviour shift, each history cut to the items
   least similar to the user's queries (dense cosine; the same cut for training and retrieval)."""
   if setting.history != "shift":
@@ -204,20 +204,26 @@ def test_users(exp: Experiment, setting: Setting) -> tuple[User, ...]:
   return exp.shifted["users"]
 
 
+def shift_suffix(keep: float) -> str:
+  """The name of a behaviour-shift variant: "shift50" keeps 50 % of each history."""
+  return f"shift{round(100 * keep)}"
+
+
 def _profiles(exp: Experiment, setting: Setting) -> dict[str, str]:
   """The PAG profiles `setting` reads: a shifted setting's test users get profiles written from
-  their cut histories (cached apart, in profiles@shift.json)."""
+  their cut histories (cached apart, in profiles@shift<percent kept>.json)."""
   if setting.history != "shift" or not (setting.profile or setting.base == "P"):
     return exp.profiles
   if "profiles" not in exp.shifted:
     c = exp.config
-    users = test_users(exp, setting)
+    users = users_of(exp, setting)
     with progress.bar("PAG profiles (shifted histories)", len(users), "users",
                       c.progress) as bar:
+      cache = exp.path(f"profiles@{shift_suffix(c.analysis.shift_keep)}.json")
       exp.shifted["profiles"] = {**exp.profiles, **profiles_lib.user_profiles(
-          exp.base_model, exp.tokenizer, exp.task, users, cache_path=exp.path(
-              "profiles@shift.json"), num_items=c.profile.num_items,
-          max_new_tokens=c.profile.max_new_tokens, seed=c.seed, progress=bar.advance)}
+          exp.base_model, exp.tokenizer, exp.task, users, cache_path=cache,
+          num_items=c.profile.num_items, max_new_tokens=c.profile.max_new_tokens, seed=c.seed,
+          progress=bar.advance)}
   return exp.shifted["profiles"]
 
 
@@ -228,7 +234,7 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
   retrievers = _retrievers(exp, setting)
   profiles = _profiles(exp, setting)
   rows, ids = [], []
-  for index, user in enumerate(test_users(exp, setting)):
+  for index, user in enumerate(users_of(exp, setting)):
     for qid, prompt in examples.query_prompts(exp.task, user, setting, profiles.get(user.id),
                                               seed=exp.config.seed, retrievers=retrievers):
       rows.append((index, _model_input(exp, prompt)))

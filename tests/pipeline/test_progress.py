@@ -32,3 +32,32 @@ def test_disabled_bar_is_silent(caplog, monkeypatch):
     bar.update(5)
   assert not caplog.records
 
+
+
+def test_advance_sets_a_total_known_late(caplog, monkeypatch):
+  """Profile generation learns how many profiles it must write only once it starts."""
+  monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
+  caplog.set_level(logging.INFO)
+  with progress.bar("PAG profiles", 40, "users") as bar:
+    for done in (8, 16, 20):
+      bar.advance(done, 20)
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[-1].startswith("PAG profiles: 20/20 users (100 %)")
+  assert bar.total == 20 and len(lines) == 3
+
+
+def test_evaluation_reports_each_batch(tiny_model_dir):
+  """score_choices and generate_for_rows call progress with each batch's rows: the bar moves
+  during evaluation, not once at its end."""
+  from oppu_jax.eval import decode, score
+  from oppu_jax.models import load
+
+  model, _ = load.load_model(tiny_model_dir, compute_dtype="float32")
+  rows = [(0, [1, 5, 6, 7][:n]) for n in (2, 3, 4, 2, 3)]
+  seen = []
+  score.score_choices(model, None, rows, [[9], [10]], batch_size=2, progress=seen.append)
+  assert seen == [2, 2, 1]
+  seen.clear()
+  decode.generate_for_rows(model, None, rows, max_new_tokens=2, eos_id=2, pad_id=2,
+                           batch_size=4, progress=seen.append)
+  assert seen == [4, 1]
