@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 
+from oppu_jax import config as config_lib
 from oppu_jax.errors import WorkdirError
 from oppu_jax.files import write_json
 
@@ -25,7 +26,10 @@ def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
   if os.path.exists(path):
     with open(path) as f:
       theirs, mine = _flat(json.load(f)), _flat(config_dict)
-    diff = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k))
+    # A key added to the config since that run was made, at its default, changes nothing.
+    defaults = _flat(config_lib.get_config().to_dict())
+    diff = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k)
+                  and not (k not in theirs and mine.get(k) == defaults.get(k)))
     if diff and not overwrite:
       raise WorkdirError(
           f"{workdir} holds a run with a different config (differs in {', '.join(diff[:5])});"
