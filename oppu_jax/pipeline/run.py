@@ -10,6 +10,7 @@ and the seed). Work is ordered by base variant, so only one task-adapted model i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -65,14 +66,17 @@ class Experiment:
 
 
 def run(config, workdir: str) -> dict:
-  """Runs (or resumes) the configured experiment; returns {setting: {metric: value}}."""
-  exp = setup(config, workdir)
-  run_settings(exp, exp.settings)
-  if config.analysis.name:
-    from oppu_jax import analysis
+  """Runs (or resumes) the configured experiment; returns {setting: {metric: value}}. The run
+  holds the workdir's lock throughout (of a multi-process job, its first process)."""
+  holds = wd.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with holds:
+    exp = setup(config, workdir)
+    run_settings(exp, exp.settings)
+    if config.analysis.name:
+      from oppu_jax import analysis
 
-    analysis.run(exp, config.analysis.name)
-  return write_report(exp)
+      analysis.run(exp, config.analysis.name)
+    return write_report(exp)
 
 
 def run_settings(exp: Experiment, settings) -> None:
