@@ -47,7 +47,7 @@ def run(exp, command: str) -> str:
   fig, (ax,) = common.figure()
   x = np.arange(len(labels))
   for i, (name, values) in enumerate(series.items()):
-    ax.plot(x, values, color=common.SHADES[i % 4], linestyle=common.DASHES[i],
+    ax.plot(x, values, color=common.LINE_SHADES[i], linestyle=common.DASHES[i],
             marker=common.MARKERS[i], label=name)
   ax.set_xticks(x, labels)
   ax.set_xlabel("history length of the bucket's users (items)")

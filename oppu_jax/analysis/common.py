@@ -19,7 +19,8 @@ from oppu_jax.eval.significance import LOWER_IS_BETTER
 
 ANALYSIS_DIR = "analysis"
 # Grey-scale: shades far apart, and hatches / markers / dashes so nothing relies on colour.
-SHADES = ("0.15", "0.55", "0.8", "0.35", "0.95")
+SHADES = ("0.15", "0.55", "0.8", "0.35", "0.95")  # bars (with hatches)
+LINE_SHADES = ("0.0", "0.5", "0.25", "0.6", "0.4")  # lines: dark enough to see when thin
 HATCHES = ("", "//", "..", "xx", "\\\\")
 MARKERS = ("o", "s", "D", "^", "v")
 DASHES = ("-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1)))

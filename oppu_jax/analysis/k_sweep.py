@@ -26,7 +26,7 @@ def run(exp, command: str) -> str:
       f"{len(exp.test_users)} users.")
   fig, (ax,) = common.figure()
   for i, (name, values) in enumerate(series.items()):
-    ax.plot(ks, values, color=common.SHADES[i], linestyle=common.DASHES[i],
+    ax.plot(ks, values, color=common.LINE_SHADES[i], linestyle=common.DASHES[i],
             marker=common.MARKERS[i], label=name)
   ax.set_xscale("symlog", base=2, linthresh=1)
   ax.set_xticks(ks, [str(k) for k in ks])
