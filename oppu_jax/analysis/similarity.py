@@ -110,6 +110,7 @@ def run(exp, command: str) -> str:
     ax.set_xticks(range(len(order)), names, rotation=90, fontsize=6)
     ax.set_yticks(range(len(order)), names, fontsize=6)
     ax.set_title(f"cosine: {name}", fontsize=9)
+    ax.set_xlabel("user (generated habit), clustered order", fontsize=8)
     ax.grid(False)
     fig.colorbar(image, ax=ax, label="cosine similarity (diagonal blank)", shrink=0.8)
   data["order"] = order
