@@ -218,7 +218,9 @@ def test_work_is_ordered_by_base_variant_and_one_merged_model_lives_at_a_time(mo
     pass
 
   settings = parse_settings("non_personalized,rag_k1,pag_k0,oppu_k0,oppu_k1")
-  exp = types.SimpleNamespace(settings=settings, path=lambda *p: str(tmp_path.joinpath(*p)))
+  exp = types.SimpleNamespace(settings=settings, path=lambda *p: str(tmp_path.joinpath(*p)),
+                              profiles={"u1": "a profile"})  # PAG's profiles are there
+  config = types.SimpleNamespace(analysis=types.SimpleNamespace(name=""))
   calls, alive = [], []
 
   def adapt_to_task(_, base):
@@ -235,7 +237,7 @@ def test_work_is_ordered_by_base_variant_and_one_merged_model_lives_at_a_time(mo
   monkeypatch.setattr(run, "write_report", lambda _: "report")
   (tmp_path / "predictions").mkdir()
   (tmp_path / "predictions" / "pag_k0.json").write_text("{}")  # done: variant P is not built
-  assert run.run(None, str(tmp_path)) == "report"
+  assert run.run(config, str(tmp_path)) == "report"
   assert calls == [("adapt", "B", 0), ("eval", "non_personalized"), ("train", "oppu_k0"),
                    ("eval", "oppu_k0"), ("adapt", "R", 0), ("eval", "rag_k1"),
                    ("train", "oppu_k1"), ("eval", "oppu_k1")]
