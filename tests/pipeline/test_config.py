@@ -75,3 +75,19 @@ def test_check_names_the_key():
   c.model.cutoff = 32
   with pytest.raises(ConfigError, match="^config.model.cutoff: 32 leaves no room"):
     config_lib.check(c)
+
+
+def test_analysis_config_file():
+  spec = importlib.util.spec_from_file_location("analysis", os.path.join(REPO, "configs",
+                                                                          "analysis.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("LaMP_5,k_sweep")
+  assert (c.task, c.recipe, c.analysis.name) == ("LaMP_5", "analysis", "k_sweep")
+  assert c.data.test_users == "spread" and c.data.synth.long_tail is False
+  assert c.train.weight_decay == config_lib.for_task("LaMP_5").train.weight_decay  # the task's
+  assert module.get_config("LaMP_3").analysis.name == "all"
+  config_lib.check(c)
+  c.data.test_users = "busiest"
+  with pytest.raises(ConfigError, match="config.data.test_users: unknown 'busiest'"):
+    config_lib.check(c)
