@@ -2,9 +2,10 @@
 `oppu_jax/files.py` (a result is done when its path exists, and every path appears whole:
 written aside, then renamed).
 
-Layout: config.json, data/ (generated data, if no path was given), checkpoints/task_<B|R|P>
-(orbax: the task-adaptation LoRA), adapters/<setting>/<user_id>/ (HF PEFT format),
-profiles.json, predictions/<setting>.json, results.json, results.md.
+Layout: config.json, run.lock (while a run holds the workdir), data/ (generated data, if no
+path was given), checkpoints/task_<B|R|P> (orbax: the task-adaptation LoRA),
+adapters/<setting>/<user_id>/ (HF PEFT format), profiles.json, predictions/<setting>.json,
+results.json, results.md, analysis/<name>.{md,png,json}, report.md.
 """
 
 from __future__ import annotations
