@@ -13,8 +13,6 @@ import sys
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.")
-
 
 def build(workdir: str) -> str:
   """Writes workdir/report.md; returns its path. A workdir with nothing to report is an error."""
@@ -45,13 +43,16 @@ def main(argv) -> None:
   del argv
   from oppu_jax.errors import OppuError
 
-  if not _WORKDIR.value:
+  workdir = flags.FLAGS.workdir
+  if not workdir:
     sys.exit("error: --workdir is required")
   try:
-    print(build(_WORKDIR.value))
+    print(build(workdir))
   except OppuError as e:
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: oppu_jax.main defines its own --workdir in the same registry.
+  flags.DEFINE_string("workdir", None, "A run's workdir.")
   app.run(main)

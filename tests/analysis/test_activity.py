@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import golds_and_preds, mae, read, table_rows
+from analysis_helpers import golds_and_preds, mae, read, table_rows
 
 
 def test_buckets_and_their_mae(analysed):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import golds_and_preds, mae, read, table_rows
+from analysis_helpers import golds_and_preds, mae, read, table_rows
 
 
 def test_changes_are_shifted_minus_full(analysed):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import read
+from analysis_helpers import read
 
 
 def test_steps_fit_and_storage(analysed):

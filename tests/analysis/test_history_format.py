@@ -3,7 +3,7 @@ train on one field of each item only."""
 
 import pytest
 
-from conftest import golds_and_preds, mae, read
+from analysis_helpers import golds_and_preds, mae, read
 
 
 def test_rows_are_each_formats_mae(analysed):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import golds_and_preds, mae, read
+from analysis_helpers import golds_and_preds, mae, read
 
 LAYERS, HIDDEN, KV, MLP, RANK, VIRTUAL = 2, 32, 16, 64, 8, 20
 EXPECTED_PARAMS = {

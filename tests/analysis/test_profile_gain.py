@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import golds_and_preds, mae, read
+from analysis_helpers import golds_and_preds, mae, read
 
 
 def test_gains_and_slope_interval(analysed):

@@ -33,6 +33,20 @@ def test_empty_workdir_is_one_line_error(tmp_path):
     report.build(str(tmp_path))
 
 
+def test_report_command(analysed):
+  """`python -m oppu_jax.report --workdir=W` prints the page's path; no workdir: one line."""
+  import subprocess
+  import sys
+
+  _, workdir = analysed
+  out = subprocess.run([sys.executable, "-m", "oppu_jax.report", f"--workdir={workdir}"],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip() == os.path.join(workdir, "report.md")
+  out = subprocess.run([sys.executable, "-m", "oppu_jax.report", f"--workdir={workdir}/none"],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
 def test_unknown_analysis_is_a_config_error():
   from oppu_jax import analysis
   from oppu_jax.errors import ConfigError

@@ -4,7 +4,7 @@ the same numbers."""
 import json
 import os
 
-from conftest import read
+from analysis_helpers import read
 
 
 def test_rerun_trains_nothing(analysed, monkeypatch):

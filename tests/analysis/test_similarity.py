@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from conftest import read
+from analysis_helpers import read
 
 
 def cosine_by_hand(paths):

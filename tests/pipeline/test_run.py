@@ -255,9 +255,9 @@ def test_a_llama2_style_tokenizer_starts_every_model_input_with_bos_once(
     examples.extend(e.tokens.tolist() for e in encoded)
     return real_plan(plan_id, encoded, **kw)
 
-  def predict(exp, model, adapters, batch):
+  def predict(exp, model, adapters, batch, progress=None):
     rows.extend(ids for _, ids in batch)
-    return real_predict(exp, model, adapters, batch)
+    return real_predict(exp, model, adapters, batch, progress)
 
   monkeypatch.setattr(run, "plan_user", plan_user)
   monkeypatch.setattr(run, "_predict", predict)
