@@ -11,17 +11,17 @@ import sys
 
 from oppu_jax.errors import ConfigError
 
-# name -> module; the order of the report.
-ANALYSES = {
-    "behaviour_shift": "behaviour_shift",  # OPPU §5, Table 2
-    "activity": "activity",  # OPPU Fig. 3
-    "k_sweep": "k_sweep",  # OPPU Fig. 4
-    "history_format": "history_format",  # OPPU Table 3
-    "peft_methods": "peft_methods",  # OPPU Fig. 6
-    "similarity": "similarity",  # OPPU Appendix G, Fig. 9
-    "efficiency": "efficiency",  # OPPU Appendix C, Fig. 8
-    "profile_gain": "profile_gain",  # the PEFT-vs-RAG study: gain against profile size
-}
+# Each is the module oppu_jax/analysis/<name>.py; this is the order of the report.
+ANALYSES = (
+    "behaviour_shift",  # OPPU §5, Table 2
+    "activity",  # OPPU Fig. 3
+    "k_sweep",  # OPPU Fig. 4
+    "history_format",  # OPPU Table 3
+    "peft_methods",  # OPPU Fig. 6
+    "similarity",  # OPPU Appendix G, Fig. 9
+    "efficiency",  # OPPU Appendix C, Fig. 8
+    "profile_gain",  # the PEFT-vs-RAG study: gain against profile size
+)
 
 
 def names(spec: str) -> list[str]:
@@ -39,7 +39,7 @@ def run(exp, spec: str) -> list[str]:
   """Runs the analyses of `spec` on the experiment; returns the .md paths written."""
   written = []
   for name in names(spec):
-    module = importlib.import_module(f"oppu_jax.analysis.{ANALYSES[name]}")
+    module = importlib.import_module(f"oppu_jax.analysis.{name}")
     logging.info("analysis %s", name)
     written.append(module.run(exp, command(exp, name)))
     logging.info("analysis %s: %s", name, written[-1])

@@ -30,7 +30,7 @@ def adapter_size(exp, setting) -> tuple[int, float]:
     path = os.path.join(run_lib.adapter_dir(exp, setting, u.id), WEIGHTS_NAME)
     params.add(sum(t.size for t in load_file(path).values()))
     sizes.append(os.path.getsize(path))
-  return params.pop() if len(params) == 1 else max(params), float(np.mean(sizes))
+  return max(params), float(np.mean(sizes))
 
 
 def run(exp, command: str) -> str:
