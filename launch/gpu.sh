@@ -65,7 +65,7 @@ case "$MODE" in
 ${PARTITION:+#SBATCH --partition=$PARTITION}
 set -euo pipefail
 cd $(printf '%q' "$PWD")
-srun .venv/bin/python -m oppu_jax.main --config.distributed=True --config.mesh.users=-1 $ARGS
+srun .venv/bin/python -m oppu_jax.main --config.distributed.enabled=True --config.mesh.users=-1 $ARGS
 SBATCH
 )
     run bash scripts/setup.sh

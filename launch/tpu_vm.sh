@@ -92,7 +92,7 @@ main_command() {
   local args
   args=$(printf '%q ' "${MAIN_ARGS[@]}")
   echo "cd ~/oppu-jax && .venv/bin/python -m oppu_jax.main --workdir=$WORKDIR" \
-    "--config.distributed=True $args"
+    "--config.distributed.enabled=True $args"
 }
 
 preempted() {

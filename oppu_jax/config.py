@@ -201,6 +201,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.task_adapt.batch_size = 16
   c.task_adapt.epochs = 2
   c.task_adapt.k = 1  # retrieved items in the R and P variants' training prompts
+  # Preemption: an orbax checkpoint of the stage every this many steps (0 = none); a rerun
+  # continues from the latest with the results of an uninterrupted run.
+  c.task_adapt.checkpoint_every = 200
 
   # Stage 2: one PEFT per user.
   c.peft = ml_collections.ConfigDict()
@@ -259,8 +262,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis.efficiency_items = (4, 8, 16, 24, 32, 48)  # history sizes timed (one user's prefix)
   c.analysis.efficiency_ranks = (2, 4, 8, 16, 32)  # LoRA ranks timed
 
-  c.distributed = False  # multi-host: call jax.distributed.initialize() first (launch/)
+  # Several processes (hosts) in one run: jax.distributed.initialize first (pipeline/cluster.py).
+  # On Cloud TPU and SLURM `enabled` alone suffices; elsewhere give the other three (or
+  # $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID), which also enable it.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.enabled = False
+  c.distributed.coordinator = ""  # host:port of process 0
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  # A process that stops answering (killed, preempted) ends the others after this long.
+  c.distributed.heartbeat_timeout_seconds = 100
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.users = 1  # devices along the users axis (-1 = all)
-  c.mesh.model = 1  # devices along the model axis
+  c.mesh.users = 1  # devices along the users axis (-1 = all; of several processes, 1 means -1)
+  c.mesh.model = 1  # devices along the model axis (within one process)
   return c

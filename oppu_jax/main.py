@@ -31,11 +31,18 @@ def main(argv) -> None:
     config.task  # the file loads lazily: fail here, in one line, if it cannot
   except (OSError, AttributeError) as e:
     sys.exit("error: --config: " + " ".join(str(e).split()))
-  if config.distributed:
-    import jax
+  from oppu_jax.errors import OppuError
+  from oppu_jax.pipeline import cluster
 
-    jax.distributed.initialize()
-  print(run_and_report(config, _WORKDIR.value))
+  try:
+    cluster.initialize(config)
+  except OppuError as e:
+    sys.exit(f"error: {e}")
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+    handler.addFilter(cluster.quiet_other_processes)
+  table = run_and_report(config, _WORKDIR.value)
+  if cluster.is_main():
+    print(table)
 
 
 def run_and_report(config, workdir: str) -> str:

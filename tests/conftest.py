@@ -78,16 +78,9 @@ def llama2_tokenizer_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-  """An HF-format checkpoint (config.json + safetensors) of a 2-layer random Llama whose vocab
-  matches the embedded tokenizer, so the whole pipeline runs in seconds."""
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
-  path = tmp_path_factory.mktemp("tiny_llama")
-  cfg = transformers.LlamaConfig(
-      vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, bos_token_id=1,
-      eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
-  )
-  torch.manual_seed(0)
-  transformers.LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
-  return str(path)
+  """An HF-format checkpoint of a 2-layer random Llama with the embedded tokenizer's vocab."""
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from tiny_run import save_tiny_llama
+
+  return save_tiny_llama(str(tmp_path_factory.mktemp("tiny_llama")))

@@ -26,7 +26,7 @@ def test_tpu_vm_dry_run_creates_installs_runs_fetches_deletes():
   assert len(ssh) == 2 and all("--worker=all" in l for l in ssh)  # install, then the run
   assert "scripts/setup.sh" in ssh[0]
   assert "oppu_jax.main" in ssh[1] and "gs://bucket/lamp3" in ssh[1]
-  assert "--config.distributed=True" in ssh[1] and "--config=configs/lamp3.py" in ssh[1]
+  assert "--config.distributed.enabled=True" in ssh[1] and "--config=configs/lamp3.py" in ssh[1]
   assert any(l.startswith("gcloud storage cp gs://bucket/lamp3/results.md") for l in lines)
   assert lines[-1].startswith("gcloud compute tpus tpu-vm delete oppu")
 
@@ -54,7 +54,7 @@ def test_gpu_dry_runs():
                "--config=configs/lamp3.py", "--workdir=/shared/x")
   assert "#SBATCH --nodes=2" in slurm and "#SBATCH --partition=gpu" in slurm
   srun = next(l for l in slurm if l.startswith("srun "))
-  assert "--config.distributed=True" in srun and "--workdir=/shared/x" in srun
+  assert "--config.distributed.enabled=True" in srun and "--workdir=/shared/x" in srun
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")

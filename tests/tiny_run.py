@@ -1,6 +1,34 @@
-"""A tiny run config: the task's embedded recipe on a few generated users, for a tiny model."""
+"""A tiny run config: the task's embedded recipe on a few generated users, for a tiny model.
+
+Also a config file for the command line (the multi-process tests start `oppu_jax.main` with it):
+  python -m oppu_jax.main --config=tests/tiny_run.py:LaMP_3,/path/to/tiny_llama --workdir=W
+and, run as a script, writes that tiny checkpoint: python tests/tiny_run.py /path/to/tiny_llama
+"""
+
+import sys
 
 from oppu_jax import config as base_config
+
+
+def get_config(arg: str):
+  task, model_dir = arg.split(",", 1)
+  return tiny_config(task, model_dir)
+
+
+def save_tiny_llama(path: str) -> str:
+  """An HF-format checkpoint (config.json + safetensors) of a 2-layer random Llama whose vocab
+  matches the embedded tokenizer, so the whole pipeline runs in seconds."""
+  import torch
+  import transformers
+
+  cfg = transformers.LlamaConfig(
+      vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, bos_token_id=1,
+      eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+  )
+  torch.manual_seed(0)
+  transformers.LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+  return str(path)
 
 
 def tiny_config(task: str, model_dir: str, **overrides):
@@ -28,3 +56,7 @@ def tiny_config(task: str, model_dir: str, **overrides):
       node = node[p]
     node[leaf] = value
   return c
+
+
+if __name__ == "__main__":
+  save_tiny_llama(sys.argv[1])

@@ -128,6 +128,30 @@ def user_profiles(
   return {u.id: out[u.id] for u in users}  # in the users' order
 
 
+def join_caches(parts: Sequence[str], path: str) -> None:
+  """Writes `path` (whole) as the union of the profile caches `parts` (those that exist, all made
+  with the same settings, as the processes of one run make them) and removes the parts."""
+  joined = None
+  for part in parts:
+    if not os.path.exists(part):
+      continue
+    with open(part, encoding="utf-8") as f:
+      doc = json.load(f)
+    if joined is None:
+      joined = doc
+    elif doc.get("settings") != joined.get("settings"):
+      raise ValueError(f"{part}: made with other profile settings than {parts[0]}")
+    else:
+      joined["profiles"].update(doc["profiles"])
+      joined["prompts"].update(doc["prompts"])
+  if joined is not None:
+    with files.output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+      json.dump(joined, f, ensure_ascii=False, indent=1)
+  for part in parts:
+    if os.path.exists(part):
+      os.remove(part)
+
+
 def profiles_from_release(data: LampData) -> dict[str, str]:
   """The profiles a loaded release carries (OPPU's `profile_user_*.json`), stripped; empty ones
   are left out (logged), so they get generated."""

@@ -6,14 +6,23 @@ so a killed run (kill -9 included) continues where it stopped and a rerun of a f
 reports. A user whose adapter was not yet written is trained again from scratch, which gives the
 identical adapter (its batches, dropout and initialisation depend only on its data, the config
 and the seed). Work is ordered by base variant, so only one task-adapted model is alive at a time.
+
+Of several processes (`cluster.py`), each runs this same program: task adaptation is one
+data-parallel job over all devices; users' adapters, predictions and profiles are shared out
+between processes, each written once by its owner; process 0 writes the run's single files
+between barriers. Every decision that starts collective work (which stage to run) is taken from
+files all processes see after the same barrier.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
+import json
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -35,9 +44,9 @@ from oppu_jax.peft import hf_format, method as method_lib
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge
 from oppu_jax.peft.stack import UserAdapters
-from oppu_jax.pipeline import examples, progress, workdir as wd
+from oppu_jax.pipeline import cluster, examples, progress, workdir as wd
 from oppu_jax.pipeline.settings import BEST, STUDY, Setting, parse_settings
-from oppu_jax.train import mesh as mesh_lib, multi_user
+from oppu_jax.train import multi_user, preemption
 from oppu_jax.train.user_batches import plan_user
 
 BASE_VARIANTS = ("B", "R", "P")  # the order of the work; see settings.py
@@ -57,23 +66,32 @@ class Experiment:
   base_model: Any  # the plain LLM
   profiles: dict[str, str]  # user id -> profile text, where a setting or variant P needs them
   data: Any = None  # the LampData of every user
-  mesh: Any = None
+  mesh: Any = None  # over every device of every process (task adaptation's data parallelism)
+  local_mesh: Any = None  # this process's devices of it (its users' adapters and queries)
   retrievers: examples.Retrievers = examples.Retrievers()  # dense / RSPG, built when needed
   shifted: dict = dataclasses.field(default_factory=dict)  # behaviour shift: users, profiles
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
 
+  @property
+  def show_progress(self) -> bool:
+    return self.config.progress and cluster.is_main()
+
 
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the configured experiment; returns {setting: {metric: value}}. The run
   holds the workdir's lock throughout (of a multi-process job, its first process)."""
-  holds = wd.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  holds = wd.lock(workdir) if cluster.is_main() else contextlib.nullcontext()
   with holds:
     exp = setup(config, workdir)
     run_settings(exp, exp.settings)
     if config.analysis.name:
       from oppu_jax import analysis
+
+      if cluster.count() > 1:
+        raise ConfigError("config.analysis.name: the analyses run in one process; run them "
+                          "on the finished workdir without config.distributed")
 
       analysis.run(exp, config.analysis.name)
     return write_report(exp)
@@ -83,6 +101,7 @@ def run_settings(exp: Experiment, settings) -> None:
   """Predictions for each of `settings` whose file is missing, training the adapters they need;
   analyses call it with their own settings (an existing output is never made twice)."""
   ensure_profiles(exp, settings)
+  cluster.barrier("settings")  # every process decides on the same files
   for base in BASE_VARIANTS:
     todo = [s for s in settings if s.base == base and not files.is_done(_predictions(exp, s))]
     if todo:
@@ -101,7 +120,9 @@ def setup(config, workdir: str) -> Experiment:
   method_lib.get(config.peft.method)  # the registry knows the methods: fail before any work
   settings = parse_settings(config.settings)
   task = tasks_lib.get_task(config.task)
-  wd.claim(workdir, config.to_dict(), config.overwrite)
+  if cluster.is_main():
+    wd.claim(workdir, config.to_dict(), config.overwrite)
+  cluster.barrier("claimed")
   data = _data(config, workdir, task)
   test, others = lamp.select_users(data, config.data.num_test_users, config.data.test_users)
   if config.data.max_task_users:
@@ -110,12 +131,10 @@ def setup(config, workdir: str) -> Experiment:
                "%d other users (task adaptation%s, RSPG's training split)", task.name,
                len(test.users), sum(len(u.queries) for u in test.users), len(others.users),
                "" if config.task_adapt.enabled else " is off")
-  mesh = None if config.mesh.users == config.mesh.model == 1 else mesh_lib.make_mesh(
-      config.mesh.users, config.mesh.model)
+  mesh, local_mesh = cluster.meshes(config.mesh.users, config.mesh.model)
   tokenizer = Tokenizer.for_model(config.model.path, config.model.tokenizer)
   exp = Experiment(config, workdir, task, settings, test.users, others.users, tokenizer,
-                   _load_model(config), {}, mesh)
-  exp.data = data
+                   _load_model(config), {}, data=data, mesh=mesh, local_mesh=local_mesh)
   if any(s.profile or s.base == "P" for s in settings):
     ensure_profiles(exp, settings)
   return exp
@@ -129,12 +148,28 @@ def ensure_profiles(exp: Experiment, settings) -> None:
   if _seq2seq(exp):
     raise ConfigError(f"config.settings: {c.settings!r} needs PAG profiles, which an "
                       "instruct decoder-only model writes; this model is an encoder-decoder")
-  with progress.bar("PAG profiles", len(exp.data.users), "users", c.progress) as bar:
-    exp.profiles = profiles_lib.user_profiles(
-        exp.base_model, exp.tokenizer, exp.task, exp.data.users,
-        cache_path=exp.path("profiles.json"), num_items=c.profile.num_items,
-        max_new_tokens=c.profile.max_new_tokens, seed=c.seed,
-        given=profiles_lib.profiles_from_release(exp.data), progress=bar.advance)
+  cache = exp.path("profiles.json")
+  users = exp.data.users
+  if cluster.count() > 1:  # each process writes its share into its part, from the joint cache
+    part = cluster.part_path(cache)
+    if files.is_done(cache) and not files.is_done(part):
+      with files.output(part) as tmp:
+        shutil.copyfile(cache, tmp)
+    users = cluster.share(users, cost=lambda u: min(len(u.history), c.profile.num_items))
+    cluster.log_share("PAG: writes the profiles of", [u.id for u in users])
+    cache, users_cache = part, cache
+  make = lambda users, cache, advance=None: profiles_lib.user_profiles(
+      exp.base_model, exp.tokenizer, exp.task, users, cache_path=cache,
+      num_items=c.profile.num_items, max_new_tokens=c.profile.max_new_tokens, seed=c.seed,
+      given=profiles_lib.profiles_from_release(exp.data), progress=advance)
+  with progress.bar("PAG profiles", len(users), "users", exp.show_progress) as bar:
+    exp.profiles = make(users, cache, bar.advance)
+  if cluster.count() > 1:
+    cluster.barrier("profiles written")
+    if cluster.is_main():
+      profiles_lib.join_caches(cluster.part_paths(users_cache), users_cache)
+    cluster.barrier("profiles joined")
+    exp.profiles = make(exp.data.users, users_cache)  # all cached: nothing generated
 
 
 def adapt_to_task(exp: Experiment, base: str):
@@ -153,11 +188,19 @@ def adapt_to_task(exp: Experiment, base: str):
     raise DataError("task adaptation has no training pairs: the non-test users have no queries "
                     "with golds (set config.task_adapt.enabled=False to skip it)")
   plan = make_plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
+  # Preemption checkpoints beside the final one; a rerun resumes from the latest.
+  steps = preemption.StageCheckpoints(f"{checkpoint}.steps", ta.checkpoint_every)
   result = _train(exp, exp.base_model, _task_lora(exp), [plan], ta.learning_rate, 1,
-                  f"stage 1: task adaptation ({base})")[plan.user_id]
+                  f"stage 1: task adaptation ({base})", mesh=exp.mesh, data_parallel=True,
+                  checkpoints=steps)[plan.user_id]
+  steps.close()
   logging.info("task adaptation %s: %d pairs, %d steps, loss %.3f -> %.3f", base, len(pairs),
                plan.total_steps, np.mean(result.losses[:3]), np.mean(result.losses[-3:]))
-  return _merge_task_lora(exp, checkpoint, result.adapter)
+  model = _merge_task_lora(exp, checkpoint, result.adapter)
+  cluster.barrier(f"task_{base} saved")
+  if cluster.is_main():  # the final checkpoint is there: the preemption ones are not needed
+    shutil.rmtree(f"{checkpoint}.steps", ignore_errors=True)
+  return model
 
 
 def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
@@ -169,9 +212,20 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
                  len(users) - len(todo), len(users))
   if not todo:
     return
+  logging.info("%s: %d users, one adapter each", setting.name, len(todo))
+  # Each process trains its share (balanced by history size: training steps) on its own devices.
+  mine = cluster.share(todo, cost=lambda u: len(u.history))
+  if cluster.count() > 1:
+    cluster.log_share(f"{setting.name}: trains the adapters of", [u.id for u in mine])
+  _train_adapters(exp, model, setting, mine)
+  cluster.barrier(f"{setting.name} adapters")
+
+
+def _train_adapters(exp: Experiment, model, setting: Setting, todo) -> None:
+  if not todo:
+    return
   c = exp.config
   profiles = _profiles(exp, setting)
-  logging.info("%s: %d users, one adapter each", setting.name, len(todo))
   plans = [make_plan(exp, u.id, examples.user_training_pairs(
                exp.task, u, setting, profiles.get(u.id), seed=c.seed,
                history_mode=setting.history_mode or c.data.history_mode), c.train.batch_size,
@@ -182,7 +236,7 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
       _adapter_dir(exp, setting, result.user_id), method, result.adapter, model.weight_table(),
       model_config=model.config)
   _train(exp, model, method, plans, c.train.learning_rate, c.train.slots,
-         f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.mesh)
+         f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.local_mesh)
 
 
 def build_method(exp: Experiment, model, setting: Setting):
@@ -222,7 +276,7 @@ def _profiles(exp: Experiment, setting: Setting) -> dict[str, str]:
     c = exp.config
     users = users_of(exp, setting)
     with progress.bar("PAG profiles (shifted histories)", len(users), "users",
-                      c.progress) as bar:
+                      exp.show_progress) as bar:
       cache = exp.path(f"profiles@{shift_suffix(c.analysis.shift_keep)}.json")
       exp.shifted["profiles"] = {**exp.profiles, **profiles_lib.user_profiles(
           exp.base_model, exp.tokenizer, exp.task, users, cache_path=cache,
@@ -233,20 +287,53 @@ def _profiles(exp: Experiment, setting: Setting) -> dict[str, str]:
 
 def evaluate(exp: Experiment, model, setting: Setting) -> None:
   """Writes predictions/<setting>.json: every test query, each row with its own user's adapter
-  (stacked, gathered per row), never a merged per-user model."""
-  adapters = _load_adapters(exp, model, setting) if setting.personal else None
+  (stacked, gathered per row), never a merged per-user model. Of several processes, each
+  predicts its share of the users (balanced by queries) into a part file; process 0 joins them."""
+  path = _predictions(exp, setting)
+  users = users_of(exp, setting)
+  mine = cluster.share(users, cost=lambda u: len(u.queries))
+  if cluster.count() > 1:
+    cluster.log_share(f"{setting.name}: predicts the queries of", [u.id for u in mine])
+  part = path if cluster.count() == 1 else cluster.part_path(path)
+  if not files.is_done(part):
+    preds = _predict_users(exp, model, setting, mine)
+    if cluster.count() == 1:
+      with files.output(path) as tmp:
+        lamp.write_predictions(tmp, exp.task, preds)
+    else:
+      files.write_json(part, preds)
+  if cluster.count() > 1:
+    cluster.barrier(f"{setting.name} predicted")
+    if cluster.is_main():
+      preds = {}
+      for p in cluster.part_paths(path):
+        with open(p) as f:
+          preds.update(json.load(f))
+      order = [q.id for u in users for q in u.queries if q.id in preds]  # as one process writes
+      with files.output(path) as tmp:
+        lamp.write_predictions(tmp, exp.task, {i: preds[i] for i in order + sorted(
+            preds.keys() - set(order))})
+      for p in glob.glob(f"{path}.part-*"):
+        os.remove(p)
+    cluster.barrier(f"{setting.name} joined")
+
+
+def _predict_users(exp: Experiment, model, setting: Setting, users) -> dict[str, str]:
+  """{query id: prediction} of `users`' queries, on this process's devices."""
+  adapters = _load_adapters(exp, model, setting, users) if setting.personal else None
   retrievers = _retrievers(exp, setting)
   profiles = _profiles(exp, setting)
   rows, ids = [], []
-  for index, user in enumerate(users_of(exp, setting)):
+  for index, user in enumerate(users):
     for qid, prompt in examples.query_prompts(exp.task, user, setting, profiles.get(user.id),
                                               seed=exp.config.seed, retrievers=retrievers):
       rows.append((index, _model_input(exp, prompt)))
       ids.append(qid)
-  with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.config.progress) as b:
+  if not rows:
+    return {}
+  with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.show_progress) as b:
     preds = _predict(exp, model, adapters, rows, b.update)
-  with files.output(_predictions(exp, setting)) as tmp:
-    lamp.write_predictions(tmp, exp.task, dict(zip(ids, preds)))
+  return dict(zip(ids, preds))
 
 
 def write_report(exp: Experiment) -> dict:
@@ -263,6 +350,8 @@ def write_report(exp: Experiment) -> dict:
                       f"{len(golds)} missing; delete the file to predict again)")
   results = {name: metrics.evaluate(exp.task.name, golds, p) for name, p in preds.items()}
   tests = significance.grid_tests(exp.task.name, golds, preds, results, seed=exp.config.seed)
+  if not cluster.is_main():
+    return results
   files.write_json(exp.path("results.json"), results)
   files.write_json(exp.path("significance.json"), tests.to_json())
   users = sum(any(q.gold is not None for q in u.queries) for u in exp.test_users)
@@ -292,10 +381,11 @@ def _data(config, workdir: str, task):
   path = config.data.path
   if not path:
     path = os.path.join(workdir, "data")
-    if not files.is_done(path):
+    if cluster.is_main() and not files.is_done(path):
       with files.output(path) as tmp:
         synth.generate(task.name, tmp, seed=config.seed, **config.data.synth.to_dict())
       logging.info("generated LaMP-format %s data into %s", task.name, path)
+    cluster.barrier("data")
   elif not os.path.exists(path):
     raise DataError(f"config.data.path {path!r} does not exist")
   return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
@@ -444,12 +534,13 @@ def _task_lora(exp: Experiment) -> Lora:
 
 def _merge_task_lora(exp: Experiment, checkpoint: str, adapter=None):
   """Saves `adapter` to the orbax checkpoint (or restores it from there) and merges it."""
+  # Host (numpy) arrays, the same in every process: orbax writes them once, from process 0.
   lora, checkpointer = _task_lora(exp), ocp.StandardCheckpointer()
   if adapter is None:
     like = lora.init(exp.base_model.weight_table(), jax.random.PRNGKey(0))
-    adapter = checkpointer.restore(checkpoint, like)
+    adapter = checkpointer.restore(checkpoint, jax.tree.map(np.asarray, like))
   else:
-    checkpointer.save(checkpoint, jax.tree.map(jnp.asarray, adapter))
+    checkpointer.save(checkpoint, jax.tree.map(np.asarray, adapter))
     checkpointer.wait_until_finished()
   return merge(exp.base_model, lora, jax.tree.map(jnp.asarray, adapter))
 
@@ -469,14 +560,14 @@ def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: i
            **kw):
   """Both training stages: config.train at the stage's rate and slots, with a progress bar."""
   total = sum(p.total_steps for p in plans)
-  with progress.bar(desc, total, "steps", exp.config.progress) as bar:
+  with progress.bar(desc, total, "steps", exp.show_progress) as bar:
     return multi_user.train_users(model, method, plans, train_config(exp, learning_rate, slots),
                                   progress=bar, **kw)
 
 
-def _load_adapters(exp: Experiment, model, setting: Setting) -> UserAdapters:
-  """The test users' adapters of `setting`, stacked in test-user order."""
-  adapters = UserAdapters.load([_adapter_dir(exp, setting, u.id) for u in exp.test_users],
+def _load_adapters(exp: Experiment, model, setting: Setting, users) -> UserAdapters:
+  """`users`' adapters of `setting`, stacked in their order."""
+  adapters = UserAdapters.load([_adapter_dir(exp, setting, u.id) for u in users],
                                model.weight_table(), model.config)
   logging.info("%s: %d users' %s adapters, %.1f KiB each (f32)", setting.name,
                adapters.num_users, adapters.method.name, adapters.bytes_per_user / 1024)

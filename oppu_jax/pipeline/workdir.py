@@ -29,7 +29,8 @@ HEARTBEAT_SECONDS = 30.0  # the holder refreshes the lock's mtime this often
 STALE_SECONDS = 300.0
 
 # Keys that do not change results: a rerun may differ in them.
-_NOT_FINGERPRINTED = ("overwrite", "progress", "distributed", "analysis")
+_NOT_FINGERPRINTED = ("overwrite", "progress", "distributed", "analysis",
+                      "task_adapt.checkpoint_every")
 
 
 def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
@@ -60,7 +61,7 @@ def _flat(d: dict, prefix: str = "") -> dict[str, str]:
   tuples and lists (as a reloaded config has them) compare equal."""
   out = {}
   for k, v in d.items():
-    if not prefix and k in _NOT_FINGERPRINTED:
+    if f"{prefix}{k}" in _NOT_FINGERPRINTED:
       continue
     if isinstance(v, dict):
       out.update(_flat(v, f"{prefix}{k}."))

@@ -44,7 +44,7 @@ def memory_budget(budget_gb: float = 0.0) -> int:
   give."""
   if budget_gb > 0:
     return int(budget_gb * 1e9)
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if "bytes_limit" in stats:  # accelerators
     return int(0.9 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
   try:  # CPU: what the operating system can still give

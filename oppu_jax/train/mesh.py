@@ -54,15 +54,40 @@ def shard_base(state: nnx.State, mesh: Mesh, table: WeightTable) -> nnx.State:
   (`model.weight_table()`) and RULES (a copy per device only where the rules replicate)."""
   axes = {w.path: w.full_axes for w in table.weights}
   pure = nnx.to_pure_dict(state)
-  shardings = jax.tree_util.tree_map_with_path(
-      lambda path, leaf: NamedSharding(mesh, spec(axes[_keys(path)], leaf.shape, mesh)), pure)
-  nnx.replace_by_pure_dict(state, jax.device_put(pure, shardings))
+  placed = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: put(leaf, NamedSharding(mesh, spec(axes[_keys(path)], leaf.shape, mesh))),
+      pure)
+  nnx.replace_by_pure_dict(state, placed)
   return state
 
 
 def users_sharding(mesh: Mesh) -> NamedSharding:
   """For any array whose leading axis is the users axis (the rest replicated)."""
   return NamedSharding(mesh, PartitionSpec("users"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def rows_sharding(mesh: Mesh, shape: tuple[int, ...], axis: int) -> NamedSharding:
+  """Data parallelism: dimension `axis` (a batch's rows) split over the users axis, whole where
+  the axis does not divide it."""
+  logical = [None] * len(shape)
+  logical[axis] = "users"
+  return NamedSharding(mesh, spec(tuple(logical), shape, mesh))
+
+
+def put(tree, sharding: NamedSharding):
+  """Places host or local values, the same in every process, with `sharding`. A sharding that
+  spans processes is built shard by shard: each process supplies only its own devices' pieces
+  (jax.make_array_from_callback), never a whole global array."""
+  def one(x):
+    if sharding.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(one, tree)
 
 
 def _keys(path) -> tuple[str, ...]:

@@ -11,6 +11,11 @@ batch shape and the config alone.
 `scheduler.schedule` groups the users by batch shape; a group's step is compiled once
 (`compile_policy`). When a user finishes, `on_user_done` receives its adapter and the slot takes the
 next user of the group: same shapes, no recompilation.
+
+Under a mesh, two layouts: the slots split over the mesh's users axis (the per-user stage, each
+process on its own devices), or, with `data_parallel`, one user's batch rows split over the users
+axis of a mesh that may span processes (task adaptation: XLA reduces the gradients); the base is
+split over the model axis in both.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from oppu_jax.errors import ConfigError
 from oppu_jax.models import backend
 from oppu_jax.models.llama import Llama
 from oppu_jax.peft.apply import forward
-from oppu_jax.train import compile_policy, optim, scheduler
+from oppu_jax.train import compile_policy, mesh as mesh_lib, optim, scheduler
 from oppu_jax.train.slots import Slots, learning_rates
 from oppu_jax.train.user_batches import UserBatches, UserPlan, user_seed
 
@@ -91,26 +96,32 @@ def train_users(
     mesh=None,
     progress: Callable[[StepReport], None] | None = None,
     stats: dict | None = None,
+    data_parallel: bool = False,
+    checkpoints=None,
 ) -> dict[str, UserResult]:
   """Trains one adapter per plan; returns user id -> UserResult (also passed to on_user_done).
 
   progress(StepReport) is called after every step; `stats`, if given, gets "step_compilations"
   (compilations of the step), "steps" and "remat" (batch shape -> whether that step recomputes
-  activations).
+  activations). data_parallel: one plan, its rows split over the mesh's users axis.
+  checkpoints: a `preemption.StageCheckpoints` to resume from and save to (one plan only).
   """
   plans = list(plans)
+  if (data_parallel or checkpoints is not None) and len(plans) != 1:
+    raise ValueError("data_parallel and checkpoints train exactly one plan")
   max_steps = max((p.total_steps for p in plans), default=1)
-  program = _StepProgram(model, peft, config, mesh, max_steps)
+  program = _StepProgram(model, peft, config, mesh, max_steps, data_parallel)
   policy = config.schedule
   if policy == "auto":
     policy = "refill" if program.users_per_pass(config.slots) > 1 else "exact"
-  per_device = mesh.shape["users"] if mesh is not None else 1
+  per_device = mesh.shape["users"] if mesh is not None and not data_parallel else 1
   results: dict[str, UserResult] = {}
   report = StepReport(0, sum(p.total_steps for p in plans), 0, 0, len(plans))
   for group in scheduler.schedule(plans, config.slots, policy, per_device):
     logging.info("training %d users with batch shape (T, K[, S]) = %s", len(group.plans),
                  group.shape)
-    report = _train_group(program, group, config, report, results, on_user_done, progress)
+    report = _train_group(program, group, config, report, results, on_user_done, progress,
+                          checkpoints)
   if stats is not None:
     stats.update(step_compilations=program.compilations(), steps=program.steps,
                  remat=dict(program.remat_used))
@@ -124,12 +135,16 @@ class _Occupant:
   losses: list[float] = dataclasses.field(default_factory=list)
 
 
-def _train_group(program, group, config, report, results, on_user_done, progress):
+def _train_group(program, group, config, report, results, on_user_done, progress, checkpoints):
   queue = list(group.plans)
   occupants: list[_Occupant | None] = [None] * group.slots
   slots = program.fresh_slots(group.slots)
   for slot in range(group.slots):  # the first users enter together
     slots = _fill(program, slots, occupants, slot, queue, group, config)
+  restored = checkpoints.restore(slots) if checkpoints is not None else None
+  if restored is not None:  # one occupant: its state and losses at the checkpoint's step
+    slots, occupants[0].losses = restored
+    report = dataclasses.replace(report, steps_done=report.steps_done + len(restored[1]))
   idle = None
   while any(occupants):
     batches = [o.batches(len(o.losses)) if o else None for o in occupants]
@@ -155,6 +170,8 @@ def _train_group(program, group, config, report, results, on_user_done, progress
         slots = _fill(program, slots, occupants, slot, queue, group, config)
     report = dataclasses.replace(report, steps_done=steps_done, tokens=tokens,
                                  users_done=users_done)
+    if checkpoints is not None and occupants[0] is not None:  # (none after the last step)
+      checkpoints.maybe_save(len(occupants[0].losses), slots, occupants[0].losses)
     if progress is not None:
       progress(report)
   return report
@@ -169,39 +186,45 @@ def _fill(program, slots, occupants, slot, queue, group, config):
   occupants[slot] = _Occupant(plan, UserBatches(plan, config.seed, shape=group.shape))
   lrs = learning_rates(plan.total_steps, config.warmup_ratio, config.learning_rate,
                        program.max_steps)
-  key = jax.random.PRNGKey(user_seed(config.seed, plan.user_id))
+  key = np.asarray(jax.random.PRNGKey(user_seed(config.seed, plan.user_id)))
   return program.enter(slots, slot, key, plan.total_steps, lrs)
 
 
 class _StepProgram:
   """The compiled pieces: the train step over all slots, and a slot's refill."""
 
-  def __init__(self, model: Llama, peft, config: TrainConfig, mesh, max_steps: int):
+  def __init__(self, model: Llama, peft, config: TrainConfig, mesh, max_steps: int,
+               data_parallel: bool = False):
     self.graphdef, self.base = nnx.split(model)
     # The base is never trained: on CPU its bf16 stacks go in as free uint16 views (backend.py).
     self.base = backend.frozen_base(self.base, model.config)
     self.model_config, self.table = model.config, model.weight_table()
-    self.embed = model.embed[...]
+    self.embed = self.local_embed = model.embed[...]  # prompt tuning initialises from it
     self.peft, self.config, self.mesh, self.max_steps = peft, config, mesh, max_steps
     self.tx = optim.adamw_without_lr(config.weight_decay, config.clip_norm)
     self.steps, self._compiles = 0, 0  # host-side counts
     self.remat_used = {}  # batch shape -> whether its step recomputes activations
+    self.data_parallel = data_parallel and mesh is not None
+    # Data parallelism: the outputs (slots, losses) are whole on every device of every process.
+    out = {"out_shardings": mesh_lib.replicated(mesh)} if self.data_parallel else {}
     self._jits = {
-        remat: jax.jit(functools.partial(self._step_impl, remat=remat), donate_argnums=(1,))
+        remat: jax.jit(functools.partial(self._step_impl, remat=remat), donate_argnums=(1,),
+                       **out)
         for remat in (False, True)
     }
     self._compiled = {}
-    self._enter = jax.jit(self._enter_impl, donate_argnums=(0,))
+    self._enter = jax.jit(self._enter_impl, donate_argnums=(0,), **out)
     if mesh is not None:
-      from oppu_jax.train import mesh as mesh_lib
-
       self.base = mesh_lib.shard_base(self.base, mesh, self.table)
-      self._users = mesh_lib.users_sharding(mesh)
+      self._slots_sharding = (mesh_lib.replicated(mesh) if self.data_parallel
+                              else mesh_lib.users_sharding(mesh))
+      if self.data_parallel:
+        self.embed = mesh_lib.put(self.embed, mesh_lib.replicated(mesh))
 
   def fresh_slots(self, n: int) -> Slots:
-    one = self.peft.init(self.table, jax.random.PRNGKey(0), self.embed)
+    one = self.peft.init(self.table, jax.random.PRNGKey(0), self.local_embed)
     slots = Slots.empty(self.peft, one, self.tx.init(one), n, self.max_steps)
-    return slots if self.mesh is None else jax.device_put(slots, self._users)
+    return slots if self.mesh is None else mesh_lib.put(slots, self._slots_sharding)
 
   def enter(self, slots: Slots, slot: int, key, total: int, lrs) -> Slots:
     return self._enter(slots, slot, key, total, lrs, self.embed)
@@ -212,8 +235,11 @@ class _StepProgram:
 
   def step(self, slots: Slots, batches: dict[str, np.ndarray]):
     """One step of every occupied slot -> (slots, losses [U]; 0 for idle slots)."""
-    if self.mesh is not None:
-      batches = jax.device_put(batches, self._users)
+    if self.data_parallel:  # rows split over the users axis; [U, (A,) B, T]: rows are axis -2
+      batches = {k: mesh_lib.put(v, mesh_lib.rows_sharding(self.mesh, v.shape, v.ndim - 2))
+                 for k, v in batches.items()}
+    elif self.mesh is not None:
+      batches = jax.device_put(batches, self._slots_sharding)
     self.steps += 1
     args = (self.base, slots, batches)
     shape = tuple((k, v.shape) for k, v in sorted(batches.items()))
