@@ -35,6 +35,7 @@ from oppu_jax.models import backend
 from oppu_jax.models.llama import Llama
 from oppu_jax.peft import apply
 from oppu_jax.peft.stack import UserAdapters
+from oppu_jax.train import mesh as mesh_lib
 
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
 
@@ -50,6 +51,7 @@ def score_choices(
     stats: dict | None = None,
     programs: "Programs | None" = None,
     progress: Callable[[int], None] | None = None,
+    mesh=None,
 ) -> np.ndarray:
   """Summed log-probabilities [n_rows, n_choices] (f32) of each choice's tokens after each prompt.
 
@@ -63,6 +65,8 @@ def score_choices(
   programs: the compiled programs to use and extend; pass the same one to several calls to share
     them (default: a fresh one for this call).
   progress: if given, called with the number of rows each batch finished.
+  mesh: a (users, model) mesh of this process's devices: each batch's rows split over its users
+    axis, the base weights over its model axis (train/mesh.py's rules), the adapters whole.
   """
   choices = [list(c) for c in choices]
   _check(adapters, rows, choices, batch_size)
@@ -71,6 +75,9 @@ def score_choices(
   graphdef, base = nnx.split(model)
   base = backend.frozen_base(base, model.config)  # CPU: bf16 stacks as free uint16 views
   adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
+  if mesh is not None:
+    base = mesh_lib.shard_base(base, mesh, model.weight_table())
+    adapters = mesh_lib.put(adapters, mesh_lib.replicated(mesh))
   n = len(rows)
   size = min(batch_size, 1 << max(n - 1, 0).bit_length())
   # Rows of similar length share a batch (less padding); scores go back to the given order.
@@ -84,6 +91,10 @@ def score_choices(
     length = _bucket(longest + plan.extra, buckets)
     users, tokens, mask, positions = _pack(
         [rows[i] for i in index], size, length, plan, pad_id=model.config.pad_id)
+    if mesh is not None:
+      users, tokens, mask, positions = (
+          mesh_lib.put(x, mesh_lib.rows_sharding(mesh, x.shape, 0))
+          for x in (users, tokens, mask, positions))
     token_logp = np.asarray(programs.run(graphdef, base, adapters, users, tokens, mask,
                                          positions, plan.segment, plan.source, plan.target))
     # Sum each choice's token log-probs: [R, C] @ [C, n_choices].

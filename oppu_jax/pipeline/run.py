@@ -583,9 +583,12 @@ def _predict(exp: Experiment, model, adapters, rows, progress=None) -> list[str]
     # A decoder-only model reads the answer after " " (tasks.model_pair); T5's decoder starts it.
     choices = [tok.encode(label if seq2seq else tasks_lib.model_pair("x", label)[1])
                + [tok.eos_id] for label in task.labels]
-    scorer = score_seq2seq if seq2seq else score
-    scores = scorer.score_choices(model, adapters, rows, choices, batch_size=e.batch_size,
-                                  progress=progress)
+    # A decoder-only model's rows are split over this process's devices; T5's are not (yet).
+    scores = (score_seq2seq.score_choices(model, adapters, rows, choices,
+                                          batch_size=e.batch_size, progress=progress)
+              if seq2seq else
+              score.score_choices(model, adapters, rows, choices, batch_size=e.batch_size,
+                                  progress=progress, mesh=exp.local_mesh))
     return [task.labels[int(i)] for i in np.argmax(scores, axis=1)]
   outs = decode.generate_for_rows(
       model, adapters, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,
