@@ -257,7 +257,19 @@ def _best_time(fn, reps):
 
 def model_flops(config, plans) -> float:
   """Minimum model FLOPs of the whole run (see the module docstring)."""
-  L, d, V = config.num_layers, config.hidden_size, config.vocab_size
+  c = data_counts(plans)
+  return (c["real"] * flops_per_token(config, plans[0].seq_len)
+          + c["targets"] * flops_per_target(config))
+
+
+def flops_per_target(config) -> float:
+  """The logits of one answer token, forward and backward to the hidden state."""
+  return 4 * config.hidden_size * config.vocab_size
+
+
+def flops_per_token(config, seq_len: int) -> float:
+  """LoRA training FLOPs of one real token at sequence length seq_len (module docstring)."""
+  L, d = config.num_layers, config.hidden_size
   attn_width = config.num_heads * config.dim_per_head
   shapes = {  # [d_in, d_out] per projection
       "q": (d, attn_width), "k": (d, config.num_kv_heads * config.dim_per_head),
@@ -267,10 +279,7 @@ def model_flops(config, plans) -> float:
   }
   body = L * sum(i * o for i, o in shapes.values())
   lora = L * sum(shapes[t][0] * RANK + RANK * shapes[t][1] for t in TARGETS)
-  seq_len = plans[0].seq_len
-  per_token = 4 * body + 6 * lora + 12 * L * seq_len * attn_width
-  c = data_counts(plans)
-  return c["real"] * per_token + c["targets"] * 4 * d * V
+  return 4 * body + 6 * lora + 12 * L * seq_len * attn_width
 
 
 # ----------------------------------------------------------------------------------------------
