@@ -7,7 +7,8 @@
 #   launch/gpu.sh --dry-run slurm --nodes=4 --gpus-per-node=8 --partition=gpu --time=04:00:00 \
 #     -- --config=configs/lamp3.py --workdir=/shared/runs/lamp3
 #
-# NOT yet run on GPUs; the pipeline's multi-process support is issue 13's work.
+# NOT yet run on GPUs: the multi-process pipeline is proven with local CPU processes only
+# (tests/pipeline/test_multiprocess.py).
 set -euo pipefail
 
 usage() {

@@ -8,7 +8,8 @@
 #   launch/tpu_vm.sh --dry-run --name=oppu --zone=us-central2-b --type=v4-32 --spot \
 #     --workdir=gs://my-bucket/lamp3 -- --config=configs/lamp3.py --config.mesh.model=4
 #
-# NOT yet run on TPU hardware; the pipeline's multi-process support is issue 13's work.
+# NOT yet run on TPU hardware: the multi-process pipeline is proven with local CPU processes only
+# (tests/pipeline/test_multiprocess.py), the gs:// workdir through file:// (tests/test_storage.py).
 set -euo pipefail
 
 usage() {
@@ -85,7 +86,7 @@ install() {
   cd "$(dirname "$0")/.."
   run gcloud compute tpus tpu-vm scp --recurse --zone="$ZONE" --worker=all \
     pyproject.toml README.md oppu_jax configs scripts "$NAME:~/oppu-jax/"
-  on_all "cd ~/oppu-jax && bash scripts/setup.sh && .venv/bin/python -m pip install -q 'jax[tpu]'"
+  on_all "cd ~/oppu-jax && bash scripts/setup.sh && .venv/bin/python -m pip install -q 'jax[tpu]' -e '.[gcs]'"
 }
 
 main_command() {

@@ -272,6 +272,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.process_id = -1
   # A process that stops answering (killed, preempted) ends the others after this long.
   c.distributed.heartbeat_timeout_seconds = 100
+  # A gs:// workdir (any etils epath URL) runs in a local mirror here; gs:// data and model paths
+  # are fetched here once (oppu_jax/storage.py).
+  c.storage = ml_collections.ConfigDict()
+  c.storage.cache = "/tmp/oppu_jax_cache"
   c.mesh = ml_collections.ConfigDict()
   c.mesh.users = 1  # devices along the users axis (-1 = all; of several processes, 1 means -1)
   c.mesh.model = 1  # devices along the model axis (within one process)

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 
+from oppu_jax import storage
+
 
 def is_done(path: str) -> bool:
   """Whether a stage's output is there. Sound because outputs appear whole: through `output`,
@@ -31,6 +33,7 @@ def output(path: str):
     if os.path.isdir(tmp):
       _remove(path)  # os.replace cannot replace a directory that has files
     os.replace(tmp, path)
+    storage.push(path)  # a workdir on an object store gets it too (storage.py)
   finally:
     _remove(tmp)
 

@@ -35,7 +35,7 @@ from oppu_jax.data.types import LampData, User
 from oppu_jax.models.generate import DEFAULT_BUCKETS, generate, make_forward
 from oppu_jax.models.llama import Llama
 from oppu_jax.models.tokenizer import Tokenizer
-from oppu_jax import files
+from oppu_jax import files, storage
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def join_caches(parts: Sequence[str], path: str) -> None:
       json.dump(joined, f, ensure_ascii=False, indent=1)
   for part in parts:
     if os.path.exists(part):
+      storage.remove(part)
       os.remove(part)
 
 

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from oppu_jax import storage
 from oppu_jax.errors import ConfigError
 from oppu_jax.train import mesh as mesh_lib
 
@@ -74,6 +75,7 @@ def barrier(name: str) -> None:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
+    storage.pull()  # a workdir on an object store: what the others pushed before the barrier
 
 
 def share(items: Sequence[T], cost: Callable[[T], float] = lambda _: 1.0) -> list[T]:

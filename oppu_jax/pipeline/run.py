@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from oppu_jax import config as config_lib, files
+from oppu_jax import config as config_lib, files, storage
 from oppu_jax.data import lamp, synth
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.batching import encode_pair, encode_seq2seq, encode_text
@@ -82,6 +82,8 @@ class Experiment:
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the configured experiment; returns {setting: {metric: value}}. The run
   holds the workdir's lock throughout (of a multi-process job, its first process)."""
+  # A gs:// (any store URL) workdir: the run works in a local mirror of it (storage.py).
+  workdir = storage.attach(workdir, config.storage.cache, cluster.index())
   holds = wd.lock(workdir) if cluster.is_main() else contextlib.nullcontext()
   with holds:
     exp = setup(config, workdir)
@@ -132,7 +134,8 @@ def setup(config, workdir: str) -> Experiment:
                len(test.users), sum(len(u.queries) for u in test.users), len(others.users),
                "" if config.task_adapt.enabled else " is off")
   mesh, local_mesh = cluster.meshes(config.mesh.users, config.mesh.model)
-  tokenizer = Tokenizer.for_model(config.model.path, config.model.tokenizer)
+  tokenizer = Tokenizer.for_model(_input(config, config.model.path),
+                                  _input(config, config.model.tokenizer))
   exp = Experiment(config, workdir, task, settings, test.users, others.users, tokenizer,
                    _load_model(config), {}, data=data, mesh=mesh, local_mesh=local_mesh)
   if any(s.profile or s.base == "P" for s in settings):
@@ -189,7 +192,8 @@ def adapt_to_task(exp: Experiment, base: str):
                     "with golds (set config.task_adapt.enabled=False to skip it)")
   plan = make_plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
   # Preemption checkpoints beside the final one; a rerun resumes from the latest.
-  steps = preemption.StageCheckpoints(f"{checkpoint}.steps", ta.checkpoint_every)
+  steps = preemption.StageCheckpoints(f"{checkpoint}.steps", ta.checkpoint_every,
+                                      on_saved=storage.push)
   result = _train(exp, exp.base_model, _task_lora(exp), [plan], ta.learning_rate, 1,
                   f"stage 1: task adaptation ({base})", mesh=exp.mesh, data_parallel=True,
                   checkpoints=steps)[plan.user_id]
@@ -199,6 +203,7 @@ def adapt_to_task(exp: Experiment, base: str):
   model = _merge_task_lora(exp, checkpoint, result.adapter)
   cluster.barrier(f"task_{base} saved")
   if cluster.is_main():  # the final checkpoint is there: the preemption ones are not needed
+    storage.remove(f"{checkpoint}.steps")
     shutil.rmtree(f"{checkpoint}.steps", ignore_errors=True)
   return model
 
@@ -232,9 +237,12 @@ def _train_adapters(exp: Experiment, model, setting: Setting, todo) -> None:
                  c.train.epochs, c.train.grad_accum)
            for u in todo]
   method = build_method(exp, model, setting)
-  save = lambda result: hf_format.save_adapter(
-      _adapter_dir(exp, setting, result.user_id), method, result.adapter, model.weight_table(),
-      model_config=model.config)
+  def save(result):
+    directory = _adapter_dir(exp, setting, result.user_id)
+    hf_format.save_adapter(directory, method, result.adapter, model.weight_table(),
+                           model_config=model.config)
+    storage.push(directory)
+
   _train(exp, model, method, plans, c.train.learning_rate, c.train.slots,
          f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.local_mesh)
 
@@ -314,6 +322,7 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
         lamp.write_predictions(tmp, exp.task, {i: preds[i] for i in order + sorted(
             preds.keys() - set(order))})
       for p in glob.glob(f"{path}.part-*"):
+        storage.remove(p)
         os.remove(p)
     cluster.barrier(f"{setting.name} joined")
 
@@ -378,7 +387,7 @@ def _figure_links(exp: Experiment) -> str:
 
 
 def _data(config, workdir: str, task):
-  path = config.data.path
+  path = _input(config, config.data.path)
   if not path:
     path = os.path.join(workdir, "data")
     if cluster.is_main() and not files.is_done(path):
@@ -389,6 +398,11 @@ def _data(config, workdir: str, task):
   elif not os.path.exists(path):
     raise DataError(f"config.data.path {path!r} does not exist")
   return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
+
+
+def _input(config, path: str) -> str:
+  """A data or model path as a local path (a store URL is fetched once into the cache)."""
+  return storage.local_copy(path, config.storage.cache)
 
 
 def _seq2seq(exp: Experiment) -> bool:
@@ -520,7 +534,8 @@ def _best_retriever(exp: Experiment) -> str:
 
 
 def _load_model(config):
-  model, _ = load.load_model(config.model.path or None, backend=config.model.backend,
+  model, _ = load.load_model(_input(config, config.model.path) or None,
+                             backend=config.model.backend,
                              param_dtype=config.model.param_dtype,
                              compute_dtype=config.model.compute_dtype, remat=config.model.remat)
   return model
@@ -542,6 +557,8 @@ def _merge_task_lora(exp: Experiment, checkpoint: str, adapter=None):
   else:
     checkpointer.save(checkpoint, jax.tree.map(np.asarray, adapter))
     checkpointer.wait_until_finished()
+    if cluster.is_main():
+      storage.push(checkpoint)
   return merge(exp.base_model, lora, jax.tree.map(jnp.asarray, adapter))
 
 

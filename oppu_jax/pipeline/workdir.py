@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 
-from oppu_jax import config as config_lib
+from oppu_jax import config as config_lib, storage
 from oppu_jax.errors import WorkdirError
 from oppu_jax.files import write_json
 
@@ -29,7 +29,7 @@ HEARTBEAT_SECONDS = 30.0  # the holder refreshes the lock's mtime this often
 STALE_SECONDS = 300.0
 
 # Keys that do not change results: a rerun may differ in them.
-_NOT_FINGERPRINTED = ("overwrite", "progress", "distributed", "analysis",
+_NOT_FINGERPRINTED = ("overwrite", "progress", "distributed", "analysis", "storage",
                       "task_adapt.checkpoint_every")
 
 
@@ -51,6 +51,7 @@ def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
       for name in os.listdir(workdir):  # all but the lock this run holds
         if name != LOCK_NAME:
           path = os.path.join(workdir, name)
+          storage.remove(path)
           shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
   os.makedirs(workdir, exist_ok=True)
   write_json(path, config_dict)

@@ -15,6 +15,7 @@ process that owns it, and finishes with a barrier).
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 import numpy as np
@@ -24,8 +25,9 @@ import orbax.checkpoint as ocp
 class StageCheckpoints:
   """Checkpoints of one training run in `directory` (the latest kept), every `every` steps."""
 
-  def __init__(self, directory: str, every: int):
-    self.directory, self.every = directory, every
+  def __init__(self, directory: str, every: int, on_saved=None):
+    """on_saved(path of the step's checkpoint), called by process 0 after each save."""
+    self.directory, self.every, self.on_saved = directory, every, on_saved
     self._manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
         max_to_keep=1, save_interval_steps=every, enable_async_checkpointing=False,
         create=True))
@@ -52,6 +54,8 @@ class StageCheckpoints:
         "slots": {str(i): x for i, x in enumerate(leaves)},
         "losses": np.asarray(losses, np.float32)}))
     self._manager.wait_until_finished()
+    if self.on_saved is not None and jax.process_index() == 0:
+      self.on_saved(os.path.join(self.directory, str(step)))
 
   def close(self) -> None:
     self._manager.close()

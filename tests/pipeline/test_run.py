@@ -266,3 +266,23 @@ def test_a_llama2_style_tokenizer_starts_every_model_input_with_bos_once(
   assert examples
   for tokens in examples + rows:
     assert tokens[0] == 1 and 1 not in tokens[1:]
+
+
+def test_a_run_on_a_store_workdir_resumes_from_the_store_alone(tiny_model_dir, tmp_path,
+                                                                 monkeypatch):
+  """file:// stands for gs://: the same mirror, push and pull code. A second run with an empty
+  local cache (another VM) finds everything in the store and trains nothing."""
+  from oppu_jax import storage
+  from oppu_jax.pipeline import run
+  from oppu_jax.train import multi_user
+
+  url = f"file://{tmp_path / 'store'}"
+  c = tiny_config("LaMP_3", tiny_model_dir)
+  c.storage.cache = str(tmp_path / "cache")
+  first = run.run(c, url)
+  assert json.loads((tmp_path / "store" / "results.json").read_text()) == first
+  storage.detach_all()
+  c.storage.cache = str(tmp_path / "cache_of_another_vm")
+  monkeypatch.setattr(multi_user, "train_users", lambda *a, **k: pytest.fail("trained again"))
+  assert run.run(c, url) == first
+  storage.detach_all()
