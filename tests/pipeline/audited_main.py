@@ -4,7 +4,8 @@
   files.output, the adapter writer and orbax all finish a write so) is appended to <file> as
   "<process id> <path>", so a test can tell who wrote what, and how often.
 - OPPU_TEST_KILL_AT_STEP=<n>: the process SIGKILLs itself right after it saved the preemption
-  checkpoint of step n (a preempted VM: no cleanup, no Python exit handlers).
+  checkpoint of step n (a preempted VM: no cleanup, no Python exit handlers);
+- OPPU_TEST_KILL_AFTER_ADAPTER=1: the same right after it saved its first user adapter.
 """
 
 import os
@@ -46,11 +47,25 @@ def _kill_at(step: int) -> None:
   preemption.StageCheckpoints.maybe_save = save_then_die
 
 
+def _kill_after_adapter() -> None:
+  from oppu_jax.peft import hf_format
+
+  save = hf_format.save_adapter
+
+  def save_then_die(*args, **kwargs):
+    save(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+  hf_format.save_adapter = save_then_die
+
+
 if __name__ == "__main__":
   if os.environ.get("OPPU_TEST_AUDIT"):
     _audit(os.environ["OPPU_TEST_AUDIT"])
   if os.environ.get("OPPU_TEST_KILL_AT_STEP"):
     _kill_at(int(os.environ["OPPU_TEST_KILL_AT_STEP"]))
+  if os.environ.get("OPPU_TEST_KILL_AFTER_ADAPTER"):
+    _kill_after_adapter()
   from oppu_jax import main
 
   sys.argv[0] = main.__file__

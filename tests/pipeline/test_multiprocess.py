@@ -46,18 +46,18 @@ def _env(devices: int, **extra) -> dict:
 
 
 def launch(model_dir: str, workdir: str, processes: int = 1, devices: int = 2, args=(),
-           kill_at: dict | None = None, timeout: float = 600) -> list[int]:
+           kill: dict | None = None, timeout: float = 600) -> list[int]:
   """Runs the tiny config in `processes` processes of `devices` devices; their exit codes.
-  Logs go to <workdir>.p<i>.log, the audit of renamed paths to <workdir>.audit."""
+  kill: process -> the audited_main.py variables that make it kill itself. Logs go to
+  <workdir>.p<i>.log, the audit of renamed paths to <workdir>.audit."""
   port = _port()
   procs = []
   for i in range(processes):
     cluster = (dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=processes,
                     JAX_PROCESS_ID=i) if processes > 1 else {})
-    kill = {"OPPU_TEST_KILL_AT_STEP": kill_at[i]} if kill_at and i in kill_at else {}
-    env = _env(devices, OPPU_TEST_AUDIT=f"{workdir}.audit", **cluster, **kill)
+    env = _env(devices, OPPU_TEST_AUDIT=f"{workdir}.audit", **cluster, **(kill or {}).get(i, {}))
     cmd = [sys.executable, MAIN, f"--config={ROOT}/tests/tiny_run.py:LaMP_3,{model_dir}",
-           f"--workdir={workdir}", "--config.distributed.heartbeat_timeout_seconds=10",
+           f"--workdir={workdir}", "--config.distributed.heartbeat_timeout_seconds=5",
            *STAGE1, *args]
     log = open(f"{workdir}.p{i}.log", "w")
     procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
@@ -161,15 +161,23 @@ def test_a_2x2_mesh_in_one_process_gives_the_unsharded_results(runs):
   assert_same_outputs(mesh, runs["one"], ATOL)
 
 
-def test_a_killed_process_is_resumed_to_the_same_results(runs):
-  """Process 1 dies (SIGKILL) right after the step-2 preemption checkpoint of task adaptation;
-  process 0 ends when its heartbeat is missed. The same command again resumes at step 2 and ends
-  bit-equal to the uninterrupted two-process run."""
+def test_killed_processes_are_resumed_to_the_same_results(runs):
+  """Killed twice, then finished: first process 0 (the coordinator) dies (SIGKILL) right after
+  the step-2 preemption checkpoint of task adaptation, and process 1 ends with it; the same
+  command again resumes at step 2, and this time process 1 dies right after saving the first of
+  its two users' adapters (process 0 ends when its heartbeat is missed); the third run keeps
+  every saved adapter and ends bit-equal to the uninterrupted two-process run."""
   killed = str(runs["base"] / "killed")
-  codes = launch(runs["model"], killed, processes=2, kill_at={1: 2})
-  assert codes[1] == -9 and codes[0] != 0, codes
+  codes = launch(runs["model"], killed, processes=2, kill={0: {"OPPU_TEST_KILL_AT_STEP": 2}})
+  assert codes[0] == -9 and codes[1] != 0, codes
   assert not os.path.exists(f"{killed}/results.json")
   assert os.path.isdir(f"{killed}/checkpoints/task_B.steps/2")
-  assert launch(runs["model"], killed, processes=2) == [0, 0], log(killed, 0)[-3000:]
+  codes = launch(runs["model"], killed, processes=2,
+                 kill={1: {"OPPU_TEST_KILL_AFTER_ADAPTER": 1}})
+  assert codes[1] == -9 and codes[0] != 0, codes
   assert "resumed from the checkpoint at step 2" in log(killed, 0)
+  saved = [d for d in glob.glob(f"{killed}/adapters/oppu_k0/*") if not d.endswith(".tmp")]
+  assert 1 <= len(saved) < len(TEST_USERS) and not os.path.exists(f"{killed}/results.json")
+  assert launch(runs["model"], killed, processes=2) == [0, 0], log(killed, 0)[-3000:]
+  assert f"{len(saved)} of {len(TEST_USERS)} user adapters already trained" in log(killed, 0)
   assert_same_outputs(killed, runs["two"], atol=0)
