@@ -13,7 +13,8 @@ side by side in one compiled step), and scores the five labels. Measured on the 
   | non_personalized | 0.7083  | 1.0801  |
   | oppu_k0          | 0.2917* | 0.5401* |   * paired t-test vs non_personalized, p < 0.05
 
-Re-run 2026-12-05 on a fresh install (jax 0.10.2): MAE 0.7292 / 0.3125*, 5 min 10 s (README).
+Re-run 2026-12-05 on a fresh install (jax 0.10.2): MAE 0.7292 / 0.3125*, 5 min 10 s (README);
+2026-12-06 (multi-process code, one process): the same MAE, 5 min 34 s.
 The generator's own oracles on this data: MAE 0.75 without the users' habits, 0.058 with them.
 Over data seeds 0, 1, 2 (benchmarks/quality_seeds.py): oppu_k0 MAE 0.340 +- 0.043,
 non_personalized 0.771 +- 0.286. `:paper` applies the OPPU paper's Table 4 values for
