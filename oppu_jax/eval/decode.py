@@ -35,6 +35,7 @@ from oppu_jax.models import backend
 from oppu_jax.models.llama import Llama, init_cache
 from oppu_jax.peft import apply
 from oppu_jax.peft.stack import UserAdapters
+from oppu_jax.train import mesh as mesh_lib
 
 
 def generate_for_rows(
@@ -54,6 +55,7 @@ def generate_for_rows(
     batch_size: int = 8,
     buckets: Sequence[int] = gen.DEFAULT_BUCKETS,
     progress: Callable[[int], None] | None = None,
+    mesh=None,
 ) -> list[list[int]]:
   """Generated ids per row (cut before the first EOS), in the order of `rows`.
 
@@ -64,11 +66,18 @@ def generate_for_rows(
     (rows are batched by prompt length), so they are reproducible for the same rows.
   buckets: prompt lengths (left-padded); one program per (bucket, batch, method).
   progress: if given, called with the number of rows each batch finished.
+  mesh: a (users, model) mesh of this process's devices: each batch's rows split over its users
+    axis, the base weights over its model axis, the adapters whole.
   """
   _check(adapters, rows)
   graphdef, base = nnx.split(model)
   base = backend.frozen_base(base, model.config)  # CPU: bf16 stacks as free uint16 views
   adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
+  place = None
+  if mesh is not None:
+    base = mesh_lib.shard_base(base, mesh, model.weight_table())
+    adapters = mesh_lib.put(adapters, mesh_lib.replicated(mesh))
+    place = lambda x: jax.device_put(x, mesh_lib.rows_sharding(mesh, x.shape, 0))
   n_virtual = _n_virtual(adapters)
   # Equal for equal graphs, so generate's jitted loops find their compiled programs again.
   if getattr(model.config, "is_encoder_decoder", False):
@@ -88,12 +97,13 @@ def generate_for_rows(
     users = np.zeros(size, np.int32)
     users[:len(index)] = [rows[i][0] for i in index]
     prompts = [list(rows[i][1]) for i in index] + [[pad_id]] * (size - len(index))
-    forward = jax.tree_util.Partial(rows_forward, base, adapters, jnp.asarray(users))
+    users = jnp.asarray(users) if place is None else place(users)
+    forward = jax.tree_util.Partial(rows_forward, base, adapters, users)
     out = gen.generate(
         forward, prompts, init_cache=cache, max_new_tokens=max_new_tokens, eos_id=eos_id,
         pad_id=pad_id, method=method, temperature=temperature, top_k=top_k, top_p=top_p,
         seed=seed + 1_000_003 * batch_no, num_beams=num_beams, prompt_buckets=buckets,
-        batch_size=size, cache_batch_axis=1, keep_order=True,
+        batch_size=size, cache_batch_axis=1, keep_order=True, place=place,
     )
     for row, i in enumerate(index):
       outputs[i] = out[row]

@@ -57,6 +57,7 @@ def generate(
     cache_batch_axis: int = 1,
     keep_order: bool = False,
     return_logprobs: bool = False,
+    place: Callable[[jax.Array], jax.Array] | None = None,
 ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
   """Generates a continuation of each prompt.
 
@@ -69,6 +70,8 @@ def generate(
     row r becomes rows r*num_beams .. r*num_beams+num_beams-1).
   keep_order: batches are consecutive runs of the prompts as given, instead of prompts sorted by
     length; for a forward whose row r must be prompt r of its batch (e.g. one adapter per row).
+  place: if given, puts each batch-leading input (tokens, mask, keys) where it should live (e.g.
+    rows split over a mesh's devices); the loops then run where their inputs are.
   Returns per prompt the generated ids, cut before the first EOS (EOS excluded). With
   return_logprobs (greedy/sample), also each token's log-probability under the model (before
   temperature and filtering).
@@ -89,6 +92,8 @@ def generate(
   lengths = [len(p) for p in prompts_tokens]
   for index, bucket in _plan_batches(lengths, rows, prompt_buckets, keep_order):
     tokens, mask = _left_pad([prompts_tokens[i] for i in index], rows, bucket, pad_id)
+    if place is not None:
+      tokens, mask = place(tokens), place(mask)
     cache_spec = _cache_spec(init_cache, rows, bucket + max_new_tokens)
     special = jnp.int32(eos_id), jnp.int32(pad_id)
     if method == "beam":
@@ -101,6 +106,7 @@ def generate(
       # Filler rows get a key too (an index no prompt has); their output is dropped.
       key_ids = np.array(list(index) + [2**32 - 1] * (rows - len(index)), np.uint32)
       keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.asarray(key_ids))
+      keys = keys if place is None else place(keys)
       out, lps = _sample_loop(
           forward, tokens, mask, *special, keys, jnp.float32(temperature), cache_spec=cache_spec,
           max_new_tokens=max_new_tokens, greedy=method == "greedy", top_k=top_k,

@@ -611,5 +611,5 @@ def _predict(exp: Experiment, model, adapters, rows, progress=None) -> list[str]
       model, adapters, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,
       pad_id=tok.pad_id, method=e.decoding, temperature=e.temperature, top_k=e.top_k,
       top_p=e.top_p, num_beams=e.num_beams, seed=exp.config.seed, batch_size=e.batch_size,
-      progress=progress)
+      progress=progress, mesh=None if seq2seq else exp.local_mesh)
   return [tok.decode(o).strip() for o in outs]
