@@ -36,6 +36,7 @@ from oppu_jax.models.generate import DEFAULT_BUCKETS, generate, make_forward
 from oppu_jax.models.llama import Llama
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax import files, storage
+from oppu_jax.train import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def user_profiles(
     given: Mapping[str, str] | None = None,
     prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
     progress: Callable[[int, int], None] | None = None,
+    mesh=None,
 ) -> dict[str, str]:
   """{user id: profile text} for `users`, generated greedily where not cached.
 
@@ -67,6 +69,8 @@ def user_profiles(
     generated nor cached.
   prompt_buckets: prompts longer than the largest bucket lose the end of their history (logged).
   progress: if given, called with (profiles generated, profiles to generate) after every batch.
+  mesh: a (users, model) mesh of this process's devices: each batch's rows split over its users
+    axis, the weights over its model axis.
   """
   task = tasks_lib.get_task(task) if isinstance(task, str) else task
   given = given or {}
@@ -102,7 +106,12 @@ def user_profiles(
 
   log.info("generating %d profile(s) for %s (%d cached or given)", len(pending), task.name,
            len(out))
-  forward = make_forward(model)
+  place = None
+  if mesh is None:
+    forward = make_forward(model)
+  else:
+    forward = make_forward(model, lambda s: mesh_lib.shard_base(s, mesh, model.weight_table()))
+    place = lambda x: jax.device_put(x, mesh_lib.rows_sharding(mesh, x.shape, 0))
   # Similar lengths share a batch (less padding), and each batch is one generate() call.
   pending.sort(key=lambda p: -len(p[1]))
   start = time.perf_counter()
@@ -111,7 +120,7 @@ def user_profiles(
     gen = generate(forward, [ids for _, ids, _ in chunk], init_cache=model.config,
                    max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
                    pad_id=tokenizer.pad_id, method="greedy", batch_size=batch_size,
-                   prompt_buckets=prompt_buckets)
+                   prompt_buckets=prompt_buckets, place=place)
     for (user, _, digest), new in zip(chunk, gen):
       text = tokenizer.decode(new, skip_special_tokens=True).strip()
       if not text:

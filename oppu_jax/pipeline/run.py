@@ -164,7 +164,7 @@ def ensure_profiles(exp: Experiment, settings) -> None:
   make = lambda users, cache, advance=None: profiles_lib.user_profiles(
       exp.base_model, exp.tokenizer, exp.task, users, cache_path=cache,
       num_items=c.profile.num_items, max_new_tokens=c.profile.max_new_tokens, seed=c.seed,
-      given=profiles_lib.profiles_from_release(exp.data), progress=advance)
+      given=profiles_lib.profiles_from_release(exp.data), progress=advance, mesh=exp.local_mesh)
   with progress.bar("PAG profiles", len(users), "users", exp.show_progress) as bar:
     exp.profiles = make(users, cache, bar.advance)
   if cluster.count() > 1:

@@ -1,6 +1,6 @@
 """Evaluation on a mesh: a batch's rows split over the users axis and the base over the model
 axis (2 x 2 virtual CPU devices, in a subprocess) scores and decodes every row as on one device,
-each row under its own user's adapter."""
+each row under its own user's adapter; the plain model's generation (PAG profiles) likewise."""
 
 import os
 import subprocess
@@ -32,6 +32,15 @@ _SCRIPT = textwrap.dedent("""
         b = generate_for_rows(model, adapters, rows, mesh=mesh, **kw)
         assert a == b, (name, kw["method"], a, b)
         assert len(set(map(tuple, a))) > 3  # the rows decode differently: not a degenerate check
+    from oppu_jax.models import generate as gen
+    prompts = [p for _, p in rows]
+    kw = dict(init_cache=model.config, max_new_tokens=6, eos_id=-1, pad_id=0, batch_size=4,
+              prompt_buckets=(16,))
+    plain = gen.generate(gen.make_forward(model), prompts, **kw)
+    split = gen.generate(
+        gen.make_forward(model, lambda s: mesh_lib.shard_base(s, mesh, model.weight_table())),
+        prompts, place=lambda x: jax.device_put(x, mesh_lib.rows_sharding(mesh, x.shape, 0)), **kw)
+    assert plain == split and len(set(map(tuple, plain))) > 3, (plain, split)
     print("SHARDED-EVAL-OK")
 """)
 

@@ -29,6 +29,7 @@ MAIN = os.path.join(ROOT, "tests", "pipeline", "audited_main.py")
 STAGE1 = ["--config.task_adapt.batch_size=4", "--config.task_adapt.epochs=3",
           "--config.task_adapt.checkpoint_every=2"]
 ATOL = 1e-5
+PAG = ["--config.settings=non_personalized,oppu_k0,pag_k0", "--config.profile.max_new_tokens=6"]
 TEST_USERS = {"u0000", "u0001", "u0002"}
 
 
@@ -93,9 +94,12 @@ def read(path: str) -> str:
 
 
 def assert_same_outputs(a: str, b: str, atol: float) -> None:
-  """Same metrics and predictions; adapters and the task LoRA within atol (0: bit-equal)."""
-  assert json.loads(read(f"{a}/results.json")) == json.loads(read(f"{b}/results.json"))
-  for setting in ("non_personalized", "oppu_k0"):
+  """Same metrics and predictions of a's settings; adapters and the task LoRA within atol (0:
+  bit-equal)."""
+  ours = json.loads(read(f"{a}/results.json"))
+  theirs = json.loads(read(f"{b}/results.json"))
+  assert ours == {k: theirs[k] for k in ours}
+  for setting in ours:
     assert read(f"{a}/predictions/{setting}.json") == read(f"{b}/predictions/{setting}.json")
   ours, theirs = adapters(a), adapters(b)
   assert sorted(ours) == sorted(theirs) and len(ours) == len(TEST_USERS)
@@ -108,16 +112,21 @@ def assert_same_outputs(a: str, b: str, atol: float) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tmp_path_factory):
-  """workdirs: "two" (2 processes x 2 devices) and "one" (1 process, 1 device)."""
+  """workdirs: "two" (2 processes x 2 devices) and "one" (1 process, 1 device), both with PAG
+  (profiles shared out, then joined; a second task adaptation, variant P)."""
   base = tmp_path_factory.mktemp("multiprocess")
   two, one = str(base / "two"), str(base / "one")
-  assert launch(tiny_model_dir, two, processes=2) == [0, 0], log(two, 0)[-3000:] + log(two, 1)
-  assert launch(tiny_model_dir, one, devices=1) == [0], log(one)[-3000:]
+  assert launch(tiny_model_dir, two, processes=2, args=PAG) == [0, 0], \
+      log(two, 0)[-3000:] + log(two, 1)
+  assert launch(tiny_model_dir, one, devices=1, args=PAG) == [0], log(one)[-3000:]
   return {"two": two, "one": one, "model": tiny_model_dir, "base": base}
 
 
 def test_two_processes_give_the_one_process_results(runs):
   assert_same_outputs(runs["two"], runs["one"], ATOL)
+  assert "pag_k0" in json.loads(read(f"{runs['two']}/results.json"))
+  profiles = lambda w: json.loads(read(f"{w}/profiles.json"))["profiles"]
+  assert profiles(runs["two"]) == profiles(runs["one"]) and len(profiles(runs["one"])) == 6
   assert not glob.glob(f"{runs['two']}/**/*.part-*", recursive=True)  # joined and removed
   assert not os.path.exists(f"{runs['two']}/checkpoints/task_B.steps")  # done: removed
 
@@ -142,6 +151,10 @@ def test_every_user_is_trained_once_and_every_file_written_once(runs):
     assert by[name] == 0, name
   for i in (0, 1):
     assert by[f"predictions/oppu_k0.json.part-{i}-of-2"] == i
+    assert by[f"profiles.json.part-{i}-of-2"] == i  # each process its share of the profiles
+  assert by["profiles.json"] == 0
+  pag = [re.findall(r"PAG: writes the profiles of \d+ users: (.*)", log(two, i)) for i in (0, 1)]
+  assert sorted(sum((p[0].split(", ") for p in pag), [])) == [f"u000{i}" for i in range(6)]
   assert any(p.startswith("checkpoints/task_B.steps/2") for p in paths)  # preemption checkpoint
 
 
