@@ -82,6 +82,9 @@ class Experiment:
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the configured experiment; returns {setting: {metric: value}}. The run
   holds the workdir's lock throughout (of a multi-process job, its first process)."""
+  if config.analysis.name and cluster.count() > 1:
+    raise ConfigError("config.analysis.name: the analyses run in one process; run them on the "
+                      "finished workdir without config.distributed")
   # A gs:// (any store URL) workdir: the run works in a local mirror of it (storage.py).
   workdir = storage.attach(workdir, config.storage.cache, cluster.index())
   holds = wd.lock(workdir) if cluster.is_main() else contextlib.nullcontext()
@@ -90,10 +93,6 @@ def run(config, workdir: str) -> dict:
     run_settings(exp, exp.settings)
     if config.analysis.name:
       from oppu_jax import analysis
-
-      if cluster.count() > 1:
-        raise ConfigError("config.analysis.name: the analyses run in one process; run them "
-                          "on the finished workdir without config.distributed")
 
       analysis.run(exp, config.analysis.name)
     return write_report(exp)
