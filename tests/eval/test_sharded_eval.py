@@ -3,9 +3,9 @@ axis (2 x 2 virtual CPU devices, in a subprocess) scores and decodes every row a
 each row under its own user's adapter; the plain model's generation (PAG profiles) likewise."""
 
 import os
-import subprocess
-import sys
 import textwrap
+
+from virtual_devices import run_script
 
 _SCRIPT = textwrap.dedent("""
     import sys, numpy as np, jax
@@ -46,10 +46,5 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_scoring_and_decoding_on_a_2x2_mesh_equal_one_device(tmp_path):
-  script = tmp_path / "sharded_eval.py"
-  script.write_text(_SCRIPT.format(tests=os.path.dirname(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                       timeout=600)
-  assert "SHARDED-EVAL-OK" in out.stdout, out.stderr[-3000:]
+  run_script(tmp_path / "sharded_eval.py", _SCRIPT.format(tests=os.path.dirname(__file__)),
+             devices=4, done="SHARDED-EVAL-OK")

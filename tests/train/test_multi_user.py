@@ -1,8 +1,6 @@
 """The multi-user trainer: isolation between users, slot refill, learning, sharding."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -12,6 +10,7 @@ import pytest
 from flax import nnx
 
 import synthetic_users as su
+from virtual_devices import run_script
 from oppu_jax.data.batching import Example
 from oppu_jax.errors import ConfigError
 from oppu_jax.models import llama
@@ -265,13 +264,8 @@ _MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_isolation_and_equality_on_a_mesh_of_8_devices(tmp_path):
-  script = tmp_path / "mesh_check.py"
-  script.write_text(_MESH_SCRIPT.format(tests=os.path.dirname(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                       timeout=600)
-  assert "MESH-OK" in out.stdout, out.stderr[-3000:]
+  run_script(tmp_path / "mesh_check.py", _MESH_SCRIPT.format(tests=os.path.dirname(__file__)),
+             devices=8, done="MESH-OK")
 
 
 def test_gradient_accumulation_equals_one_batch_of_all_micro_batches_rows(model):
