@@ -77,7 +77,7 @@ def generate_for_rows(
   if mesh is not None:
     base = mesh_lib.shard_base(base, mesh, model.weight_table())
     adapters = mesh_lib.put(adapters, mesh_lib.replicated(mesh))
-    place = lambda x: jax.device_put(x, mesh_lib.rows_sharding(mesh, x.shape, 0))
+    place = mesh_lib.rows_placer(mesh)
   n_virtual = _n_virtual(adapters)
   # Equal for equal graphs, so generate's jitted loops find their compiled programs again.
   if getattr(model.config, "is_encoder_decoder", False):

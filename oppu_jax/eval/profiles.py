@@ -111,7 +111,7 @@ def user_profiles(
     forward = make_forward(model)
   else:
     forward = make_forward(model, lambda s: mesh_lib.shard_base(s, mesh, model.weight_table()))
-    place = lambda x: jax.device_put(x, mesh_lib.rows_sharding(mesh, x.shape, 0))
+    place = mesh_lib.rows_placer(mesh)
   # Similar lengths share a batch (less padding), and each batch is one generate() call.
   pending.sort(key=lambda p: -len(p[1]))
   start = time.perf_counter()

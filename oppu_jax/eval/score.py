@@ -92,9 +92,8 @@ def score_choices(
     users, tokens, mask, positions = _pack(
         [rows[i] for i in index], size, length, plan, pad_id=model.config.pad_id)
     if mesh is not None:
-      users, tokens, mask, positions = (
-          mesh_lib.put(x, mesh_lib.rows_sharding(mesh, x.shape, 0))
-          for x in (users, tokens, mask, positions))
+      users, tokens, mask, positions = map(mesh_lib.rows_placer(mesh),
+                                           (users, tokens, mask, positions))
     token_logp = np.asarray(programs.run(graphdef, base, adapters, users, tokens, mask,
                                          positions, plan.segment, plan.source, plan.target))
     # Sum each choice's token log-probs: [R, C] @ [C, n_choices].

@@ -78,6 +78,12 @@ def rows_sharding(mesh: Mesh, shape: tuple[int, ...], axis: int) -> NamedShardin
   return NamedSharding(mesh, spec(tuple(logical), shape, mesh))
 
 
+def rows_placer(mesh: Mesh):
+  """x -> x placed with its rows (leading axis) split over the users axis: a batch's rows in
+  evaluation and generation."""
+  return lambda x: put(x, rows_sharding(mesh, x.shape, 0))
+
+
 def put(tree, sharding: NamedSharding):
   """Places host or local values, the same in every process, with `sharding`. A sharding that
   spans processes is built shard by shard: each process supplies only its own devices' pieces

@@ -39,7 +39,7 @@ _SCRIPT = textwrap.dedent("""
     plain = gen.generate(gen.make_forward(model), prompts, **kw)
     split = gen.generate(
         gen.make_forward(model, lambda s: mesh_lib.shard_base(s, mesh, model.weight_table())),
-        prompts, place=lambda x: jax.device_put(x, mesh_lib.rows_sharding(mesh, x.shape, 0)), **kw)
+        prompts, place=mesh_lib.rows_placer(mesh), **kw)
     assert plain == split and len(set(map(tuple, plain))) > 3, (plain, split)
     print("SHARDED-EVAL-OK")
 """)
