@@ -109,8 +109,7 @@ def for_task(name: str, recipe: str | None = None) -> ml_collections.ConfigDict:
                       f"{', '.join(TASK_DIFFERENCES)}")
   recipe = recipe or "embedded"
   if recipe not in RECIPES:
-    raise ConfigError(f"--config=...:{recipe}: unknown recipe; expected one of "
-                      f"{', '.join(RECIPES)}")
+    raise ConfigError(f"unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
   c = get_config()
   c.task = name
   c.recipe = recipe
@@ -134,6 +133,13 @@ def check(c: ml_collections.ConfigDict) -> None:
   if c.model.cutoff <= c.eval.max_new_tokens:
     raise ConfigError(f"config.model.cutoff: {c.model.cutoff} leaves no room for a prompt before "
                       f"config.eval.max_new_tokens={c.eval.max_new_tokens} generated tokens")
+  for key, what in (("model.path", "an HF model directory or a .gguf file; '' = the embedded "
+                     "SmolLM2"), ("model.tokenizer", "an HF directory or a .gguf file; '' = the "
+                     "model's own"), ("data.path", "a LaMP directory; '' = generate data")):
+    section, leaf = key.split(".")
+    path = c[section][leaf]
+    if path and "://" not in path and not os.path.exists(path):  # store URLs: storage.py
+      raise ConfigError(f"config.{key}: {path!r} does not exist ({what})")
   if c.retrieval.dense_model and not os.path.exists(c.retrieval.dense_model):
     raise ConfigError(f"config.retrieval.dense_model: {c.retrieval.dense_model!r} does not "
                       "exist (a BERT directory such as Contriever, or '' for the embedded MiniLM)")

@@ -9,6 +9,7 @@ the input (config, data, model, workdir) end with one line naming what is wrong.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -30,7 +31,7 @@ def main(argv) -> None:
     config = _CONFIG.value
     config.task  # the file loads lazily: fail here, in one line, if it cannot
   except (OSError, AttributeError) as e:
-    sys.exit("error: --config: " + " ".join(str(e).split()))
+    sys.exit(_config_file_error(e))
   from oppu_jax.errors import OppuError
   from oppu_jax.pipeline import cluster
 
@@ -70,13 +71,32 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    if "--config" in str(e).split(":")[0]:
+      sys.exit(_config_file_error(e))
     sys.exit("error: " + " ".join(str(e).split()))
+  except OSError as e:  # an override (--config.x=...) made absl load a config file that fails
+    sys.exit(_config_file_error(e))
   except (KeyError, AttributeError) as e:
     reason = str(e.args[0] if e.args else e).replace("\\n", " ")
     reason = " ".join(reason.replace("\\", "").replace("'", "").split())
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     culprit = next((o for o in overrides if reason.split()[0] in o.split(".")), ", ".join(overrides))
     sys.exit(f"error: unknown config key in {culprit}: {reason}")
+
+
+def _config_file_error(e: Exception) -> str:
+  """One line for a --config file that does not load: a missing file names it; an error raised
+  inside the file's get_config (e.g. an unknown recipe) keeps its message, not the traceback that
+  ml_collections folds into the flag error."""
+  text = str(e)
+  missing = re.search(r"No such file or directory: '([^']+)'", text)
+  if missing:
+    return f"error: --config: {missing.group(1)}: no such config file"
+  given = next((a for a in sys.argv[1:] if a.startswith("--config=")), "--config")
+  if "Traceback" in text:  # its last line is "module.ErrorClass: message"
+    last = text.strip().splitlines()[-1]
+    return f"error: {given}: {re.sub(r'^[A-Za-z_.]+(Error|Exception): ', '', last.strip())}"
+  return f"error: {given}: " + " ".join(text.split())
 
 
 def entry() -> None:

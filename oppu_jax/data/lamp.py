@@ -541,6 +541,9 @@ def _read_json(path) -> Any:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+  except UnicodeDecodeError as e:  # LaMP's files are UTF-8 JSON; name the byte, not a traceback
+    raise DataError(f"{path}: not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
+                    f"{e.start}") from None
   except OSError as e:
     raise DataError(f"{path}: cannot read: {e.strerror}") from None
 

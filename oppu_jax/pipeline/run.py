@@ -115,16 +115,21 @@ def run_settings(exp: Experiment, settings) -> None:
 
 
 def setup(config, workdir: str) -> Experiment:
-  """Checks the config, claims the workdir, loads (or generates) the data, the tokenizer, the
-  base model, and the profiles if a setting needs them."""
+  """Checks the config, the data, the tokenizer and the base model, then claims the workdir (so a
+  typo in a path leaves no trace there), generates the data if no path was given, and makes the
+  profiles if a setting needs them."""
   config_lib.check(config)
   method_lib.get(config.peft.method)  # the registry knows the methods: fail before any work
   settings = parse_settings(config.settings)
   task = tasks_lib.get_task(config.task)
+  given = _given_data(config, task)
+  tokenizer = Tokenizer.for_model(_input(config, config.model.path),
+                                  _input(config, config.model.tokenizer))
+  base_model = _load_model(config)
   if cluster.is_main():
     wd.claim(workdir, config.to_dict(), config.overwrite)
   cluster.barrier("claimed")
-  data = _data(config, workdir, task)
+  data = given if given is not None else _generated_data(config, workdir, task)
   test, others = lamp.select_users(data, config.data.num_test_users, config.data.test_users)
   if config.data.max_task_users:
     others = lamp.select_users(others, config.data.max_task_users)[0]
@@ -133,10 +138,8 @@ def setup(config, workdir: str) -> Experiment:
                len(test.users), sum(len(u.queries) for u in test.users), len(others.users),
                "" if config.task_adapt.enabled else " is off")
   mesh, local_mesh = cluster.meshes(config.mesh.users, config.mesh.model)
-  tokenizer = Tokenizer.for_model(_input(config, config.model.path),
-                                  _input(config, config.model.tokenizer))
   exp = Experiment(config, workdir, task, settings, test.users, others.users, tokenizer,
-                   _load_model(config), {}, data=data, mesh=mesh, local_mesh=local_mesh)
+                   base_model, {}, data=data, mesh=mesh, local_mesh=local_mesh)
   if any(s.profile or s.base == "P" for s in settings):
     ensure_profiles(exp, settings)
   return exp
@@ -385,17 +388,22 @@ def _figure_links(exp: Experiment) -> str:
       f"[{n}](analysis/{n}.md) ([figure](analysis/{n}.png))" for n in found) + "\n"
 
 
-def _data(config, workdir: str, task):
+def _given_data(config, task):
+  """The LaMP data at config.data.path (its configured splits), or None to generate it."""
   path = _input(config, config.data.path)
   if not path:
-    path = os.path.join(workdir, "data")
-    if cluster.is_main() and not files.is_done(path):
-      with files.output(path) as tmp:
-        synth.generate(task.name, tmp, seed=config.seed, **config.data.synth.to_dict())
-      logging.info("generated LaMP-format %s data into %s", task.name, path)
-    cluster.barrier("data")
-  elif not os.path.exists(path):
-    raise DataError(f"config.data.path {path!r} does not exist")
+    return None
+  return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
+
+
+def _generated_data(config, workdir: str, task):
+  """LaMP-format data generated into the workdir once (process 0), then read like a release."""
+  path = os.path.join(workdir, "data")
+  if cluster.is_main() and not files.is_done(path):
+    with files.output(path) as tmp:
+      synth.generate(task.name, tmp, seed=config.seed, **config.data.synth.to_dict())
+    logging.info("generated LaMP-format %s data into %s", task.name, path)
+  cluster.barrier("data")
   return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
 
 

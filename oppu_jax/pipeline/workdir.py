@@ -43,18 +43,28 @@ def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
     defaults = _flat(config_lib.get_config().to_dict())
     diff = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k)
                   and not (k not in theirs and mine.get(k) == defaults.get(k)))
-    if diff and not overwrite:
+    if diff and not finished_outputs(workdir):  # nothing made under the old config: no loss
+      logging.info("%s: holds no finished stage; its config (differing in %s) is replaced",
+                   workdir, ", ".join(diff[:5]))
+    elif diff and not overwrite:
       raise WorkdirError(
           f"{workdir} holds a run with a different config (differs in {', '.join(diff[:5])});"
           " use another --workdir or pass --config.overwrite=True to replace it")
-    if diff:
+    elif diff:
       for name in os.listdir(workdir):  # all but the lock this run holds
         if name != LOCK_NAME:
-          path = os.path.join(workdir, name)
-          storage.remove(path)
-          shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+          old = os.path.join(workdir, name)
+          storage.remove(old)
+          shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
   os.makedirs(workdir, exist_ok=True)
   write_json(path, config_dict)
+
+
+def finished_outputs(workdir: str) -> list[str]:
+  """The names in `workdir` that a stage wrote (everything but the config, the lock and a killed
+  write's leftovers)."""
+  return sorted(n for n in os.listdir(workdir) if n != "config.json"
+                and not n.startswith(LOCK_NAME) and not n.endswith(".tmp"))
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:

@@ -256,6 +256,12 @@ def test_invalid_json(tmp_path):
   assert "dev_questions.json: invalid JSON at line 1" in message
 
 
+def test_a_byte_that_is_not_utf8_is_named_with_its_file(tmp_path):
+  (tmp_path / "dev_questions.json").write_bytes(b'[{"id": "q1", "input": "caf\xe9"}]')
+  message = _error(str(tmp_path))
+  assert message.endswith("dev_questions.json: not UTF-8 text: byte 0xe9 at offset 27"), message
+
+
 def test_missing_score_field(tmp_path):
   path = _official(tmp_path, [_question("q1", [_review("i1"), {"id": "i2", "text": "x"}])],
                    [("q1", "3")])

@@ -27,6 +27,24 @@ def test_a_bad_config_value_ends_in_one_line(tmp_path, override, line):
   assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("args, line", [
+    (["--config=configs/nope.py", "--config.seed=1"],
+     "error: --config: configs/nope.py: no such config file"),
+    (["--config=configs/nope.py"], "error: --config: configs/nope.py: no such config file"),
+    (["--config=configs/lamp3.py:bogus"],
+     "error: --config=configs/lamp3.py:bogus: unknown recipe 'bogus'; expected one of embedded,"),
+    (["--config=configs/lamp3.py", "--config.model.path=/typo"],
+     "error: config.model.path: '/typo' does not exist (an HF model directory or a .gguf file"),
+])
+def test_a_config_file_or_path_that_cannot_work_ends_in_one_line(tmp_path, args, line):
+  out = subprocess.run([sys.executable, "-m", "oppu_jax.main", f"--workdir={tmp_path}/w", *args],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines()[-1].startswith(line), out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert not os.path.exists(tmp_path / "w" / "config.json")  # nothing claimed
+
+
 def test_only_oppu_errors_are_caught(monkeypatch, tmp_path):
   config = config_lib.for_task("LaMP_3")
 

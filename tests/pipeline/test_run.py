@@ -14,7 +14,7 @@ from scipy import stats
 from conftest import tiny_config
 from oppu_jax.data import lamp
 from oppu_jax.data import tasks as tasks_lib
-from oppu_jax.errors import DataError, WorkdirError
+from oppu_jax.errors import ConfigError, DataError, WorkdirError
 from oppu_jax.pipeline import run
 from oppu_jax.pipeline.settings import SETTINGS
 
@@ -134,9 +134,14 @@ def _outputs(root):
 
 
 def test_bad_inputs_fail_with_one_clear_line(tiny_model_dir, tmp_path):
-  with pytest.raises(DataError, match="does not exist"):
+  with pytest.raises(ConfigError, match="config.data.path: .* does not exist"):
     run.run(tiny_config("LaMP_3", tiny_model_dir, **{"data.path": str(tmp_path / "nope")}),
             str(tmp_path / "w1"))
+  # Checked before the workdir is claimed: the corrected command finds it free.
+  assert not os.path.exists(tmp_path / "w1" / "config.json")
+  with pytest.raises(ConfigError, match="config.model.path: '/typo' does not exist"):
+    run.run(tiny_config("LaMP_3", "/typo"), str(tmp_path / "w1"))
+  assert not os.path.exists(tmp_path / "w1" / "config.json")
   neither = tmp_path / "neither"
   neither.mkdir()
   (neither / "notes.txt").write_text("hello")
@@ -146,6 +151,7 @@ def test_bad_inputs_fail_with_one_clear_line(tiny_model_dir, tmp_path):
   wd = tmp_path / "w3"
   wd.mkdir()
   (wd / "config.json").write_text(json.dumps({"task": "LaMP_5"}))
+  (wd / "results.json").write_text("{}")  # a finished stage of that run
   with pytest.raises(WorkdirError, match="different config") as e:
     run.run(tiny_config("LaMP_3", tiny_model_dir), str(wd))
   assert "\n" not in str(e.value)

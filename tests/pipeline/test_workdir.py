@@ -11,6 +11,7 @@ from oppu_jax.pipeline import workdir
 def test_claim_accepts_its_own_config_and_refuses_another(tmp_path):
   config = {"task": "LaMP_3", "train": {"epochs": 2}, "progress": True}
   workdir.claim(str(tmp_path), config, overwrite=False)
+  (tmp_path / "predictions").mkdir()  # a finished stage: the workdir now holds a run
   workdir.claim(str(tmp_path), dict(config, progress=False), overwrite=False)  # not fingerprinted
   other = dict(config, train={"epochs": 3})
   with pytest.raises(WorkdirError, match=r"differs in train\.epochs"):
@@ -23,6 +24,20 @@ def test_claim_accepts_its_own_config_and_refuses_another(tmp_path):
   (tmp_path / "stale").write_text("x")
   workdir.claim(str(tmp_path), other, overwrite=True)
   assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_a_workdir_with_no_finished_stage_takes_a_changed_config(tmp_path):
+  """A run that failed before any stage finished (a typo in a path) does not poison its workdir:
+  the corrected command takes it over, deleting nothing."""
+  workdir.claim(str(tmp_path), {"task": "LaMP_3", "model": {"path": "/typo"}}, overwrite=False)
+  (tmp_path / "predictions.tmp").write_text("a killed write")  # leftovers are not a stage
+  (tmp_path / "mine.txt").write_text("x")
+  with pytest.raises(WorkdirError, match=r"differs in model\.path"):  # mine.txt: not empty
+    workdir.claim(str(tmp_path), {"task": "LaMP_3", "model": {"path": ""}}, overwrite=False)
+  os.remove(tmp_path / "mine.txt")
+  workdir.claim(str(tmp_path), {"task": "LaMP_3", "model": {"path": ""}}, overwrite=False)
+  assert sorted(os.listdir(tmp_path)) == ["config.json", "predictions.tmp"]
+  assert '"path": ""' in (tmp_path / "config.json").read_text()
 
 
 def test_lock_refuses_a_live_holder_and_is_released(tmp_path):
