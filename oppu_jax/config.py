@@ -167,6 +167,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.path = ""  # an official LaMP or OPPU-processed directory; "" = generate into workdir
   c.data.format = "auto"  # auto | official | oppu
+  # Which splits to load, comma-separated ("dev", "dev,test"; OPPU's layout: "test", "others");
+  # "" = every split present. A split without golds (LaMP's test) is predicted, not scored.
+  c.data.split = ""
   # The N most active users get their own adapter (OPPU: 100); 0: every user with test queries
   # (the PEFT-vs-RAG study's protocol).
   c.data.num_test_users = 8

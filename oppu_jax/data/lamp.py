@@ -202,6 +202,9 @@ def _load_official(path, task, splits, max_words) -> LampData:
     opath = os.path.join(path, f"{split}_outputs.json")
     golds = _read_golds(opath, task) if os.path.exists(opath) else None
     records = _question_records(_read_json(qpath), qpath, task)
+    if golds is None:  # LaMP's test split: its golds go to the leaderboard, not the release
+      log.warning("%s: no %s_outputs.json: its %d queries are predicted, not scored", qpath,
+                  split, len(records))
     for i, rec in enumerate(records):
       where, qid = _record_with_id(rec, f"{qpath}: record {i}", seen_ids, qpath, "question")
       _check_texts_built(task, rec, where)
@@ -214,7 +217,7 @@ def _load_official(path, task, splits, max_words) -> LampData:
       user = samples.setdefault(user_id, _Samples(qpath))
       user.profiles.append(items)
       user.times.append(_query_time(rec, items))
-      user.queries.append(_query(task, rec, gold, where))
+      user.queries.append(_query(task, rec, gold, where, split))
     if golds:
       first = next(iter(golds))
       raise DataError(f"{opath}: gold id {first!r} has no question in {qpath} "
@@ -314,14 +317,14 @@ def _at_or_before(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
   return a[:n] <= b[:n]
 
 
-def _query(task, rec, gold, where) -> Query:
+def _query(task, rec, gold, where, split) -> Query:
   text = _string(rec, "input", where)
   try:
     tasks_lib.parse_input(task, text)
   except DataError as e:
     raise DataError(f"{where}: {e}") from None
   date = rec.get("date")
-  return Query(rec["id"], text, gold, None if date is None else str(date))
+  return Query(rec["id"], text, gold, None if date is None else str(date), split)
 
 
 def _time_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -354,7 +357,10 @@ def _load_oppu(path, task, splits, max_words) -> LampData:
     if split == "test":
       lpath = os.path.join(path, OPPU_FILES["labels"])
       golds = _read_golds(lpath, task) if os.path.exists(lpath) else None
-    part = _read_oppu_users(upath, task, golds, seen_users, seen_queries)
+      if golds is None:
+        log.warning("%s: no %s: its users' queries are predicted, not scored", upath,
+                    OPPU_FILES["labels"])
+    part = _read_oppu_users(upath, task, golds, seen_users, seen_queries, split)
     if golds:
       first = next(iter(golds))
       raise DataError(f"{lpath}: gold id {first!r} has no query in {upath} "
@@ -370,7 +376,7 @@ def _load_oppu(path, task, splits, max_words) -> LampData:
   return LampData(task.name, tuple(users), profiles)
 
 
-def _read_oppu_users(upath, task, golds, seen_users, seen_queries) -> list[User]:
+def _read_oppu_users(upath, task, golds, seen_users, seen_queries, split) -> list[User]:
   records = _read_json(upath)
   if not isinstance(records, list):
     raise DataError(f"{upath}: expected a list of users, got {type(records).__name__}")
@@ -405,7 +411,7 @@ def _read_oppu_users(upath, task, golds, seen_users, seen_queries) -> list[User]
         gold = q.get("gold", q.get("output"))
         if gold is not None:
           gold = _gold_string(task, gold, qwhere)
-      queries.append(_query(task, q, gold, qwhere))
+      queries.append(_query(task, q, gold, qwhere, split))
     users.append(User(user_id, tuple(dedup.values()), tuple(queries)))
   return users
 

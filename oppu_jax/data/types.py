@@ -19,12 +19,14 @@ class Query:
 
   `gold` is None where the golds are unknown (e.g. LaMP test split).
   `date` is the query's time where the release has one (used to cut retrievable history).
+  `split` names the release's split it came from ("dev", "test", OPPU's "test" / "others").
   """
 
   id: str
   input: str
   gold: str | None = None
   date: str | None = None
+  split: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

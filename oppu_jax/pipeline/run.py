@@ -349,20 +349,32 @@ def _predict_users(exp: Experiment, model, setting: Setting, users) -> dict[str,
 
 def write_report(exp: Experiment) -> dict:
   """results.json, significance.json and results.md from the predictions: returns
-  {setting: {metric: value}}. A prediction file that lacks a test query is an error naming both."""
-  golds = {q.id: q.gold for u in exp.test_users for q in u.queries if q.gold is not None}
+  {setting: {metric: value}}, scored on the test queries that have a gold (a split released
+  without golds, as LaMP's test split, is predicted, not scored). A prediction file that lacks a
+  test query is an error naming both."""
+  queries = [q for u in exp.test_users for q in u.queries]
+  golds = {q.id: q.gold for q in queries if q.gold is not None}
   preds = {}
   for setting in exp.settings:
     path = _predictions(exp, setting)
     preds[setting.name] = lamp.read_outputs(path)
-    missing = [i for i in golds if i not in preds[setting.name]]
+    missing = [q.id for q in queries if q.id not in preds[setting.name]]
     if missing:
       raise DataError(f"{path}: no prediction for query id {missing[0]!r} ({len(missing)} of "
-                      f"{len(golds)} missing; delete the file to predict again)")
-  results = {name: metrics.evaluate(exp.task.name, golds, p) for name, p in preds.items()}
-  tests = significance.grid_tests(exp.task.name, golds, preds, results, seed=exp.config.seed)
+                      f"{len(queries)} missing; delete the file to predict again)")
+  unscored = _unscored_note(exp, queries)
+  if not golds:
+    logging.warning("%s", unscored)
+    if cluster.is_main():
+      files.write_text(exp.path("results.md"), f"# {exp.task.name}\n\n{unscored}\n")
+    return {}
+  scored = {name: {i: p[i] for i in golds} for name, p in preds.items()}
+  results = {name: metrics.evaluate(exp.task.name, golds, p) for name, p in scored.items()}
+  tests = significance.grid_tests(exp.task.name, golds, scored, results, seed=exp.config.seed)
   if not cluster.is_main():
     return results
+  if unscored:
+    logging.warning("%s", unscored)
   files.write_json(exp.path("results.json"), results)
   files.write_json(exp.path("significance.json"), tests.to_json())
   users = sum(any(q.gold is not None for q in u.queries) for u in exp.test_users)
@@ -370,8 +382,22 @@ def write_report(exp: Experiment) -> dict:
            else report.markdown_table)
   files.write_text(exp.path("results.md"), table(
       exp.task.name, results, tests=tests, num_queries=len(golds), num_users=users)
-      + _figure_links(exp))
+      + (f"\n{unscored}\n" if unscored else "") + _figure_links(exp))
   return results
+
+
+def _unscored_note(exp: Experiment, queries) -> str:
+  """A line naming the splits whose queries have no gold ("" when every query has one)."""
+  splits: dict[str, int] = {}
+  for q in queries:
+    if q.gold is None:
+      splits[q.split or "?"] = splits.get(q.split or "?", 0) + 1
+  if not splits:
+    return ""
+  which = ", ".join(f"{n} of split {s!r}" for s, n in splits.items())
+  return (f"{sum(splits.values())} of {len(queries)} test queries have no gold ({which}: the "
+          f"release ships no golds for it): predicted in {exp.path('predictions')}/<setting>.json"
+          " (LaMP's outputs format, for the leaderboard), not scored.")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -391,9 +417,7 @@ def _figure_links(exp: Experiment) -> str:
 def _given_data(config, task):
   """The LaMP data at config.data.path (its configured splits), or None to generate it."""
   path = _input(config, config.data.path)
-  if not path:
-    return None
-  return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
+  return _load_data(config, path, task) if path else None
 
 
 def _generated_data(config, workdir: str, task):
@@ -404,7 +428,13 @@ def _generated_data(config, workdir: str, task):
       synth.generate(task.name, tmp, seed=config.seed, **config.data.synth.to_dict())
     logging.info("generated LaMP-format %s data into %s", task.name, path)
   cluster.barrier("data")
-  return lamp.load(path, task, format=config.data.format, max_words=config.data.max_words)
+  return _load_data(config, path, task)
+
+
+def _load_data(config, path: str, task):
+  splits = [s.strip() for s in config.data.split.split(",") if s.strip()] or None
+  return lamp.load(path, task, format=config.data.format, split=splits,
+                   max_words=config.data.max_words)
 
 
 def _input(config, path: str) -> str:

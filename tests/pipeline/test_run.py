@@ -89,6 +89,53 @@ def test_every_task_config_runs_and_writes_valid_outputs(tiny_model_dir, tmp_pat
   assert all(f"| {s} |" in table for s in settings.split(","))
 
 
+def test_a_split_released_without_golds_is_predicted_not_scored(tiny_model_dir, tmp_path):
+  """LaMP ships its test split with no outputs file: every query gets a prediction (LaMP's
+  outputs format, for the leaderboard), the metrics cover the queries that have golds, and the
+  run ends normally; with only that split, predictions and no metrics."""
+  from oppu_jax import main
+  from oppu_jax.data import synth
+
+  release = tmp_path / "LaMP_3"
+  data = synth.synthesize("LaMP_3", seed=0, num_users=6, history_min=4, history_max=7,
+                          queries_per_user=2, text_words=8)
+  lamp.write_official_layout(data, str(release))  # train_* and dev_* (each user: 1 and 1)
+  os.rename(release / "dev_questions.json", release / "test_questions.json")
+  os.remove(release / "dev_outputs.json")
+  config = tiny_config("LaMP_3", tiny_model_dir, settings="non_personalized,oppu_k0",
+                       **{"data.path": str(release)})
+  table = main.run_and_report(config, str(tmp_path / "w"))
+
+  loaded = lamp.load(str(release), "LaMP_3")
+  test_users, _ = lamp.select_users(loaded, config.data.num_test_users)
+  queries = [q for u in test_users.users for q in u.queries]
+  golds = {q.id: q.gold for q in queries if q.gold is not None}
+  assert 0 < len(golds) < len(queries)
+  assert {q.split for q in queries if q.gold is None} == {"test"}
+  on_disk = json.loads((tmp_path / "w" / "results.json").read_text())
+  for setting in ("non_personalized", "oppu_k0"):
+    doc = json.loads((tmp_path / "w" / "predictions" / f"{setting}.json").read_text())
+    preds = {g["id"]: g["output"] for g in doc["golds"]}
+    assert set(preds) == {q.id for q in queries}  # the gold-less ones too
+    want = _independent_metrics("LaMP_3", golds, {i: preds[i] for i in golds})
+    assert on_disk[setting] == pytest.approx(want, abs=1e-9)
+    assert f"| {setting} |" in table
+  results_md = (tmp_path / "w" / "results.md").read_text()
+  assert f"{len(queries) - len(golds)} of {len(queries)} test queries have no gold (" in results_md
+  assert "of split 'test'" in results_md
+
+  only_test = tiny_config("LaMP_3", tiny_model_dir, settings="non_personalized",
+                          **{"data.path": str(release), "data.split": "test",
+                             "task_adapt.enabled": False})
+  table = main.run_and_report(only_test, str(tmp_path / "w_test"))
+  assert table.endswith("no test query has a gold: predictions in "
+                        f"{tmp_path / 'w_test'}/predictions/")
+  doc = json.loads((tmp_path / "w_test" / "predictions" / "non_personalized.json").read_text())
+  assert doc["task"] == "LaMP_3" and len(doc["golds"]) > 0
+  assert not (tmp_path / "w_test" / "results.json").exists()
+  assert "have no gold" in (tmp_path / "w_test" / "results.md").read_text()
+
+
 def test_the_whole_grid_runs_in_the_default_dtype_with_significance(tiny_model_dir, tmp_path):
   # bf16 weights and bf16 compute, the defaults: every setting, profiles (PAG) included.
   config = tiny_config("LaMP_3", tiny_model_dir, settings="all",
