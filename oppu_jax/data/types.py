@@ -26,7 +26,7 @@ class Query:
   input: str
   gold: str | None = None
   date: str | None = None
-  split: str | None = None
+  split: str | None = dataclasses.field(default=None, compare=False)  # provenance, not identity
 
 
 @dataclasses.dataclass(frozen=True)
