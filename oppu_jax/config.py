@@ -94,6 +94,7 @@ CHOICES = {
     "data.format": ("auto", "official", "oppu"),
     "data.history_mode": ("oppu", "aligned", "text", "convert", "input_only", "output_only"),
     "data.test_users": ("most_active", "spread"),
+    "data.random_history": ("corpus", "own"),
     "model.backend": ("auto", "cpu", "xla"),
     "train.schedule": ("auto", "refill", "exact"),
     "train.remat": ("auto", "always", "never"),
@@ -177,6 +178,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_task_users = 0  # cap on users for task adaptation (0 = all the others)
   c.data.max_words = 768  # per history field, as the reference cuts
   c.data.history_mode = "oppu"  # oppu | aligned | text | convert (tasks.history_to_pairs)
+  # Table 1's random_history draws its items from: corpus (every user's history items, as OPPU's
+  # App. D says) | own (the query's user's history only).
+  c.data.random_history = "corpus"
   # The generator, when data.path is empty.
   c.data.synth = ml_collections.ConfigDict()
   c.data.synth.num_users = 40

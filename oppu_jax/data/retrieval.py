@@ -1,7 +1,9 @@
 """Per-user retrieval over a time-ordered history: BM25, recency, random, dense, and RSPG.
 
 Every function returns indices into the user's own history (never items), so the caller keeps
-control of formatting and no other user's data can enter.
+control of formatting and no other user's data can enter; the one exception,
+`random_from_corpus`, draws from a corpus of every user's items, for OPPU's "random history"
+baseline, which the paper draws "from all user history corpus".
 
 Conventions:
 - Tokenization for BM25 is `text.split()` (whitespace, case kept), as LaMP's reference
@@ -165,6 +167,27 @@ def random_k(n: int, k: int, *, seed: int, user_id: str, salt: str = "") -> list
   """min(k, n) distinct indices in [0, n), fixed by (seed, user_id, salt)."""
   rng = np.random.default_rng(stable_seed(seed, user_id, salt))
   return rng.choice(n, size=min(max(k, 0), n), replace=False).tolist()
+
+
+def random_from_corpus(
+    corpus: Sequence[Item], k: int, *, query_date: Any = None, seed: int = 0, salt: str = "",
+    date_key: str = "date",
+) -> list[int]:
+  """min(k, visible) distinct indices into `corpus` (every user's history items), drawn at
+  random among the items dated strictly before `query_date` (as `visible_before_date`).
+
+  Fixed by (seed, salt) and the corpus alone (salt: the query id), never by the query's user or
+  the order queries are asked in. Walks a random permutation and checks dates lazily, so a large
+  corpus costs a permutation, not a date parse per item."""
+  rng = np.random.default_rng(stable_seed(seed, "corpus", salt))
+  limit = _parse_date(query_date, "query")
+  out = []
+  for j in rng.permutation(len(corpus)).tolist():
+    if len(out) >= k:
+      break
+    if _strictly_before(_parse_date(corpus[j].get(date_key), j), limit):
+      out.append(j)
+  return out
 
 
 def stable_seed(*parts: Any) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -68,14 +68,33 @@ def user_training_pairs(task, user: User, setting: Setting, profile: str | None,
   return pairs
 
 
+RANDOM_HISTORY = ("corpus", "own")  # config data.random_history
+
+
+def random_history_corpus(users: Sequence[User], mode: str) -> tuple[dict, ...] | None:
+  """The pool of retrieval "random" (Table 1's random_history): mode "corpus", every user's
+  history items in data order (OPPU App. D: "random history behavior from all user history
+  corpus"); mode "own", None (each user's own history)."""
+  if mode not in RANDOM_HISTORY:
+    raise ValueError(f"data.random_history: unknown {mode!r}; expected one of {RANDOM_HISTORY}")
+  if mode == "own":
+    return None
+  return tuple(item for user in users for item in user.history)
+
+
 def query_prompts(task, user: User, setting: Setting, profile: str | None, *,
-                  seed: int, retrievers: Retrievers | None = None) -> list[tuple[str, str]]:
-  """(query id, prompt) for each of the user's queries under `setting`."""
+                  seed: int, retrievers: Retrievers | None = None,
+                  corpus: Sequence[dict] | None = None) -> list[tuple[str, str]]:
+  """(query id, prompt) for each of the user's queries under `setting`. `corpus`
+  (`random_history_corpus`): where retrieval "random" draws from; None: the user's history."""
   retrievers = retrievers or Retrievers()
   out = []
   for q in user.queries:
-    items = _retrieve_for_query(task, user, q, setting.k, retrievers.method(setting), seed,
-                                retrievers)
+    method = retrievers.method(setting)
+    if method == "random" and corpus is not None:
+      items = _random_from_corpus(corpus, q, setting.k, seed)
+    else:
+      items = _retrieve_for_query(task, user, q, setting.k, method, seed, retrievers)
     if setting.prompts == "study":
       out.append((q.id, tasks_lib.build_study_prompt(task, q.input, items)))
     else:
@@ -95,6 +114,15 @@ def _retrieve_for_query(task, user: User, q, k: int, method: str, seed: int,
       method=method, seed=seed, user_id=user.id, salt=q.id, dense=retrievers.dense,
       rspg=retrievers.rspg)
   return [user.history[j] for j in idx]
+
+
+def _random_from_corpus(corpus: Sequence[dict], q, k: int, seed: int) -> list[dict]:
+  # Seeded by the query id alone, so a query's items do not depend on which users a process
+  # predicts or in what order; only items dated before the query, as a user's own would be.
+  if k <= 0:
+    return []
+  idx = retrieval.random_from_corpus(corpus, k, query_date=q.date, seed=seed, salt=q.id)
+  return [corpus[j] for j in idx]
 
 
 def least_similar_histories(task, users, keep: float, scores: Callable) -> tuple[User, ...]:
