@@ -334,10 +334,14 @@ def _predict_users(exp: Experiment, model, setting: Setting, users) -> dict[str,
   adapters = _load_adapters(exp, model, setting, users) if setting.personal else None
   retrievers = _retrievers(exp, setting)
   profiles = _profiles(exp, setting)
+  # Table 1's random_history draws from every user's items (the paper's reading) or the user's.
+  corpus = (examples.random_history_corpus(exp.data.users, exp.config.data.random_history)
+            if setting.retrieval == "random" else None)
   rows, ids = [], []
   for index, user in enumerate(users):
     for qid, prompt in examples.query_prompts(exp.task, user, setting, profiles.get(user.id),
-                                              seed=exp.config.seed, retrievers=retrievers):
+                                              seed=exp.config.seed, retrievers=retrievers,
+                                              corpus=corpus):
       rows.append((index, _model_input(exp, prompt)))
       ids.append(qid)
   if not rows:

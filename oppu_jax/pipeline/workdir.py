@@ -28,6 +28,8 @@ HEARTBEAT_SECONDS = 30.0  # the holder refreshes the lock's mtime this often
 # A lock of another host (whose process cannot be asked) is stale when not refreshed this long.
 STALE_SECONDS = 300.0
 
+# Keys added after runs were made whose default is not what those runs did: their value then.
+_BEFORE_THE_KEY = {"data.random_history": "own"}
 # Keys that do not change results: a rerun may differ in them.
 _NOT_FINGERPRINTED = ("overwrite", "progress", "distributed", "analysis", "storage",
                       "task_adapt.checkpoint_every")
@@ -39,8 +41,9 @@ def claim(workdir: str, config_dict: dict, overwrite: bool) -> None:
   if os.path.exists(path):
     with open(path) as f:
       theirs, mine = _flat(json.load(f)), _flat(config_dict)
-    # A key added to the config since that run was made, at its default, changes nothing.
-    defaults = _flat(config_lib.get_config().to_dict())
+    # A key added to the config since that run was made, at its value then, changes nothing.
+    defaults = {**_flat(config_lib.get_config().to_dict()),
+                **{k: json.dumps(v) for k, v in _BEFORE_THE_KEY.items()}}
     diff = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k)
                   and not (k not in theirs and mine.get(k) == defaults.get(k)))
     if diff and not finished_outputs(workdir):  # nothing made under the old config: no loss

@@ -21,6 +21,13 @@ def test_claim_accepts_its_own_config_and_refuses_another(tmp_path):
   workdir.claim(str(tmp_path), newer, overwrite=False)
   with pytest.raises(WorkdirError, match=r"differs in data\.test_users"):
     workdir.claim(str(tmp_path), dict(config, data={"test_users": "spread"}), overwrite=False)
+  # ... unless its default is not what runs before it did (random_history drew from "own").
+  def drawing_from(pool):
+    return dict(config, data={"test_users": "most_active", "random_history": pool})
+
+  with pytest.raises(WorkdirError, match=r"differs in data\.random_history"):
+    workdir.claim(str(tmp_path), drawing_from("corpus"), overwrite=False)
+  workdir.claim(str(tmp_path), drawing_from("own"), overwrite=False)
   (tmp_path / "stale").write_text("x")
   workdir.claim(str(tmp_path), other, overwrite=True)
   assert os.listdir(tmp_path) == ["config.json"]
