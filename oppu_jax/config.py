@@ -100,6 +100,7 @@ CHOICES = {
     "train.remat": ("auto", "always", "never"),
     "eval.classification": ("score", "generate"),
     "eval.decoding": ("greedy", "sample", "beam"),
+    "profile.template": ("auto", "chat", "vicuna"),
 }
 
 
@@ -136,7 +137,9 @@ def check(c: ml_collections.ConfigDict) -> None:
                       f"config.eval.max_new_tokens={c.eval.max_new_tokens} generated tokens")
   for key, what in (("model.path", "an HF model directory or a .gguf file; '' = the embedded "
                      "SmolLM2"), ("model.tokenizer", "an HF directory or a .gguf file; '' = the "
-                     "model's own"), ("data.path", "a LaMP directory; '' = generate data")):
+                     "model's own"), ("data.path", "a LaMP directory; '' = generate data"),
+                    ("profile.model_path", "a chat model's HF directory or .gguf file; '' = the "
+                     "run's base")):
     section, leaf = key.split(".")
     path = c[section][leaf]
     if path and "://" not in path and not os.path.exists(path):  # store URLs: storage.py
@@ -262,6 +265,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.retrieval.rspg_candidates = ("bm25", "recency", "dense")
 
   c.profile = ml_collections.ConfigDict()
+  # The chat model that writes PAG profiles (the OPPU paper: Vicuna-7B), loaded only while it
+  # writes them; "" = the run's base model, which then needs a chat template.
+  c.profile.model_path = ""
+  # auto: the profile model's chat template, else Vicuna v1.1's format for a profile model given
+  # by path | chat: its chat template only | vicuna: Vicuna v1.1's format (FastChat's).
+  c.profile.template = "auto"
   c.profile.num_items = 10
   c.profile.max_new_tokens = 96
 

@@ -44,13 +44,14 @@ def llama2_tokenizer_dir(tmp_path_factory):
   """A factory of tiny Llama-2-style HF tokenizer directories: a BPE `tokenizer.json` (bos <s> 1,
   eos </s> 2) whose post-processor prepends <s> when `post_processor` (as Llama-2's does), and a
   `tokenizer_config.json` (LlamaTokenizerFast, the chat template of Llama-2-chat, which writes
-  the BOS itself) with `add_bos_token` unless it is None."""
+  the BOS itself, unless `chat_template` is False) with `add_bos_token` unless it is None."""
   import json
 
   import tokenizers
   from tokenizers import decoders, models, normalizers, processors, trainers
 
-  def make(post_processor: bool = True, add_bos_token: bool | None = True) -> str:
+  def make(post_processor: bool = True, add_bos_token: bool | None = True,
+           chat_template: bool = True) -> str:
     path = tmp_path_factory.mktemp("llama2_tokenizer")
     tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
@@ -70,6 +71,8 @@ def llama2_tokenizer_dir(tmp_path_factory):
                                "[/INST]{% endfor %}"}
     if add_bos_token is not None:
       config["add_bos_token"] = add_bos_token
+    if not chat_template:  # a base model's tokenizer (Llama-2-7B's ships none)
+      del config["chat_template"]
     (path / "tokenizer_config.json").write_text(json.dumps(config))
     return str(path)
 

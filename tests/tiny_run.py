@@ -15,7 +15,7 @@ def get_config(arg: str):
   return tiny_config(task, model_dir)
 
 
-def save_tiny_llama(path: str) -> str:
+def save_tiny_llama(path: str, seed: int = 0) -> str:
   """An HF-format checkpoint (config.json + safetensors) of a 2-layer random Llama whose vocab
   matches the embedded tokenizer, so the whole pipeline runs in seconds."""
   import torch
@@ -26,7 +26,7 @@ def save_tiny_llama(path: str) -> str:
       num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, bos_token_id=1,
       eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
   )
-  torch.manual_seed(0)
+  torch.manual_seed(seed)
   transformers.LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
   return str(path)
 

@@ -93,6 +93,16 @@ class Tokenizer:
       raise ValueError("this tokenizer has no chat template")
     return self._render_chat(messages, add_generation_prompt=add_generation_prompt)
 
+  @property
+  def has_chat_template(self) -> bool:
+    return self._render_chat is not None
+
+  def with_chat_format(self, render: Callable[..., str]) -> "Tokenizer":
+    """This tokenizer with another chat format (e.g. `vicuna_v1_1` for a checkpoint that ships
+    none); the ids of plain text are unchanged."""
+    return Tokenizer(self.backend, bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id,
+                     render_chat=render, add_bos=self.add_bos)
+
   @classmethod
   def for_model(cls, model_path: str = "", tokenizer_path: str = "") -> "Tokenizer":
     """`tokenizer_path` if given, else the model's own (an HF directory's tokenizer files or a
@@ -173,6 +183,28 @@ class Tokenizer:
         render_chat=render,
         add_bos=_hf_adds_bos(path, hf),
     )
+
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The "
+                 "assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+
+def vicuna_v1_1(messages: list[dict], add_generation_prompt: bool = True) -> str:
+  """Vicuna v1.1's prompt format (FastChat's "vicuna_v1.1"; Vicuna-7B, the OPPU paper's profile
+  writer, ships no chat template): "SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT:", BOS
+  left to `encode_prompt`."""
+  system = VICUNA_SYSTEM
+  if messages and messages[0]["role"] == "system":
+    system, messages = messages[0]["content"], messages[1:]
+  text = system + " "
+  for m in messages:
+    if m["role"] == "user":
+      text += f"USER: {m['content']} "
+    elif m["role"] == "assistant":
+      text += f"ASSISTANT: {m['content']}</s>"
+    else:
+      raise ValueError(f"vicuna_v1_1: unknown role {m['role']!r}")
+  return text + "ASSISTANT:" if add_generation_prompt else text.rstrip(" ")
 
 
 def _hf_adds_bos(path: str, hf) -> bool:

@@ -44,7 +44,7 @@ from oppu_jax.peft import hf_format, method as method_lib
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge
 from oppu_jax.peft.stack import UserAdapters
-from oppu_jax.pipeline import cluster, examples, progress, workdir as wd
+from oppu_jax.pipeline import cluster, examples, profile_writer, progress, workdir as wd
 from oppu_jax.pipeline.settings import BEST, STUDY, Setting, parse_settings
 from oppu_jax.train import multi_user, preemption
 from oppu_jax.train.user_batches import plan_user
@@ -126,6 +126,9 @@ def setup(config, workdir: str) -> Experiment:
   tokenizer = Tokenizer.for_model(_input(config, config.model.path),
                                   _input(config, config.model.tokenizer))
   base_model = _load_model(config)
+  if any(s.profile or s.base == "P" for s in settings) and not (
+      given and all(u.id in given.profiles for u in given.users)):
+    profile_writer.check(config, tokenizer)
   if cluster.is_main():
     wd.claim(workdir, config.to_dict(), config.overwrite)
   cluster.barrier("claimed")
@@ -150,9 +153,10 @@ def ensure_profiles(exp: Experiment, settings) -> None:
   if exp.profiles or not any(s.profile or s.base == "P" for s in settings):
     return
   c = exp.config
-  if _seq2seq(exp):
-    raise ConfigError(f"config.settings: {c.settings!r} needs PAG profiles, which an "
-                      "instruct decoder-only model writes; this model is an encoder-decoder")
+  given = profiles_lib.profiles_from_release(exp.data)
+  if all(u.id in given for u in exp.data.users):  # the release's: no profile model needed
+    exp.profiles = {u.id: given[u.id] for u in exp.data.users}
+    return
   cache = exp.path("profiles.json")
   users = exp.data.users
   if cluster.count() > 1:  # each process writes its share into its part, from the joint cache
@@ -163,18 +167,19 @@ def ensure_profiles(exp: Experiment, settings) -> None:
     users = cluster.share(users, cost=lambda u: min(len(u.history), c.profile.num_items))
     cluster.log_share("PAG: writes the profiles of", [u.id for u in users])
     cache, users_cache = part, cache
-  make = lambda users, cache, advance=None: profiles_lib.user_profiles(
-      exp.base_model, exp.tokenizer, exp.task, users, cache_path=cache,
-      num_items=c.profile.num_items, max_new_tokens=c.profile.max_new_tokens, seed=c.seed,
-      given=profiles_lib.profiles_from_release(exp.data), progress=advance, mesh=exp.local_mesh)
-  with progress.bar("PAG profiles", len(users), "users", exp.show_progress) as bar:
-    exp.profiles = make(users, cache, bar.advance)
-  if cluster.count() > 1:
-    cluster.barrier("profiles written")
-    if cluster.is_main():
-      profiles_lib.join_caches(cluster.part_paths(users_cache), users_cache)
-    cluster.barrier("profiles joined")
-    exp.profiles = make(exp.data.users, users_cache)  # all cached: nothing generated
+  with _profile_writer(exp) as (model, tokenizer):
+    make = lambda users, cache, advance=None: profiles_lib.user_profiles(
+        model, tokenizer, exp.task, users, cache_path=cache, num_items=c.profile.num_items,
+        max_new_tokens=c.profile.max_new_tokens, seed=c.seed, given=given, progress=advance,
+        mesh=exp.local_mesh)
+    with progress.bar("PAG profiles", len(users), "users", exp.show_progress) as bar:
+      exp.profiles = make(users, cache, bar.advance)
+    if cluster.count() > 1:
+      cluster.barrier("profiles written")
+      if cluster.is_main():
+        profiles_lib.join_caches(cluster.part_paths(users_cache), users_cache)
+      cluster.barrier("profiles joined")
+      exp.profiles = make(exp.data.users, users_cache)  # all cached: nothing generated
 
 
 def adapt_to_task(exp: Experiment, base: str):
@@ -286,12 +291,11 @@ def _profiles(exp: Experiment, setting: Setting) -> dict[str, str]:
     c = exp.config
     users = users_of(exp, setting)
     with progress.bar("PAG profiles (shifted histories)", len(users), "users",
-                      exp.show_progress) as bar:
+                      exp.show_progress) as bar, _profile_writer(exp) as (model, tokenizer):
       cache = exp.path(f"profiles@{shift_suffix(c.analysis.shift_keep)}.json")
       exp.shifted["profiles"] = {**exp.profiles, **profiles_lib.user_profiles(
-          exp.base_model, exp.tokenizer, exp.task, users, cache_path=cache,
-          num_items=c.profile.num_items, max_new_tokens=c.profile.max_new_tokens, seed=c.seed,
-          progress=bar.advance)}
+          model, tokenizer, exp.task, users, cache_path=cache, num_items=c.profile.num_items,
+          max_new_tokens=c.profile.max_new_tokens, seed=c.seed, progress=bar.advance)}
   return exp.shifted["profiles"]
 
 
@@ -574,8 +578,18 @@ def _best_retriever(exp: Experiment) -> str:
 # -- calls into models/, peft/, train/ and eval/: one place each --------------------------------
 
 
-def _load_model(config):
-  model, _ = load.load_model(_input(config, config.model.path) or None,
+def _profile_writer(exp: Experiment):
+  """The model and tokenizer that write PAG profiles (profile_writer.py): a decoder-only chat
+  model, config.profile.model_path's or the base."""
+  return profile_writer.writer(exp.config, exp.base_model, exp.tokenizer,
+                               load_model=lambda path: _load_model(exp.config, path),
+                               local_path=lambda path: _input(exp.config, path))
+
+
+def _load_model(config, path: str | None = None):
+  """The model at `path` (default: config.model.path) in the run's dtypes and backend."""
+  path = config.model.path if path is None else path
+  model, _ = load.load_model(_input(config, path) or None,
                              backend=config.model.backend,
                              param_dtype=config.model.param_dtype,
                              compute_dtype=config.model.compute_dtype, remat=config.model.remat)
