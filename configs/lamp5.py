@@ -4,12 +4,9 @@
 
 Generates LaMP-format data (40 users; a title is the abstract's first words in the user's
 style: a signature prefix, a case style, a length), adapts the base to the task, trains one LoRA
-per test user (2 epochs of 4 at lr 3e-3) and decodes greedily. Measured on the 2-core CPU
-(2026-11-23, bf16, the default): 2 min 03 s wall; 48 queries of 8 users:
-
-  | setting          | rouge-1 | rouge-L |
-  | non_personalized | 0.7129  | 0.7060  |
-  | oppu_k0          | 0.8429* | 0.8368* |   * paired t-test vs non_personalized, p < 0.05
+per test user (2 epochs of 4 at lr 3e-3) and decodes greedily. Expected result (48 queries of
+8 users): docs/results/lamp5/results.md, made by `python scripts/results.py lamp5` (its run.md:
+when, commit, machine, versions, wall time).
 
 Generator oracles (all 40 users): ROUGE-1 0.811 from the text alone, 0.983 with the users'
 styles. `:paper` gives the OPPU paper's Table 4 values (oppu_jax/config.py).

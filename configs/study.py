@@ -16,12 +16,9 @@ On FlanT5 from a local path, with the study's own values (the "study" recipe):
 
 The argument is `TASK[,RECIPE]`; results.md is laid out as the study's Table 1.
 
-Measured (2026-11-24, 2-core CPU, generated data, 48 queries of 8 users; tables in README.md,
-"FlanT5 and the PEFT-vs-RAG study"):
-  LaMP_2M: non-personalized accuracy 0.0625; PEFT r=8 0.4167*; RAG dense 0.5625* (best; BM25
-    0.5000*); PEFT+RAG r=8 0.4375*. 15 min 07 s wall, partly shared with other jobs.
-  LaMP_5: non-personalized ROUGE-1 0.1015; PEFT r=8 0.6103*†; RAG BM25 0.1443 (best);
-    PEFT+RAG r=8 0.2125*. 7 min 52 s wall, quiet.
+Expected results: `python scripts/results.py study_lamp2m study_lamp5` writes them to
+docs/results/study_lamp2m/ and docs/results/study_lamp5/ (with run.md: when, commit, machine,
+versions, wall time).
 """
 
 from oppu_jax import config

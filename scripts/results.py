@@ -1,0 +1,148 @@
+"""Makes the results the README quotes: each named run's own output files under
+docs/results/<name>/, with the command, commit, machine, load, versions and wall time beside them.
+
+  .venv/bin/python scripts/results.py lamp3 lamp2m lamp5   # named runs; --list shows them all
+
+A run starts from an empty workdir (runs/results/<name>) so its wall time is the whole command's;
+`--resume` keeps the workdir (only missing stages run; the wall time then says so). What the
+command printed is kept as output.txt and the files it wrote (results.md, results.json,
+significance.json, analysis/) are copied as they are. run.md records how they were made. Time
+runs on a quiet machine: run.md notes the load average before and after, nothing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = [sys.executable, "-m", "oppu_jax.main"]
+SEEDS = [sys.executable, "benchmarks/quality_seeds.py"]
+
+# name -> (command without its workdir, what it is). The workdir is appended as --workdir=W.
+RUNS = {
+    "lamp3": (MAIN + ["--config=configs/lamp3.py"],
+              "the default LaMP_3 run (README's first command)"),
+    "lamp2m": (MAIN + ["--config=configs/lamp2m.py"], "LaMP_2M, classification"),
+    "lamp5": (MAIN + ["--config=configs/lamp5.py"], "LaMP_5, generation"),
+    "lamp3_grid": (MAIN + ["--config=configs/lamp3.py", "--config.settings=all"],
+                   "the whole Table 1 grid on LaMP_3"),
+    "lamp3_seeds": (SEEDS + ["--config=configs/lamp3.py", "--seeds=0,1,2"],
+                    "LaMP_3 over data seeds 0, 1, 2"),
+    "analyses": (MAIN + ["--config=configs/analysis.py:LaMP_3,all"],
+                 "the papers' analyses on LaMP_3"),
+    "study_lamp2m": (MAIN + ["--config=configs/study.py:LaMP_2M"],
+                     "the PEFT-vs-RAG study's grid on LaMP_2M"),
+    "study_lamp5": (MAIN + ["--config=configs/study.py:LaMP_5"],
+                    "the PEFT-vs-RAG study's grid on LaMP_5"),
+}
+FILES = ("results.md", "results.json", "significance.json", "analysis")
+LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "transformers",
+             "tokenizers", "torch", "peft")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("names", nargs="*", help="runs to make (see --list)")
+  parser.add_argument("--list", action="store_true")
+  parser.add_argument("--resume", action="store_true", help="keep the run's workdir")
+  parser.add_argument("--out", default=os.path.join(REPO, "docs", "results"))
+  args = parser.parse_args()
+  unknown = [n for n in args.names if n not in RUNS]
+  if args.list or not args.names or unknown:
+    if unknown:
+      print(f"error: unknown run(s) {', '.join(unknown)}", file=sys.stderr)
+    for name, (cmd, what) in RUNS.items():
+      print(f"{name:12s} {what}: {' '.join(cmd[1:])}")
+    sys.exit(2 if unknown or not (args.list or args.names) else 0)
+  for name in args.names:
+    make(name, args.out, args.resume)
+
+
+def make(name: str, out_root: str, resume: bool) -> None:
+  cmd, what = RUNS[name]
+  workdir = os.path.join("runs", "results", name)
+  if not resume:
+    shutil.rmtree(os.path.join(REPO, workdir), ignore_errors=True)
+  cmd = cmd + [f"--workdir={workdir}"]
+  shown = " ".join([".venv/bin/python", *cmd[1:]])
+  print("$", shown, flush=True)
+  load_before = os.getloadavg()
+  start = time.time()
+  done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  wall = time.time() - start
+  load_after = os.getloadavg()
+  if done.returncode:
+    sys.exit(f"error: {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+  out = os.path.join(out_root, name)
+  shutil.rmtree(out, ignore_errors=True)
+  os.makedirs(out)
+  with open(os.path.join(out, "output.txt"), "w") as f:
+    f.write(done.stdout)
+  for f in FILES:
+    src = os.path.join(REPO, workdir, f)
+    if os.path.isdir(src):
+      shutil.copytree(src, os.path.join(out, f))
+    elif os.path.exists(src):
+      shutil.copy(src, out)
+  with open(os.path.join(out, "run.md"), "w") as f:
+    f.write(_record(name, what, shown, wall, load_before, load_after, resume))
+  print(done.stdout)
+  print(f"{name}: {_minutes(wall)} wall; kept in {os.path.relpath(out, REPO)}/", flush=True)
+
+
+def _record(name, what, shown, wall, load_before, load_after, resume) -> str:
+  commit = _git("rev-parse", "--short", "HEAD")
+  dirty = _git("status", "--porcelain", "--untracked-files=no")
+  versions = ", ".join(f"{lib} {_version(lib)}" for lib in LIBRARIES)
+  return "\n".join([
+      f"# {name}: {what}", "",
+      "```", f"$ {shown}", "```", "",
+      f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+      f"- commit: {commit}" + (" (with uncommitted changes)" if dirty else ""),
+      f"- machine: {_cpu()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB, "
+      f"{platform.system()} {platform.release()}",
+      f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}",
+      f"- wall time: {_minutes(wall)}" + (" (resumed: only missing stages ran)" if resume else ""),
+      f"- python {platform.python_version()}, {versions}", ""])
+
+
+def _git(*args: str) -> str:
+  return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def _version(lib: str) -> str:
+  try:
+    return importlib.metadata.version(lib)
+  except importlib.metadata.PackageNotFoundError:
+    return "absent"
+
+
+def _cpu() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown CPU"
+
+
+def _memory_gib() -> float:
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def _minutes(seconds: float) -> str:
+  return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+if __name__ == "__main__":
+  main()
