@@ -8,8 +8,13 @@ audited_main.py, which records every file each process renames into place).
 Tolerance: a run on another device layout is not bit-equal to the one-device run: the
 data-parallel gradient is summed over 4 devices in another order, and a base split over the
 model axis sums its matmuls' partial products in another order; f32 addition is not
-associative. Adapter values (|x| ~ 0.1) then agree to ~1e-7 (measured); we allow 1e-5, far
-below one update (lr 3e-3). The same layout is bit-equal, killed and resumed or not.
+associative. The task LoRA then agrees to ~3e-7. A user's adapter trains one or two Adam steps
+here, and Adam's first step divides each gradient entry by its own magnitude (+ eps 1e-8), so an
+entry whose gradient is near eps turns a 1e-7 relative difference into a visible one: lora_B
+(|x| ~ 3e-3, one update of lr 3e-3) agreed to 1e-7 on the machine these tests were written on and
+to 6.5e-5 on a later one (same jax 0.10.2). We allow 1e-4, a thirtieth of one update: a user
+trained on other data or for another number of steps differs by whole updates. The same layout is
+bit-equal, killed and resumed or not.
 """
 
 import glob
@@ -28,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MAIN = os.path.join(ROOT, "tests", "pipeline", "audited_main.py")
 STAGE1 = ["--config.task_adapt.batch_size=4", "--config.task_adapt.epochs=3",
           "--config.task_adapt.checkpoint_every=2"]
-ATOL = 1e-5
+ATOL = 1e-4
 PAG = ["--config.settings=non_personalized,oppu_k0,pag_k0", "--config.profile.max_new_tokens=6"]
 TEST_USERS = {"u0000", "u0001", "u0002"}
 
