@@ -7,8 +7,8 @@ the base to the task, trains one LoRA per test user (3 epochs of 4 at lr 3e-3) a
 tags. Expected result (48 queries of 8 users): docs/results/lamp2m/results.md, made by
 `python scripts/results.py lamp2m` (its run.md: when, commit, machine, versions, wall time).
 
-Generator oracles (all 40 users): accuracy 0.442 from the text alone, 0.900 with the users'
-preferences. `:paper` gives the OPPU paper's Table 4 values (oppu_jax/config.py).
+Generator oracles (all 40 users; benchmarks/oracles.py): accuracy 0.442 from the text alone, 0.900
+with the users' preferences. `:paper` gives the OPPU paper's Table 4 values (oppu_jax/config.py).
 """
 
 from oppu_jax import config

@@ -8,8 +8,8 @@ per test user (2 epochs of 4 at lr 3e-3) and decodes greedily. Expected result (
 8 users): docs/results/lamp5/results.md, made by `python scripts/results.py lamp5` (its run.md:
 when, commit, machine, versions, wall time).
 
-Generator oracles (all 40 users): ROUGE-1 0.811 from the text alone, 0.983 with the users'
-styles. `:paper` gives the OPPU paper's Table 4 values (oppu_jax/config.py).
+Generator oracles (all 40 users; benchmarks/oracles.py): ROUGE-1 0.811 from the text alone, 0.983
+with the users' styles. `:paper` gives the OPPU paper's Table 4 values (oppu_jax/config.py).
 """
 
 from oppu_jax import config

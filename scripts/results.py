@@ -26,12 +26,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = [sys.executable, "-m", "oppu_jax.main"]
 SEEDS = [sys.executable, "benchmarks/quality_seeds.py"]
 
-# name -> (command without its workdir, what it is). The workdir is appended as --workdir=W.
+# name -> (command, what it is). A run of oppu_jax.main or quality_seeds.py gets
+# --workdir=runs/results/<name> appended; other commands only print.
 RUNS = {
     "lamp3": (MAIN + ["--config=configs/lamp3.py"],
               "the default LaMP_3 run (README's first command)"),
     "lamp2m": (MAIN + ["--config=configs/lamp2m.py"], "LaMP_2M, classification"),
     "lamp5": (MAIN + ["--config=configs/lamp5.py"], "LaMP_5, generation"),
+    "oracles": ([sys.executable, "benchmarks/oracles.py", "LaMP_2M", "LaMP_3", "LaMP_5"],
+                "the generator's oracles on those three runs' data"),
     "lamp3_grid": (MAIN + ["--config=configs/lamp3.py", "--config.settings=all"],
                    "the whole Table 1 grid on LaMP_3"),
     "lamp3_seeds": (SEEDS + ["--config=configs/lamp3.py", "--seeds=0,1,2"],
@@ -71,7 +74,8 @@ def make(name: str, out_root: str, resume: bool) -> None:
   workdir = os.path.join("runs", "results", name)
   if not resume:
     shutil.rmtree(os.path.join(REPO, workdir), ignore_errors=True)
-  cmd = cmd + [f"--workdir={workdir}"]
+  if cmd[:3] == MAIN or cmd[:2] == SEEDS:
+    cmd = cmd + [f"--workdir={workdir}"]
   shown = " ".join([".venv/bin/python", *cmd[1:]])
   print("$", shown, flush=True)
   load_before = os.getloadavg()
