@@ -217,6 +217,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.task_adapt.batch_size = 16
   c.task_adapt.epochs = 2
   c.task_adapt.k = 1  # retrieved items in the R and P variants' training prompts
+  # True: one R (and P) base per k the settings use, trained with that k (the paper's top-k);
+  # False: one R and one P base for every k, trained with task_adapt.k (less training).
+  c.task_adapt.per_k = False
   # Preemption: an orbax checkpoint of the stage every this many steps (0 = none); a rerun
   # continues from the latest with the results of an uninterrupted run.
   c.task_adapt.checkpoint_every = 200

@@ -103,8 +103,9 @@ def run_settings(exp: Experiment, settings) -> None:
   analyses call it with their own settings (an existing output is never made twice)."""
   ensure_profiles(exp, settings)
   cluster.barrier("settings")  # every process decides on the same files
-  for base in BASE_VARIANTS:
-    todo = [s for s in settings if s.base == base and not files.is_done(_predictions(exp, s))]
+  for base in sorted({base_of(exp, s) for s in settings}, key=_work_order):
+    todo = [s for s in settings
+            if base_of(exp, s) == base and not files.is_done(_predictions(exp, s))]
     if todo:
       model = adapt_to_task(exp, base)  # dropped when this variant's settings are done
       for setting in todo:
@@ -112,6 +113,19 @@ def run_settings(exp: Experiment, settings) -> None:
           train_user_adapters(exp, model, _adapter_owner(setting))
         evaluate(exp, model, setting)
       del model
+
+
+def base_of(exp: Experiment, setting: Setting) -> str:
+  """The task-adapted base `setting` is evaluated on: "B", or "R" / "P" trained with
+  config.task_adapt.k retrieved items; with config.task_adapt.per_k, "R<k>" / "P<k>" trained with
+  the setting's own k, as the paper's Θ^(R) takes the top-k (checkpoints/task_<base>)."""
+  if setting.base == "B" or not exp.config.task_adapt.per_k:
+    return setting.base
+  return f"{setting.base}{setting.k}"
+
+
+def _work_order(base: str) -> tuple[int, int]:
+  return BASE_VARIANTS.index(base[0]), int(base[1:] or -1)
 
 
 def setup(config, workdir: str) -> Experiment:
@@ -183,8 +197,9 @@ def ensure_profiles(exp: Experiment, settings) -> None:
 
 
 def adapt_to_task(exp: Experiment, base: str):
-  """The base LLM adapted to the task (variant B, R or P): a LoRA trained on the other users'
-  queries, then merged into the base weights, as the paper does."""
+  """The base LLM adapted to the task (`base_of`: variant B, R or P, with its k if it names one):
+  a LoRA trained on the other users' queries, then merged into the base weights, as the paper
+  does."""
   ta = exp.config.task_adapt
   if not ta.enabled:
     return exp.base_model
@@ -192,7 +207,8 @@ def adapt_to_task(exp: Experiment, base: str):
   if files.is_done(checkpoint):
     logging.info("task adaptation %s: restored from %s", base, checkpoint)
     return _merge_task_lora(exp, checkpoint)
-  pairs = examples.task_adaptation_pairs(exp.task, exp.other_users, base, ta.k, exp.profiles,
+  k = int(base[1:]) if base[1:] else ta.k
+  pairs = examples.task_adaptation_pairs(exp.task, exp.other_users, base[0], k, exp.profiles,
                                          seed=exp.config.seed)
   if not pairs:
     raise DataError("task adaptation has no training pairs: the non-test users have no queries "

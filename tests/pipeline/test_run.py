@@ -227,7 +227,8 @@ def test_work_is_ordered_by_base_variant_and_one_merged_model_lives_at_a_time(mo
 
   settings = parse_settings("non_personalized,rag_k1,pag_k0,oppu_k0,oppu_k1")
   exp = types.SimpleNamespace(settings=settings, path=lambda *p: str(tmp_path.joinpath(*p)),
-                              profiles={"u1": "a profile"})  # PAG's profiles are there
+                              profiles={"u1": "a profile"},  # PAG's profiles are there
+                              config=tiny_config("LaMP_3", ""))
   config = types.SimpleNamespace(analysis=types.SimpleNamespace(name=""),
                                  storage=types.SimpleNamespace(cache=str(tmp_path / "cache")))
   calls, alive = [], []
@@ -250,6 +251,30 @@ def test_work_is_ordered_by_base_variant_and_one_merged_model_lives_at_a_time(mo
   assert calls == [("adapt", "B", 0), ("eval", "non_personalized"), ("train", "oppu_k0"),
                    ("eval", "oppu_k0"), ("adapt", "R", 0), ("eval", "rag_k1"),
                    ("train", "oppu_k1"), ("eval", "oppu_k1")]
+
+
+def test_per_k_bases_are_trained_with_each_settings_k_in_order(tiny_model_dir, tmp_path,
+                                                                 monkeypatch):
+  """task_adapt.per_k: the paper's Θ^(R) with the top-k, one base per k (checkpoints/task_R<k>);
+  without it one R base serves every k (task_adapt.k)."""
+  from oppu_jax.pipeline import examples
+
+  made, real_pairs = [], examples.task_adaptation_pairs
+
+  def pairs(task, users, base, k, profiles, **kw):
+    made.append((base, k))
+    return real_pairs(task, users, base, k, profiles, **kw)
+
+  monkeypatch.setattr(examples, "task_adaptation_pairs", pairs)
+  config = tiny_config("LaMP_3", tiny_model_dir, settings="non_personalized,rag_k2,rag_k1",
+                       **{"task_adapt.per_k": True})
+  run.run(config, str(tmp_path / "per_k"))
+  assert made == [("B", 0), ("R", 1), ("R", 2)]
+  assert sorted(os.listdir(tmp_path / "per_k" / "checkpoints")) == [
+      "task_B", "task_R1", "task_R2"]
+  made.clear()
+  run.run(tiny_config("LaMP_3", tiny_model_dir, settings="rag_k2,rag_k1"), str(tmp_path / "one"))
+  assert made == [("R", 1)] and os.listdir(tmp_path / "one" / "checkpoints") == ["task_R"]
 
 
 def test_a_llama2_style_tokenizer_starts_every_model_input_with_bos_once(
