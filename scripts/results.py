@@ -104,7 +104,9 @@ def make(name: str, out_root: str, resume: bool) -> None:
 
 def _record(name, what, shown, wall, load_before, load_after, resume) -> str:
   commit = _git("rev-parse", "--short", "HEAD")
-  dirty = _git("status", "--porcelain", "--untracked-files=no")
+  # Uncommitted changes to what runs (docs being written meanwhile do not count).
+  dirty = _git("status", "--porcelain", "--", "oppu_jax", "configs", "scripts", "benchmarks",
+               "pyproject.toml")
   versions = ", ".join(f"{lib} {_version(lib)}" for lib in LIBRARIES)
   return "\n".join([
       f"# {name}: {what}", "",
