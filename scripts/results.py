@@ -78,6 +78,7 @@ def make(name: str, out_root: str, resume: bool) -> None:
     cmd = cmd + [f"--workdir={workdir}"]
   shown = " ".join([".venv/bin/python", *cmd[1:]])
   print("$", shown, flush=True)
+  made_at = _commit()  # before the run: the code it ran, whatever is committed meanwhile
   load_before = os.getloadavg()
   start = time.time()
   done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -97,22 +98,25 @@ def make(name: str, out_root: str, resume: bool) -> None:
     elif os.path.exists(src):
       shutil.copy(src, out)
   with open(os.path.join(out, "run.md"), "w") as f:
-    f.write(_record(name, what, shown, wall, load_before, load_after, resume))
+    f.write(_record(name, what, shown, made_at, wall, load_before, load_after, resume))
   print(done.stdout)
   print(f"{name}: {_minutes(wall)} wall; kept in {os.path.relpath(out, REPO)}/", flush=True)
 
 
-def _record(name, what, shown, wall, load_before, load_after, resume) -> str:
-  commit = _git("rev-parse", "--short", "HEAD")
-  # Uncommitted changes to what runs (docs being written meanwhile do not count).
+def _commit() -> str:
+  """HEAD, and whether the code differs from it (docs being written meanwhile do not count)."""
   dirty = _git("status", "--porcelain", "--", "oppu_jax", "configs", "scripts", "benchmarks",
                "pyproject.toml")
+  return _git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if dirty else "")
+
+
+def _record(name, what, shown, commit, wall, load_before, load_after, resume) -> str:
   versions = ", ".join(f"{lib} {_version(lib)}" for lib in LIBRARIES)
   return "\n".join([
       f"# {name}: {what}", "",
       "```", f"$ {shown}", "```", "",
       f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-      f"- commit: {commit}" + (" (with uncommitted changes)" if dirty else ""),
+      f"- commit: {commit}",
       f"- machine: {_cpu()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB, "
       f"{platform.system()} {platform.release()}",
       f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}",
