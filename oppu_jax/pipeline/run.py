@@ -140,9 +140,9 @@ def setup(config, workdir: str) -> Experiment:
   tokenizer = Tokenizer.for_model(_input(config, config.model.path),
                                   _input(config, config.model.tokenizer))
   base_model = _load_model(config)
-  if any(s.profile or s.base == "P" for s in settings) and not (
-      given and all(u.id in given.profiles for u in given.users)):
-    profile_writer.check(config, tokenizer)
+  if _needs_profiles(settings) and not (
+      given is not None and all(u.id in given.profiles for u in given.users)):
+    profile_writer.check(config, tokenizer)  # the base would write them: it needs a template
   if cluster.is_main():
     wd.claim(workdir, config.to_dict(), config.overwrite)
   cluster.barrier("claimed")
@@ -157,14 +157,19 @@ def setup(config, workdir: str) -> Experiment:
   mesh, local_mesh = cluster.meshes(config.mesh.users, config.mesh.model)
   exp = Experiment(config, workdir, task, settings, test.users, others.users, tokenizer,
                    base_model, {}, data=data, mesh=mesh, local_mesh=local_mesh)
-  if any(s.profile or s.base == "P" for s in settings):
+  if _needs_profiles(settings):
     ensure_profiles(exp, settings)
   return exp
 
 
+def _needs_profiles(settings) -> bool:
+  """Whether a setting reads PAG profiles: in its prompt, or through its base (variant P)."""
+  return any(s.profile or s.base == "P" for s in settings)
+
+
 def ensure_profiles(exp: Experiment, settings) -> None:
   """Every user's PAG profile (generated once, cached in profiles.json), if `settings` need it."""
-  if exp.profiles or not any(s.profile or s.base == "P" for s in settings):
+  if exp.profiles or not _needs_profiles(settings):
     return
   c = exp.config
   given = profiles_lib.profiles_from_release(exp.data)
