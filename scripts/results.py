@@ -45,6 +45,8 @@ RUNS = {
                      "the PEFT-vs-RAG study's grid on LaMP_2M"),
     "study_lamp5": (MAIN + ["--config=configs/study.py:LaMP_5"],
                     "the PEFT-vs-RAG study's grid on LaMP_5"),
+    "scale": ([sys.executable, "benchmarks/scale.py"],
+              "the cost model: measured steps at 1/2/4 devices, projected to TPU/GPU"),
 }
 FILES = ("results.md", "results.json", "significance.json", "analysis")
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "transformers",
