@@ -174,3 +174,17 @@ def test_corrupted_gguf_is_one_clear_line(tmp_path, kind):
   with pytest.raises(ModelError, match="bad.gguf") as e:
     Tokenizer.from_gguf(str(bad))
   assert "\n" not in str(e.value)
+
+
+def test_vicuna_v1_1_is_fastchats_layout():
+  """FastChat's "vicuna_v1.1": system, then "USER: q" and "ASSISTANT: a</s>" turns joined by a
+  space after a user turn and nothing after "</s>", ending in "ASSISTANT:" to generate."""
+  from oppu_jax.models.tokenizer import VICUNA_SYSTEM, vicuna_v1_1
+
+  turns = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+           {"role": "user", "content": "q2"}]
+  assert vicuna_v1_1(turns) == f"{VICUNA_SYSTEM} USER: q1 ASSISTANT: a1</s>USER: q2 ASSISTANT:"
+  assert vicuna_v1_1([{"role": "system", "content": "S"}, *turns[:1]],
+                     add_generation_prompt=False) == "S USER: q1"
+  with pytest.raises(ValueError, match="unknown role 'tool'"):
+    vicuna_v1_1([{"role": "tool", "content": "x"}])
