@@ -101,6 +101,7 @@ CHOICES = {
     "eval.classification": ("score", "generate"),
     "eval.decoding": ("greedy", "sample", "beam"),
     "profile.template": ("auto", "chat", "vicuna"),
+    "analysis.gain": ("signed", "sign"),
 }
 
 
@@ -286,6 +287,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis.ks = (0, 1, 2, 4, 8)  # the retrieval k sweep
   c.analysis.efficiency_items = (4, 8, 16, 24, 32, 48)  # history sizes timed (one user's prefix)
   c.analysis.efficiency_ranks = (2, 4, 8, 16, 32)  # LoRA ranks timed
+  # profile_gain's per-user gain: signed (the metric's difference, every user) | sign (the
+  # PEFT-vs-RAG study's +1 / -1, users with no change left out)
+  c.analysis.gain = "signed"
 
   # Several processes (hosts) in one run: jax.distributed.initialize first (pipeline/cluster.py).
   # On Cloud TPU and SLURM `enabled` alone suffices; elsewhere give the other three (or

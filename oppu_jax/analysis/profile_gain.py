@@ -1,6 +1,7 @@
 """Profile size against gain (the PEFT-vs-RAG study): each test user's improvement of its own
-adapter over the non-personalized model (the task's metric on the user's queries, signed so
-that + is better) against the size of the user's profile (history items); least-squares line
+adapter over the non-personalized model (config.analysis.gain "signed": the task's metric on the
+user's queries, signed so that + is better; "sign": the study's +1 / -1 with unchanged users left
+out) against the size of the user's profile (history items); least-squares line
 and a 95 % confidence interval of its slope (t distribution, n - 2 degrees of freedom). On a
 study workdir the PEFT row is peft_r8, else OPPU's oppu_k0."""
 
@@ -23,6 +24,13 @@ def slope_interval(x, y, level: float = 0.95) -> dict[str, float]:
           "high": fit.slope + t * fit.stderr, "r": fit.rvalue, "p": fit.pvalue}
 
 
+def study_improvements(users, gains):
+  """The PEFT-vs-RAG study's improvement (its §4): 1 where the user gains over the
+  non-personalized model, -1 where it loses; users with no change are excluded."""
+  kept = [(u, 1.0 if g > 0 else -1.0) for u, g in zip(users, gains) if g != 0]
+  return [u for u, _ in kept], [g for _, g in kept]
+
+
 def run(exp, command: str) -> str:
   study = any(s.prompts == "study" for s in exp.settings)
   grid = STUDY if study else SETTINGS
@@ -31,8 +39,10 @@ def run(exp, command: str) -> str:
   metric = common.primary_metric(exp.task.name)
   before, after = common.per_user(exp, base, metric), common.per_user(exp, peft, metric)
   users = [u for u in exp.test_users if u.id in before]
-  sizes = [len(u.history) for u in users]
   gains = [common.better_sign(metric) * (after[u.id] - before[u.id]) for u in users]
+  if exp.config.analysis.gain == "sign":  # the study's: +1 gain, -1 none; unchanged left out
+    users, gains = study_improvements(users, gains)
+  sizes = [len(u.history) for u in users]
   if len(users) < 3:
     raise DataError(f"profile_gain: a regression needs at least 3 test users with queries "
                     f"(this run has {len(users)}; raise config.data.num_test_users)")
@@ -44,7 +54,9 @@ def run(exp, command: str) -> str:
        "gain (+ = better)"], rows,
       f"Least squares: gain = {line['intercept']:.4f} + {line['slope']:.5f} x items; slope 95 % "
       f"CI [{line['low']:.5f}, {line['high']:.5f}] (r = {line['r']:.3f}, p = {line['p']:.3f}, "
-      f"{len(users)} users). " + ("A CI that contains 0 shows no trend at this sample size."
+      f"{len(users)} users; gain: " + ("the study's +1 / -1, unchanged users left out). "
+                                      if exp.config.analysis.gain == "sign" else
+                                      "the metric's difference). ") + ("A CI that contains 0 shows no trend at this sample size."
                                if np.isfinite(line["low"]) else
                                "The interval is undefined: the gains do not vary."))
   fig, (ax,) = common.figure()

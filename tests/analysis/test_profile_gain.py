@@ -31,6 +31,13 @@ def test_gains_and_slope_interval(analysed):
     assert np.isnan(result["fit"]["low"])
 
 
+def test_the_studys_improvement_is_plus_or_minus_one_without_unchanged_users():
+  from oppu_jax.analysis import profile_gain
+
+  users, gains = profile_gain.study_improvements(["a", "b", "c", "d"], [0.25, 0.0, -0.5, 1e-9])
+  assert users == ["a", "c", "d"] and gains == [1.0, -1.0, 1.0]
+
+
 def test_slope_interval_textbook():
   from oppu_jax.analysis import profile_gain
 
