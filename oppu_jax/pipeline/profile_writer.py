@@ -22,8 +22,7 @@ def check(config, base_tokenizer: Tokenizer) -> None:
   """Raises ConfigError, before any work, when the base would write profiles without a prompt
   format."""
   if not config.profile.model_path:
-    prompt_tokenizer(base_tokenizer, config.profile.template, given=False,
-                     name=config.model.path or "the embedded SmolLM2")
+    _base_prompt_tokenizer(config, base_tokenizer)
 
 
 @contextlib.contextmanager
@@ -34,8 +33,7 @@ def writer(config, base_model, base_tokenizer: Tokenizer, load_model, local_path
   path = config.profile.model_path
   if not path:
     _decoder_only(base_model, "config.model.path", config.model.path)
-    yield base_model, prompt_tokenizer(base_tokenizer, config.profile.template, given=False,
-                                       name=config.model.path or "the embedded SmolLM2")
+    yield base_model, _base_prompt_tokenizer(config, base_tokenizer)
     return
   local = local_path(path)
   own = Tokenizer.for_model(local)
@@ -62,6 +60,11 @@ def prompt_tokenizer(tokenizer: Tokenizer, template: str, *, given: bool, name: 
   raise ConfigError(f"{key}: {name} has no chat template to write PAG profiles with; name a chat "
                     "model (the OPPU paper used Vicuna-7B) or pass --config.profile.template="
                     "vicuna")
+
+
+def _base_prompt_tokenizer(config, tokenizer: Tokenizer) -> Tokenizer:
+  return prompt_tokenizer(tokenizer, config.profile.template, given=False,
+                          name=config.model.path or "the embedded SmolLM2")
 
 
 def _decoder_only(model, key: str, name: str) -> None:
