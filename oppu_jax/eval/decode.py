@@ -33,7 +33,7 @@ from flax import nnx
 from oppu_jax.models import generate as gen
 from oppu_jax.models import backend
 from oppu_jax.models.llama import Llama, init_cache
-from oppu_jax.peft import apply
+from oppu_jax.models import adapted
 from oppu_jax.peft.stack import UserAdapters
 from oppu_jax.train import mesh as mesh_lib
 
@@ -132,7 +132,7 @@ class _RowsForward:
     def one_row(adapter, toks, pos, mask, row_cache):
       model = nnx.merge(self.graphdef, base)
       row_cache = jax.tree.map(lambda c: c[:, None], row_cache)
-      hidden, row_cache = apply.forward_with_cache(
+      hidden, row_cache = adapted.forward_with_cache(
           model, method, adapter, toks[None], pos[None], mask[None], row_cache, cache_index)
       return model.logits(hidden[0, -1]), jax.tree.map(lambda c: c[:, 0], row_cache)
 
@@ -167,9 +167,9 @@ class _Seq2SeqRowsForward:
     def one_row(adapter, toks, mask, row_cache):
       model = nnx.merge(self.graphdef, base)
       row_cache = jax.tree.map(lambda c: c[:, None], row_cache)
-      hook = apply.hook(model, method, adapter)
+      hook = adapted.hook(model, method, adapter)
       if prefill:
-        encoder = apply.encoder_inputs(model, method, adapter, {
+        encoder = adapted.encoder_inputs(model, method, adapter, {
             "tokens": toks[None], "attention_mask": mask[None, :source_len]})
         start = jnp.full((1, 1), model.config.decoder_start_id, jnp.int32)
         hidden, row_cache = model(start, positions=jnp.zeros((1, 1), jnp.int32),

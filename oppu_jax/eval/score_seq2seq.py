@@ -23,7 +23,7 @@ from flax import nnx
 
 from oppu_jax.eval.score import DEFAULT_BUCKETS, Programs, _bucket, _check
 from oppu_jax.models import backend
-from oppu_jax.peft import apply
+from oppu_jax.models import adapted
 from oppu_jax.peft.stack import UserAdapters
 
 
@@ -97,9 +97,9 @@ def _score_batch(graphdef, base, adapters, users, source, source_mask, dec_token
 
   def one_row(adapter, src, src_mask):
     model = nnx.merge(graphdef, base)
-    encoder = apply.encoder_inputs(model, method, adapter,
+    encoder = adapted.encoder_inputs(model, method, adapter,
                                    {"tokens": src[None], "attention_mask": src_mask[None]})
-    hook = apply.hook(model, method, adapter)
+    hook = adapted.hook(model, method, adapter)
     hidden = model.encode(encoder.get("tokens"), embeds=encoder.get("embeds"),
                           attention_mask=encoder["attention_mask"], **hook)  # [1, S', D]
     encoded = {"hidden": jnp.broadcast_to(hidden, (n_choices, *hidden.shape[1:])),

@@ -33,7 +33,7 @@ from flax import nnx
 from oppu_jax.errors import ConfigError
 from oppu_jax.models import backend
 from oppu_jax.models.llama import Llama
-from oppu_jax.peft.apply import forward
+from oppu_jax.models.adapted import forward
 from oppu_jax.train import compile_policy, mesh as mesh_lib, optim, scheduler
 from oppu_jax.train.slots import Slots, learning_rates
 from oppu_jax.train.user_batches import UserBatches, UserPlan, user_seed

@@ -1,5 +1,5 @@
 """Shared by the scoring and decoding tests: a tiny random model, stacked per-user adapters that
-really differ, and a jitted full-recompute `apply.forward` (the naive reference)."""
+really differ, and a jitted full-recompute `adapted.forward` (the naive reference)."""
 
 import functools
 
@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from oppu_jax.models import llama, load
-from oppu_jax.peft import apply
+from oppu_jax.models import adapted
 from oppu_jax.peft.ia3 import IA3
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.prompt_tuning import PromptTuning
@@ -71,7 +71,7 @@ def method_of(adapters):
 
 
 def full_logprobs(model, method, adapter, tokens, length: int = 32) -> np.ndarray:
-  """log-softmax [len(tokens), vocab] of `apply.forward` on one unpadded sequence (right-padded
+  """log-softmax [len(tokens), vocab] of `adapted.forward` on one unpadded sequence (right-padded
   to `length`, which causal attention ignores, so it compiles once)."""
   t = len(tokens)
   toks = np.zeros((1, length), np.int32)
@@ -85,4 +85,4 @@ def full_logprobs(model, method, adapter, tokens, length: int = 32) -> np.ndarra
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _forward(graphdef, state, method, adapter, tokens, positions, mask):
-  return apply.forward(nnx.merge(graphdef, state), method, adapter, tokens, positions, mask)
+  return adapted.forward(nnx.merge(graphdef, state), method, adapter, tokens, positions, mask)

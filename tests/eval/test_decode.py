@@ -1,5 +1,5 @@
 """generate_for_rows: a mixed-user batch decodes each row as that row alone with its own adapter,
-and as token-by-token argmax of the full-recompute apply.forward; beams keep their row's adapter."""
+and as token-by-token argmax of the full-recompute adapted.forward; beams keep their row's adapter."""
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 import tiny_t5  # noqa: E402
 from oppu_jax.eval import score_seq2seq  # noqa: E402
 from oppu_jax.models import load  # noqa: E402
-from oppu_jax.peft import apply  # noqa: E402
+from oppu_jax.models import adapted  # noqa: E402
 from oppu_jax.peft.lora import Lora  # noqa: E402
 from oppu_jax.peft.prompt_tuning import PromptTuning  # noqa: E402
 from oppu_jax.peft.stack import UserAdapters  # noqa: E402
@@ -57,7 +57,7 @@ def test_each_row_is_scored_under_its_own_users_adapter(t5_dir, method):
   for r, (user, source) in enumerate(ROWS):
     for c, choice in enumerate(CHOICES):
       dec = jnp.asarray([[0] + choice[:-1]])
-      logits = apply.forward(model, method, users[user], dec, jnp.arange(len(choice))[None],
+      logits = adapted.forward(model, method, users[user], dec, jnp.arange(len(choice))[None],
                              jnp.ones_like(dec, bool),
                              encoder={"tokens": jnp.asarray([source]),
                                       "attention_mask": jnp.ones((1, len(source)), bool)})[0]

@@ -1,5 +1,5 @@
 """Fixtures for the PEFT tests: a tiny random model built from numpy (eager JAX init compiles op by
-op, seconds on 2 cores) and a jitted apply.forward."""
+op, seconds on 2 cores) and a jitted adapted.forward."""
 
 import functools
 
@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from oppu_jax.models import llama, load
-from oppu_jax.peft import apply
+from oppu_jax.models import adapted
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def table(tiny):
 
 @pytest.fixture(scope="session")
 def forward():
-  """apply.forward, jitted (the method object is static; one compile per method)."""
+  """adapted.forward, jitted (the method object is static; one compile per method)."""
   return _forward
 
 
@@ -45,5 +45,5 @@ def _forward(model, method, adapter, tokens, positions, attention_mask):
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _jitted(graphdef, state, method, adapter, tokens, positions, attention_mask):
-  return apply.forward(nnx.merge(graphdef, state), method, adapter, tokens, positions,
+  return adapted.forward(nnx.merge(graphdef, state), method, adapter, tokens, positions,
                        attention_mask)

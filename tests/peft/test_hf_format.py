@@ -262,7 +262,7 @@ def _rng(seed):
 
 def _assert_same_logits(forward, ours, method, adapter, hf_peft, *, padded=True, batch=None,
                         rel=1e-5):
-  """Our apply.forward logits equal the PEFT model's on the real tokens; the adapter matters."""
+  """Our adapted.forward logits equal the PEFT model's on the real tokens; the adapter matters."""
   tokens, mask = batch or _batch(padded)
   positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
   tokens_, positions_, mask_ = jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask)

@@ -14,7 +14,8 @@ peft_lib = pytest.importorskip("peft")
 
 import tiny_t5  # noqa: E402
 from oppu_jax.models import load  # noqa: E402
-from oppu_jax.peft import apply, hf_format, method as method_lib  # noqa: E402
+from oppu_jax.models import adapted
+from oppu_jax.peft import hf_format, method as method_lib  # noqa: E402
 from oppu_jax.peft.ia3 import IA3  # noqa: E402
 from oppu_jax.peft.lora import Lora  # noqa: E402
 from oppu_jax.peft.prompt_tuning import PromptTuning  # noqa: E402
@@ -40,7 +41,7 @@ def _randomized(adapter, seed):
 
 def _ours(model, method, adapter):
   positions = jnp.broadcast_to(jnp.arange(TARGET.shape[1]), TARGET.shape)
-  return np.asarray(apply.forward(
+  return np.asarray(adapted.forward(
       model, method, adapter, jnp.asarray(TARGET), positions, jnp.asarray(TARGET_MASK),
       encoder={"tokens": jnp.asarray(SOURCE), "attention_mask": jnp.asarray(SOURCE_MASK)}))
 

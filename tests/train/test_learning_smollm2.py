@@ -9,7 +9,8 @@ import pytest
 
 from oppu_jax.data.batching import encode_pair
 from oppu_jax.models.tokenizer import Tokenizer
-from oppu_jax.peft import apply, ia3, lora, prompt_tuning
+from oppu_jax.models import adapted
+from oppu_jax.peft import ia3, lora, prompt_tuning
 from oppu_jax.train import multi_user
 from oppu_jax.train import user_batches as ub
 
@@ -43,7 +44,7 @@ def _answer_logprob(model, peft, adapter, tokenizer, question, word):
   answer = tokenizer.encode(word)
   tokens = jnp.asarray([prompt + answer])
   n = tokens.shape[1]
-  logits = apply.forward(model, peft, adapter, tokens, jnp.arange(n)[None],
+  logits = adapted.forward(model, peft, adapter, tokens, jnp.arange(n)[None],
                          jnp.ones((1, n), bool))
   logp = jax.nn.log_softmax(logits[0, len(prompt) - 1:n - 1])
   return float(sum(logp[i, t] for i, t in enumerate(answer)))

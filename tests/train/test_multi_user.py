@@ -14,7 +14,8 @@ from virtual_devices import run_script
 from oppu_jax.data.batching import Example
 from oppu_jax.errors import ConfigError
 from oppu_jax.models import llama
-from oppu_jax.peft import apply, lora
+from oppu_jax.models import adapted
+from oppu_jax.peft import lora
 from oppu_jax.train import multi_user
 from oppu_jax.train import user_batches as ub
 
@@ -191,7 +192,7 @@ def test_lora_learns_each_users_answer_on_a_tiny_model(sharp_model):
     adapter = jax.tree.map(jnp.asarray, r.adapter)
     for ex in p.examples:
       prompt = jnp.asarray(ex.tokens[None, :-2])
-      logits = apply.forward(sharp_model, peft, adapter, prompt,
+      logits = adapted.forward(sharp_model, peft, adapter, prompt,
                              jnp.arange(prompt.shape[1])[None], jnp.ones_like(prompt, bool))
       assert int(logits[0, -1].argmax()) == 40 + i
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 from oppu_jax.data.batching import encode_seq2seq
 from oppu_jax.models import t5
-from oppu_jax.peft import apply
+from oppu_jax.models import adapted
 from oppu_jax.peft.lora import Lora
 from oppu_jax.train import multi_user
 from oppu_jax.train import user_batches as ub
@@ -68,7 +68,7 @@ def test_users_are_isolated_and_learn(model):
   batch = ub.batch_for_step(mine, 0, seed=0)
   encoder = {"tokens": batch["source_tokens"], "attention_mask": batch["source_mask"]}
   args = (batch["tokens"], batch["positions"], batch["attention_mask"])
-  trained = apply.forward(model, LORA, a["user0"].adapter, *args, encoder=encoder)
-  fresh = apply.forward(model, LORA, LORA.init(model.weight_table(), jax.random.PRNGKey(0)),
+  trained = adapted.forward(model, LORA, a["user0"].adapter, *args, encoder=encoder)
+  fresh = adapted.forward(model, LORA, LORA.init(model.weight_table(), jax.random.PRNGKey(0)),
                         *args, encoder=encoder)
   assert float(np.abs(np.asarray(trained) - np.asarray(fresh)).max()) > 1e-2
