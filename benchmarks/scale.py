@@ -119,7 +119,7 @@ def child(devices: int) -> None:
   import train_bench as tb
   from oppu_jax.models.load import load_model
   from oppu_jax.peft.lora import Lora
-  from oppu_jax.train import mesh as mesh_lib, multi_user
+  from oppu_jax.sharding import mesh as mesh_lib, multi_user
 
   peak = tb.measure_gemm_peaks(include_torch=False, threads=0)["jax f32"]
   model, _ = load_model(compute_dtype="float32")

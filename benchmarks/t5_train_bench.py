@@ -63,7 +63,7 @@ def make_checkpoint(path: str):
 
 
 def make_plans(args):
-  from oppu_jax.data.batching import encode_seq2seq
+  from oppu_jax.data.batching import encode_with_source
   from oppu_jax.train import user_batches
 
   rng = np.random.default_rng(SEED)
@@ -73,7 +73,7 @@ def make_plans(args):
     for _ in range(args.examples):
       source = rng.integers(3, 32000, args.source_len - 1).tolist()
       target = rng.integers(3, 32000, args.target_len - 2).tolist()
-      examples.append(encode_seq2seq("s", "t", lambda text, s=source, t=target:
+      examples.append(encode_with_source("s", "t", lambda text, s=source, t=target:
                                      s if text == "s" else t, eos_id=1, decoder_start_id=0))
     plans.append(user_batches.plan_user(
         f"user{u}", examples, batch_size=args.batch_size, epochs=args.epochs,

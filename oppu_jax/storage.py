@@ -48,8 +48,10 @@ def attach(workdir: str, cache: str, process: int = 0) -> str:
   return local
 
 
-def detach_all() -> None:
-  _mirrors.clear()
+def detach(local: str) -> None:
+  """Stops mirroring `local` (the end of its run): later pushes and pulls leave its store alone,
+  so one process can run several workdirs one after the other."""
+  _mirrors.pop(local, None)
 
 
 def pull() -> None:

@@ -10,9 +10,8 @@ from oppu_jax import files, storage
 
 
 @pytest.fixture(autouse=True)
-def _no_mirrors():
-  yield
-  storage.detach_all()
+def _no_mirrors(monkeypatch):
+  monkeypatch.setattr(storage, "_mirrors", {})  # each test a fresh process
 
 
 def test_finished_outputs_reach_the_store_and_come_back(tmp_path):
@@ -24,7 +23,7 @@ def test_finished_outputs_reach_the_store_and_come_back(tmp_path):
     files.write_text(os.path.join(tmp, "adapter_config.json"), "{}")  # inside: not pushed alone
   assert json.loads((store / "results.json").read_text()) == {"mae": 0.5}
   assert (store / "results.json.complete").exists() and (store / "adapters/u1.complete").exists()
-  storage.detach_all()  # another machine: an empty cache
+  storage.detach(local)  # another machine: an empty cache
   again = storage.attach(f"file://{store}", str(tmp_path / "cache2"))
   assert json.loads(open(os.path.join(again, "results.json")).read()) == {"mae": 0.5}
   assert os.path.exists(os.path.join(again, "adapters", "u1", "adapter_config.json"))

@@ -72,7 +72,7 @@ def encode_pair(
   return _example(tokens, mask)
 
 
-def encode_seq2seq(
+def encode_with_source(
     prompt: str,
     answer: str,
     encode: Callable[[str], list[int]],

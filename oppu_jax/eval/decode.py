@@ -7,10 +7,9 @@ with its adapter.
 Beam search works too: generate turns row r into rows r*num_beams.., so the forward repeats each
 user index num_beams times once it sees num_beams times as many rows.
 
-An encoder-decoder model (T5) goes through the same loops (`_Seq2SeqRowsForward`): a row's
-"prompt" is its encoder input; the prefill encodes it, stores the cross-attention keys/values in
-the cache and runs the decoder-start token in the last prompt slot, so the generated tokens
-take the slots after it, exactly as a decoder-only model's do.
+What a row's step does and how its cache is laid out is the model's convention
+(`model.conventions.decode_step` / `decode_cache`): an encoder-decoder's "prompt" is its encoder
+input, which the prefill encodes before the decoder-start token (models/encoder_decoder.py).
 
 Prompt tuning: the virtual tokens take P extra cache slots in front. Their keys and values
 depend on the adapter only (they come first and attend only to each other), so the prefill runs
@@ -30,16 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from oppu_jax.eval import base_state
 from oppu_jax.models import generate as gen
-from oppu_jax.models import backend
-from oppu_jax.models.llama import Llama, init_cache
-from oppu_jax.models import adapted
+from oppu_jax.models.interface import LanguageModel
 from oppu_jax.peft.stack import UserAdapters
-from oppu_jax.train import mesh as mesh_lib
 
 
 def generate_for_rows(
-    model: Llama,
+    model: LanguageModel,
     adapters: UserAdapters | None,
     rows: Sequence[tuple[int, Sequence[int]]],
     *,
@@ -69,23 +66,12 @@ def generate_for_rows(
   mesh: a (users, model) mesh of this process's devices: each batch's rows split over its users
     axis, the base weights over its model axis, the adapters whole.
   """
-  _check(adapters, rows)
-  graphdef, base = nnx.split(model)
-  base = backend.frozen_base(base, model.config)  # CPU: bf16 stacks as free uint16 views
-  adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
-  place = None
-  if mesh is not None:
-    base = mesh_lib.shard_base(base, mesh, model.weight_table())
-    adapters = mesh_lib.put(adapters, mesh_lib.replicated(mesh))
-    place = mesh_lib.rows_placer(mesh)
+  base_state.check_users(adapters, rows)
+  graphdef, base, adapters, place = base_state.prepare(model, adapters, mesh)
   n_virtual = _n_virtual(adapters)
   # Equal for equal graphs, so generate's jitted loops find their compiled programs again.
-  if getattr(model.config, "is_encoder_decoder", False):
-    rows_forward = _Seq2SeqRowsForward(graphdef, n_virtual)
-    cache = functools.partial(_seq2seq_cache, model, n_virtual, max_new_tokens)
-  else:
-    rows_forward = _RowsForward(graphdef)
-    cache = functools.partial(_init_cache, model.config, n_virtual)
+  rows_forward = _RowsForward(graphdef)
+  cache = functools.partial(model.conventions.decode_cache, model, n_virtual, max_new_tokens)
   n = len(rows)
   size = min(batch_size, 1 << max(n - 1, 0).bit_length())
   # Similar lengths share a batch (less padding); the caller gets the given order back.
@@ -132,68 +118,12 @@ class _RowsForward:
     def one_row(adapter, toks, pos, mask, row_cache):
       model = nnx.merge(self.graphdef, base)
       row_cache = jax.tree.map(lambda c: c[:, None], row_cache)
-      hidden, row_cache = adapted.forward_with_cache(
+      logits, row_cache = model.conventions.decode_step(
           model, method, adapter, toks[None], pos[None], mask[None], row_cache, cache_index)
-      return model.logits(hidden[0, -1]), jax.tree.map(lambda c: c[:, 0], row_cache)
+      return logits, jax.tree.map(lambda c: c[:, 0], row_cache)
 
     return jax.vmap(one_row, in_axes=(0, 0, 0, 0, 1), out_axes=(0, 1))(
         picked, tokens, positions, attention_mask, cache)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Seq2SeqRowsForward:
-  """generate's forward for an encoder-decoder model, rows of mixed users.
-
-  The prefill (cache_index the literal 0) gets the left-padded encoder inputs [B, P]: it encodes
-  them (virtual tokens in front), fills the cross-attention cache and runs the decoder-start
-  token at slot P - 1. Later calls run one token at slot cache_index >= P. The decoder attends
-  to slots P - 1 onwards (its own tokens), whatever the generator's mask says of the prompt."""
-
-  graphdef: Any
-  n_virtual: int
-
-  def __call__(self, base, adapters, users, tokens, positions, attention_mask, cache,
-               cache_index):
-    del positions  # T5's decoder reads relative slot offsets, not positions
-    rows = tokens.shape[0]
-    if rows != users.shape[0]:  # beam search: row r is now rows r*num_beams ..
-      users = jnp.repeat(users, rows // users.shape[0])
-    method = None if adapters is None else adapters.method
-    picked = None if adapters is None else adapters.gather(users)
-    prefill = isinstance(cache_index, int) and cache_index == 0
-    source_len = cache["cross_k"].shape[2] - self.n_virtual  # P
-    decoder_slots = jnp.arange(cache["k"].shape[2]) >= source_len - 1
-
-    def one_row(adapter, toks, mask, row_cache):
-      model = nnx.merge(self.graphdef, base)
-      row_cache = jax.tree.map(lambda c: c[:, None], row_cache)
-      hook = adapted.hook(model, method, adapter)
-      if prefill:
-        encoder = adapted.encoder_inputs(model, method, adapter, {
-            "tokens": toks[None], "attention_mask": mask[None, :source_len]})
-        start = jnp.full((1, 1), model.config.decoder_start_id, jnp.int32)
-        hidden, row_cache = model(start, positions=jnp.zeros((1, 1), jnp.int32),
-                                  attention_mask=decoder_slots[None], cache=row_cache,
-                                  cache_index=source_len - 1, encoder=encoder,
-                                  return_hidden=True, **hook)
-      else:
-        hidden, row_cache = model(toks[None], positions=jnp.zeros((1, 1), jnp.int32),
-                                  attention_mask=decoder_slots[None], cache=row_cache,
-                                  cache_index=cache_index, return_hidden=True, **hook)
-      return model.logits(hidden[0, -1]), jax.tree.map(lambda c: c[:, 0], row_cache)
-
-    return jax.vmap(one_row, in_axes=(0, 0, 0, 1), out_axes=(0, 1))(
-        picked, tokens, attention_mask, cache)
-
-
-def _seq2seq_cache(model, n_virtual: int, max_new_tokens: int, batch: int, length: int):
-  """generate asks for (prompt bucket + max_new_tokens) slots: the decoder's self-attention
-  cache is that long, the cross-attention part holds the encoder input (+ virtual tokens)."""
-  return model.init_cache(batch, length, source_len=length - max_new_tokens + n_virtual)
-
-
-def _init_cache(config, n_virtual: int, batch: int, length: int):
-  return init_cache(config, batch, length + n_virtual)
 
 
 def _n_virtual(adapters: UserAdapters | None) -> int:
@@ -202,13 +132,3 @@ def _n_virtual(adapters: UserAdapters | None) -> int:
   one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), adapters.tree)
   prefix = jax.eval_shape(adapters.method.prefix, one)
   return 0 if prefix is None else prefix.shape[0]
-
-
-def _check(adapters, rows):
-  if adapters is not None and not isinstance(adapters, UserAdapters):
-    raise TypeError(f"adapters: a UserAdapters or None, got {type(adapters).__name__}")
-  if adapters is not None and rows:
-    n_users = adapters.num_users
-    bad = [u for u, _ in rows if not 0 <= u < n_users]
-    if bad:
-      raise ValueError(f"user index {bad[0]} out of range for {n_users} stacked adapters")

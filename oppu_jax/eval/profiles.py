@@ -36,7 +36,7 @@ from oppu_jax.models.generate import DEFAULT_BUCKETS, generate, make_forward
 from oppu_jax.models.llama import Llama
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax import files, storage
-from oppu_jax.train import mesh as mesh_lib
+from oppu_jax.sharding import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 

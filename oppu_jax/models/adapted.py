@@ -12,11 +12,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from oppu_jax.models.llama import Llama
 
 
 def forward(
-    model: Llama,
+    model,
     method,
     adapter,
     tokens: jax.Array,
@@ -83,7 +82,7 @@ def hook(model, method, adapter, rng=None) -> dict:
   return dict(adapter_layers=adapter.get("layers"), project=bind_project(model, method), rng=rng)
 
 
-def bind_project(model: Llama, method):
+def bind_project(model, method):
   """The model's hook `project(name, x, w, adapter_layer, rng)`: the method's, with the model's
   own matmul (its compute dtype and backend policy), so adapter products follow the same policy."""
   return functools.partial(method.project, matmul=model.matmul)

@@ -64,16 +64,14 @@ def policy(name: str | Policy) -> Policy:
   return name if isinstance(name, Policy) else POLICIES[resolve(name)]
 
 
-def frozen_base(state, model_config):
+def frozen_base(state, model_config, table):
   """The base model's state for a step that never differentiates it: under "cpu", its bf16
   projection stacks as uint16 views (`frozen_bits_view`), which the model reads unchanged and
-  XLA:CPU neither converts nor copies in the layer scan. Identity under "xla"."""
+  XLA:CPU neither converts nor copies in the layer scan. Identity under "xla". `table`: the
+  model's weight table (`model.weight_table()`), which says which weights are projections."""
   if not policy(model_config.backend).frozen_bits:
     return state
-  from oppu_jax.models.family import for_config  # the table says which weights are projections
-
-  paths = {w.path for w in for_config(model_config).weight_table(model_config).weights
-           if w.projection is not None}
+  paths = {w.path for w in table.weights if w.projection is not None}
 
   def convert(path, leaf):
     names = tuple(getattr(k, "key", None) for k in path)

@@ -1,8 +1,10 @@
 """Model families: what the loader needs to know of each architecture, in one record.
 
-A new family (T5, next) is one model file (the module, its config, `weight_table`, the config
-readers) plus one `register(Family(...))` line at the bottom of this file; the loader
-(`load.load_model`), the PEFT export and the sharding rules then work from its weight table.
+A new family is one model file: the module, its config (with `conventions`: decoder_only.py or
+encoder_decoder.py), `weight_table`, the config readers, and a `register(Family(...))` line at
+its bottom. This registry imports no model; `load.py` imports the model files it knows (a new
+file outside the package registers itself when imported). The loader, the PEFT export and the
+sharding rules then work from the family's weight table.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any, Callable
 import numpy as np
 
 from oppu_jax.errors import ModelError
-from oppu_jax.models import llama, t5
 from oppu_jax.models.weights import Weight, WeightTable
 
 
@@ -77,10 +78,3 @@ def for_config(config: Any) -> Family:
     if type(config) is family.config_class:
       return family
   raise TypeError(f"no model family for {type(config).__name__}")
-
-
-register(Family("llama", llama.Llama, llama.LlamaConfig, ("llama",), ("llama",),
-                llama.config_from_hf, llama.config_from_gguf, llama.weight_table,
-                llama.gguf_tensor))
-register(Family("t5", t5.T5, t5.T5Config, ("t5",), (), t5.config_from_hf, t5.config_from_gguf,
-                t5.weight_table))

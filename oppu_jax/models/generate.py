@@ -128,7 +128,7 @@ def make_forward(model: Llama, place_state: Callable[[Any], Any] | None = None) 
   computed at the last input position only (the LM head over every prompt position is waste).
   place_state: if given, puts the weights where they should live (e.g. split over a mesh)."""
   graphdef, state = nnx.split(model)
-  state = backend.frozen_base(state, model.config)  # under "cpu": free uint16 views
+  state = backend.frozen_base(state, model.config, model.weight_table())  # under "cpu": free uint16 views
   state = state if place_state is None else place_state(state)
   return jax.tree_util.Partial(_model_forward(graphdef), state)
 

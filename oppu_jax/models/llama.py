@@ -25,6 +25,8 @@ from flax import nnx
 
 from oppu_jax.errors import ModelError
 from oppu_jax.models import backend
+from oppu_jax.models.family import Family, register
+from oppu_jax.models.decoder_only import DecoderOnly
 from oppu_jax.models.layers import attention, matmul, plain_project, rms_norm, rope
 from oppu_jax.models.weights import Weight, WeightTable
 
@@ -64,6 +66,11 @@ class LlamaConfig:
 
   def replace(self, **kw) -> "LlamaConfig":
     return dataclasses.replace(self, **kw)
+
+  @property
+  def conventions(self) -> DecoderOnly:
+    """How text becomes this family's inputs and targets, scored labels and decoding."""
+    return DecoderOnly(self)
 
 
 def tiny_config(**kw) -> LlamaConfig:
@@ -239,6 +246,11 @@ class Llama(nnx.Module):
   def weight_table(self) -> WeightTable:
     return weight_table(self.config)
 
+  @property
+  def conventions(self) -> DecoderOnly:
+    """How text becomes this model's inputs and targets, scored labels and decoding."""
+    return self.config.conventions
+
   def init_cache(self, batch: int, length: int, dtype=jnp.float32) -> dict[str, jax.Array]:
     return init_cache(self.config, batch, length, dtype)
 
@@ -368,11 +380,5 @@ def _decoder_layer(cfg, p, adapter_layer, rng, x, positions, mask, project, cach
   return x, cache_k, cache_v
 
 
-def apply(graphdef: nnx.GraphDef, state: nnx.State, *args, **kwargs):
-  """Pure form of `Llama.__call__` over split state, for jit/vmap with the base broadcast."""
-  return nnx.merge(graphdef, state)(*args, **kwargs)
-
-
-def abstract_model(config: LlamaConfig) -> Llama:
-  """The model with shapes only (no memory), for loaders to fill."""
-  return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+register(Family("llama", Llama, LlamaConfig, ("llama",), ("llama",), config_from_hf,
+                config_from_gguf, weight_table, gguf_tensor))

@@ -20,6 +20,7 @@ from flax import nnx
 
 from oppu_jax.errors import ModelError
 from oppu_jax.models import family as families
+from oppu_jax.models import llama, t5  # noqa: F401 (importing a model file registers its family)
 from oppu_jax.models.family import Family
 
 __all__ = ["ModelError", "load_model", "embedded_gguf_path", "from_hf_state_dict"]

@@ -37,6 +37,8 @@ from flax import nnx
 
 from oppu_jax.errors import ModelError
 from oppu_jax.models import backend
+from oppu_jax.models.family import Family, register
+from oppu_jax.models.encoder_decoder import EncoderDecoder
 from oppu_jax.models.layers import attention, matmul, plain_project, rms_norm
 from oppu_jax.models.weights import Weight, WeightTable
 
@@ -74,8 +76,6 @@ class T5Config:
                        f"oppu_jax reads {', '.join(ACTIVATIONS)}")
     object.__setattr__(self, "backend", backend.resolve(self.backend))
 
-  is_encoder_decoder = True
-
   @property
   def gated(self) -> bool:
     return self.feed_forward_proj.startswith("gated")
@@ -86,6 +86,11 @@ class T5Config:
 
   def replace(self, **kw) -> "T5Config":
     return dataclasses.replace(self, **kw)
+
+  @property
+  def conventions(self) -> EncoderDecoder:
+    """How text becomes this family's inputs and targets, scored labels and decoding."""
+    return EncoderDecoder(self)
 
 
 def tiny_config(**kw) -> T5Config:
@@ -250,6 +255,11 @@ class T5(nnx.Module):
 
   def weight_table(self) -> WeightTable:
     return weight_table(self.config)
+
+  @property
+  def conventions(self) -> EncoderDecoder:
+    """How text becomes this model's inputs and targets, scored labels and decoding."""
+    return self.config.conventions
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     return jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
@@ -495,5 +505,5 @@ def _decoder_layer(cfg, p, adapter_layer, rng, x, mask, bias, cross_mask, hidden
   return _feed_forward(cfg, p, proj, x), cache
 
 
-def abstract_model(config: T5Config) -> T5:
-  return nnx.eval_shape(lambda: T5(config, rngs=nnx.Rngs(0)))
+register(Family("t5", T5, T5Config, ("t5",), (), config_from_hf, config_from_gguf,
+                weight_table))

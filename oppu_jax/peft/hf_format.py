@@ -107,8 +107,8 @@ def tensor_name(table: WeightTable, layer: int, target: str, leaf: str) -> str:
 
 
 def task_type(model_config) -> str:
-  """PEFT's task type: SEQ_2_SEQ_LM for an encoder-decoder model (T5), else CAUSAL_LM."""
-  return "SEQ_2_SEQ_LM" if getattr(model_config, "is_encoder_decoder", False) else "CAUSAL_LM"
+  """PEFT's task type, as the model's family names it (CAUSAL_LM without a model config)."""
+  return "CAUSAL_LM" if model_config is None else model_config.conventions.peft_task_type
 
 
 def hf_targets(table: WeightTable, targets) -> list[str] | str:

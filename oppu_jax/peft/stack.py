@@ -64,10 +64,6 @@ class UserAdapters:
     """Per-row adapters: users [rows] int -> the method's pytree with leaves [rows, ...]."""
     return jax.tree.map(lambda x: jnp.take(x, users, axis=0), self.tree)
 
-  def save_user(self, index: int, directory: str, table, **kw) -> None:
-    """Writes one user's adapter as an HF PEFT directory (see peft/hf_format.py)."""
-    hf_format.save_adapter(directory, self.method, self.user(index), table, **kw)
-
   @classmethod
   def load(cls, directories: Sequence[str], table, model_config=None) -> "UserAdapters":
     """Reads users' HF PEFT directories (one method for all) into one stack, on host."""

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from oppu_jax import storage
 from oppu_jax.errors import ConfigError
-from oppu_jax.train import mesh as mesh_lib
+from oppu_jax.sharding import mesh as mesh_lib
 
 T = TypeVar("T")
 EVERY_PROCESS = "every_process"  # a log record's attribute: log it in every process

@@ -68,6 +68,6 @@ def _base_prompt_tokenizer(config, tokenizer: Tokenizer) -> Tokenizer:
 
 
 def _decoder_only(model, key: str, name: str) -> None:
-  if getattr(model.config, "is_encoder_decoder", False):
+  if not model.conventions.continues_prompt:
     raise ConfigError(f"{key}: {name} is an encoder-decoder; PAG profiles are written by a "
                       "decoder-only chat model (set config.profile.model_path to one)")

@@ -33,11 +33,10 @@ import orbax.checkpoint as ocp
 from oppu_jax import config as config_lib, files, storage
 from oppu_jax.data import lamp, synth
 from oppu_jax.data import tasks as tasks_lib
-from oppu_jax.data.batching import encode_pair, encode_seq2seq, encode_text
 from oppu_jax.data.types import User
 from oppu_jax.errors import ConfigError, DataError
 from oppu_jax.eval import decode, metrics, profiles as profiles_lib, report
-from oppu_jax.eval import score, score_seq2seq, significance
+from oppu_jax.eval import score, significance
 from oppu_jax.models import load
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax.peft import hf_format, method as method_lib
@@ -88,14 +87,17 @@ def run(config, workdir: str) -> dict:
   # A gs:// (any store URL) workdir: the run works in a local mirror of it (storage.py).
   workdir = storage.attach(workdir, config.storage.cache, cluster.index())
   holds = wd.lock(workdir) if cluster.is_main() else contextlib.nullcontext()
-  with holds:
-    exp = setup(config, workdir)
-    run_settings(exp, exp.settings)
-    if config.analysis.name:
-      from oppu_jax import analysis
+  try:
+    with holds:
+      exp = setup(config, workdir)
+      run_settings(exp, exp.settings)
+      if config.analysis.name:
+        from oppu_jax import analysis
 
-      analysis.run(exp, config.analysis.name)
-    return write_report(exp)
+        analysis.run(exp, config.analysis.name)
+      return write_report(exp)
+  finally:
+    storage.detach(workdir)
 
 
 def run_settings(exp: Experiment, settings) -> None:
@@ -471,37 +473,19 @@ def _input(config, path: str) -> str:
   return storage.local_copy(path, config.storage.cache)
 
 
-def _seq2seq(exp: Experiment) -> bool:
-  """Whether the base is an encoder-decoder model (T5): prompts go to the encoder."""
-  return bool(getattr(exp.base_model.config, "is_encoder_decoder", False))
-
-
 def _model_input(exp: Experiment, prompt: str) -> list[int]:
-  """A query prompt's ids: a decoder-only model's prompt leaves room for the generated tokens;
-  an encoder input is `prompt EOS` in model.cutoff tokens (generation has its own budget). Too
-  long, a prompt keeps its end (the task input; retrieved context comes first)."""
-  c, tok = exp.config, exp.tokenizer
-  if not _seq2seq(exp):
-    return tok.encode_prompt(prompt, c.model.cutoff - c.eval.max_new_tokens)
-  ids = tok.encode(prompt)
-  return ids[max(len(ids) - (c.model.cutoff - 1), 0):] + [tok.eos_id]
+  """A query prompt's ids, as the base's family reads them (`conventions.query`)."""
+  c = exp.config
+  return exp.base_model.conventions.query(prompt, exp.tokenizer, c.model.cutoff,
+                                          c.eval.max_new_tokens)
 
 
 def make_plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int,
-          grad_accum: int = 1):
-  """(prompt, answer) pairs -> the trainer's plan; an empty prompt is next-token on the answer
-  (decoder-only), or an encoder input of EOS alone (encoder-decoder)."""
-  tok, cutoff = exp.tokenizer, exp.config.model.cutoff
-  bos = tok.input_bos_id
-  if _seq2seq(exp):
-    start = exp.base_model.config.decoder_start_id
-    encoded = [encode_seq2seq(p, a, tok.encode, eos_id=tok.eos_id, decoder_start_id=start,
-                              source_cutoff=cutoff, target_cutoff=cutoff) for p, a in pairs]
-  else:
-    encoded = [encode_pair(*tasks_lib.model_pair(p, a), tok.encode, eos_id=tok.eos_id,
-                           bos_id=bos, cutoff=cutoff) if p
-               else encode_text(a, tok.encode, eos_id=tok.eos_id, bos_id=bos, cutoff=cutoff)
-               for p, a in pairs]
+              grad_accum: int = 1):
+  """(prompt, answer) pairs -> the trainer's plan, each pair encoded as the base's family trains
+  (`conventions.example`; an empty prompt is next-token on the answer)."""
+  conventions, cutoff = exp.base_model.conventions, exp.config.model.cutoff
+  encoded = [conventions.example(p, a, exp.tokenizer, cutoff) for p, a in pairs]
   return plan_user(plan_id, encoded, batch_size=batch_size, epochs=epochs, grad_accum=grad_accum,
                    seq_buckets=tuple(exp.config.model.seq_buckets),
                    target_buckets=tuple(exp.config.model.target_buckets))
@@ -671,21 +655,14 @@ def _predict(exp: Experiment, model, adapters, rows, progress=None) -> list[str]
   """rows [(user index, prompt ids)] -> one prediction each: the label with the best score, or
   the decoded text; progress(rows done) after every batch."""
   e, tok, task = exp.config.eval, exp.tokenizer, exp.task
-  seq2seq = _seq2seq(exp)
   if task.labels and e.classification == "score":
-    # A decoder-only model reads the answer after " " (tasks.model_pair); T5's decoder starts it.
-    choices = [tok.encode(label if seq2seq else tasks_lib.model_pair("x", label)[1])
-               + [tok.eos_id] for label in task.labels]
-    # A decoder-only model's rows are split over this process's devices; T5's are not (yet).
-    scores = (score_seq2seq.score_choices(model, adapters, rows, choices,
-                                          batch_size=e.batch_size, progress=progress)
-              if seq2seq else
-              score.score_choices(model, adapters, rows, choices, batch_size=e.batch_size,
-                                  progress=progress, mesh=exp.local_mesh))
+    choices = [model.conventions.choice(label, tok) for label in task.labels]
+    scores = score.score_choices(model, adapters, rows, choices, batch_size=e.batch_size,
+                                 progress=progress, mesh=exp.local_mesh)
     return [task.labels[int(i)] for i in np.argmax(scores, axis=1)]
   outs = decode.generate_for_rows(
       model, adapters, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,
       pad_id=tok.pad_id, method=e.decoding, temperature=e.temperature, top_k=e.top_k,
       top_p=e.top_p, num_beams=e.num_beams, seed=exp.config.seed, batch_size=e.batch_size,
-      progress=progress, mesh=None if seq2seq else exp.local_mesh)
+      progress=progress, mesh=exp.local_mesh)
   return [tok.decode(o).strip() for o in outs]

@@ -32,9 +32,10 @@ from flax import nnx
 
 from oppu_jax.errors import ConfigError
 from oppu_jax.models import backend
-from oppu_jax.models.llama import Llama
+from oppu_jax.models.interface import LanguageModel
 from oppu_jax.models.adapted import forward
-from oppu_jax.train import compile_policy, mesh as mesh_lib, optim, scheduler
+from oppu_jax.sharding import mesh as mesh_lib
+from oppu_jax.train import compile_policy, optim, scheduler
 from oppu_jax.train.slots import Slots, learning_rates
 from oppu_jax.train.user_batches import UserBatches, UserPlan, user_seed
 
@@ -87,7 +88,7 @@ class StepReport:
 
 
 def train_users(
-    model: Llama,
+    model: LanguageModel,
     peft,
     plans: Iterable[UserPlan],
     config: TrainConfig,
@@ -193,11 +194,11 @@ def _fill(program, slots, occupants, slot, queue, group, config):
 class _StepProgram:
   """The compiled pieces: the train step over all slots, and a slot's refill."""
 
-  def __init__(self, model: Llama, peft, config: TrainConfig, mesh, max_steps: int,
+  def __init__(self, model: LanguageModel, peft, config: TrainConfig, mesh, max_steps: int,
                data_parallel: bool = False):
     self.graphdef, self.base = nnx.split(model)
     # The base is never trained: on CPU its bf16 stacks go in as free uint16 views (backend.py).
-    self.base = backend.frozen_base(self.base, model.config)
+    self.base = backend.frozen_base(self.base, model.config, model.weight_table())
     self.model_config, self.table = model.config, model.weight_table()
     self.embed = self.local_embed = model.embed[...]  # prompt tuning initialises from it
     self.peft, self.config, self.mesh, self.max_steps = peft, config, mesh, max_steps
@@ -329,12 +330,8 @@ class _StepProgram:
     model = nnx.merge(self.graphdef, base)
     if remat:
       model.config = model.config.replace(remat=True)
-    encoder = None  # an encoder-decoder model's batch carries the encoder input
-    if "source_tokens" in batch:
-      encoder = {"tokens": batch["source_tokens"], "attention_mask": batch["source_mask"]}
-    hidden = forward(model, self.peft, adapter, batch["tokens"], batch["positions"],
-                     batch["attention_mask"], rng=key, return_hidden=True,
-                     encoder=encoder)  # [B, T, D]
+    hidden = forward(model, self.peft, adapter, **model.conventions.inputs(batch), rng=key,
+                     return_hidden=True)  # [B, T, D]
     at_targets = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)  # [B,K,D]
     logits = model.logits(at_targets)  # [B, K, V]
     log_z = jax.nn.logsumexp(logits, axis=-1)

@@ -68,7 +68,7 @@ def model(tokenizer):
 
 def random_model(config, seed=0):
   """A random Llama with weights drawn in numpy (eager JAX init compiles op by op: seconds)."""
-  model = llama.abstract_model(config)
+  model = nnx.eval_shape(lambda: llama.Llama(config, rngs=nnx.Rngs(0)))
   state = nnx.state(model)
   rng = np.random.default_rng(seed)
   pure = jax.tree_util.tree_map_with_path(

@@ -13,7 +13,7 @@ _SCRIPT = textwrap.dedent("""
     import eval_fixtures as ef
     from oppu_jax.eval.decode import generate_for_rows
     from oppu_jax.eval.score import score_choices
-    from oppu_jax.train import mesh as mesh_lib
+    from oppu_jax.sharding import mesh as mesh_lib
     assert jax.device_count() == 4, jax.device_count()
     model = ef.tiny_model(scale=0.15)  # peaked: argmax not decided by float noise
     rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ def _run(backend_name, dtype):
   config = tiny_config(param_dtype=dtype, compute_dtype=dtype, backend=backend_name)
   model = Llama(config, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
-  state = backend.frozen_base(state, config)
+  state = backend.frozen_base(state, config, model.weight_table())
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 3, config.vocab_size)
   positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
   mask = jnp.ones((2, 9), bool).at[1, :3].set(False)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from oppu_jax.models import backend, layers
-from oppu_jax.models.llama import Llama, tiny_config
+from oppu_jax.models.llama import Llama, tiny_config, weight_table
 
 
 def _xw(seed=0, shape=(3, 5, 48), d_out=40):
@@ -82,7 +82,7 @@ def test_model_reads_state_with_frozen_bits_unchanged(param_dtype):
   positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
   mask = jnp.ones((2, 7), bool)
   run = lambda s: nnx.merge(graphdef, s)(tokens, positions=positions, attention_mask=mask)[0]
-  bits_state = backend.frozen_base(state, config)
+  bits_state = backend.frozen_base(state, config, weight_table(config))
   leaf = bits_state["layers"]["q"][...]
   assert leaf.dtype == (jnp.uint16 if param_dtype == "bfloat16" else jnp.float32)
   np.testing.assert_array_equal(run(bits_state), run(state))

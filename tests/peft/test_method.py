@@ -133,7 +133,7 @@ def test_scores_and_generates_per_user(tiny, table, forward):
 def test_round_trips_through_hf_files(table, tmp_path):
   stacked = UserAdapters.stack(VBias(scale=0.5), [_random(table, 3), _random(table, 4)])
   for i in range(2):
-    stacked.save_user(i, tmp_path / f"u{i}", table)
+    hf_format.save_adapter(tmp_path / f"u{i}", stacked.method, stacked.user(i), table)
   config = json.loads((tmp_path / "u0" / hf_format.CONFIG_NAME).read_text())
   assert config["peft_type"] == "OPPU_TEST_V_BIAS" and config["target_modules"] == ["v_proj"]
   loaded = UserAdapters.load([tmp_path / "u0", tmp_path / "u1"], table)

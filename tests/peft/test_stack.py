@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from oppu_jax.errors import AdapterFormatError
+from oppu_jax.peft import hf_format
 from oppu_jax.peft.ia3 import IA3
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.stack import UserAdapters
@@ -62,11 +63,11 @@ def test_gather_rows_and_method_is_static(table):
   assert len(jax.tree.leaves(stacked)) == len(jax.tree.leaves(users[0]))
 
 
-def test_save_user_and_load_round_trip(table, tmp_path):
+def test_saved_users_load_as_one_stack(table, tmp_path):
   stacked = UserAdapters.stack(LORA, _users(table, 3))
   dirs = [tmp_path / f"user{i}" for i in range(3)]
   for i, d in enumerate(dirs):
-    stacked.save_user(i, d, table)
+    hf_format.save_adapter(d, stacked.method, stacked.user(i), table)
   loaded = UserAdapters.load(dirs[::-1], table)
   assert loaded.method == LORA and loaded.num_users == 3
   for i in range(3):
@@ -74,8 +75,8 @@ def test_save_user_and_load_round_trip(table, tmp_path):
 
 
 def test_load_refuses_mixed_methods(table, tmp_path):
-  UserAdapters.stack(LORA, _users(table, 1)).save_user(0, tmp_path / "a", table)
-  UserAdapters.stack(IA3(), _users(table, 1, IA3())).save_user(0, tmp_path / "b", table)
+  hf_format.save_adapter(tmp_path / "a", LORA, _users(table, 1)[0], table)
+  hf_format.save_adapter(tmp_path / "b", IA3(), _users(table, 1, IA3())[0], table)
   with pytest.raises(AdapterFormatError, match="one stack holds one method") as err:
     UserAdapters.load([tmp_path / "a", tmp_path / "b"], table)
   assert str(err.value).startswith(str(tmp_path / "b")) and "\n" not in str(err.value)

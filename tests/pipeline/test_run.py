@@ -315,8 +315,6 @@ def test_a_run_on_a_store_workdir_resumes_from_the_store_alone(tiny_model_dir, t
   c.storage.cache = str(tmp_path / "cache")
   first = run.run(c, url)
   assert json.loads((tmp_path / "store" / "results.json").read_text()) == first
-  storage.detach_all()
   c.storage.cache = str(tmp_path / "cache_of_another_vm")
   monkeypatch.setattr(multi_user, "train_users", lambda *a, **k: pytest.fail("trained again"))
   assert run.run(c, url) == first
-  storage.detach_all()

@@ -224,7 +224,8 @@ _MESH_SCRIPT = textwrap.dedent("""
     import synthetic_users as su
     from oppu_jax.models import llama
     from oppu_jax.peft import lora
-    from oppu_jax.train import multi_user, mesh as mesh_lib
+    from oppu_jax.sharding import mesh as mesh_lib
+    from oppu_jax.train import multi_user
     assert jax.device_count() == 8, jax.device_count()
     model = llama.Llama(llama.tiny_config(vocab_size=64), rngs=nnx.Rngs(0))
     peft = lora.Lora(rank=4, alpha=8, dropout=0.1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from oppu_jax.data.batching import encode_seq2seq
+from oppu_jax.data.batching import encode_with_source
 from oppu_jax.models import t5
 from oppu_jax.models import adapted
 from oppu_jax.peft.lora import Lora
@@ -29,7 +29,7 @@ def _plan(user, n, seed=0, answer=None):
   examples = []
   for length in lengths:
     prompt = "".join(rng.choice(list("abcdefgh"), size=int(length)))
-    examples.append(encode_seq2seq(prompt, answer or f"u{user}", _encode, eos_id=1,
+    examples.append(encode_with_source(prompt, answer or f"u{user}", _encode, eos_id=1,
                                    decoder_start_id=0))
   return ub.plan_user(f"user{user}", examples, batch_size=3, epochs=8, seq_buckets=(8, 16),
                       target_buckets=(4, 8))

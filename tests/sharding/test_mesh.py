@@ -5,7 +5,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from oppu_jax.models import llama
-from oppu_jax.train import mesh as mesh_lib
+from oppu_jax.sharding import mesh as mesh_lib
 
 
 @pytest.mark.parametrize("tie", [False, True])

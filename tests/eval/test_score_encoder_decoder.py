@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import tiny_t5  # noqa: E402
-from oppu_jax.eval import score_seq2seq  # noqa: E402
+from oppu_jax.eval import score  # noqa: E402
 from oppu_jax.models import load  # noqa: E402
 from oppu_jax.models import adapted  # noqa: E402
 from oppu_jax.peft.lora import Lora  # noqa: E402
@@ -29,7 +29,7 @@ def t5_dir(tmp_path_factory):
 def test_bare_scores_equal_transformers(t5_dir):
   model, _ = load.load_model(t5_dir)
   hf = transformers.T5ForConditionalGeneration.from_pretrained(t5_dir).eval()
-  ours = score_seq2seq.score_choices(model, None, ROWS, CHOICES, batch_size=2)
+  ours = score.score_choices(model, None, ROWS, CHOICES, batch_size=2)
   for r, (_, source) in enumerate(ROWS):
     for c, choice in enumerate(CHOICES):
       with torch.no_grad():
@@ -53,7 +53,7 @@ def test_each_row_is_scored_under_its_own_users_adapter(t5_dir, method):
     users.append(jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape)
                                            for x, k in zip(leaves, keys)]))
   stacked = UserAdapters.stack(method, users)
-  ours = score_seq2seq.score_choices(model, stacked, ROWS, CHOICES, batch_size=4)
+  ours = score.score_choices(model, stacked, ROWS, CHOICES, batch_size=4)
   for r, (user, source) in enumerate(ROWS):
     for c, choice in enumerate(CHOICES):
       dec = jnp.asarray([[0] + choice[:-1]])
@@ -64,5 +64,5 @@ def test_each_row_is_scored_under_its_own_users_adapter(t5_dir, method):
       logp = jax.nn.log_softmax(logits, -1)[jnp.arange(len(choice)), jnp.asarray(choice)]
       assert ours[r, c] == pytest.approx(float(logp.sum()), abs=1e-4)
   # The two users' adapters really differ on the same row.
-  swapped = score_seq2seq.score_choices(model, stacked, [(1 - u, s) for u, s in ROWS], CHOICES)
+  swapped = score.score_choices(model, stacked, [(1 - u, s) for u, s in ROWS], CHOICES)
   assert np.abs(swapped - ours).max() > 1e-3
