@@ -4,7 +4,7 @@ a LaMP task on a TPU v5e-256 and on 64 x H100, from measured step times and mode
 Measured here (one subprocess per device count, SmolLM2-135M, the multi-user step vmapped over
 one user per device, users split over a (users, 1) mesh of virtual CPU devices, LoRA r8 q,v,
 batch 4 x 128 tokens of train_bench.py's synthetic data): the median step time at 1, 2 and 4 local
-devices, and train_bench.py's minimum model FLOPs of each step. The 1-device run calibrates the
+devices, and flops.py's minimum model FLOPs of each step. The 1-device run calibrates the
 model's one free number, the achieved fraction of peak (MFU = model FLOP/s / the GEMM rate
 measured in the same process); the check then predicts the 2- and 4-device runs two ways:
   - independent chips (what a TPU/GPU mesh is): each device keeps the 1-device rate, so the step
@@ -14,7 +14,7 @@ and prints both next to the measured times.
 
 Projection (the assumptions, all flags):
   - model: Llama-2-7B (L 32, d 4096, MLP 11008, vocab 32000) in bf16; FLOPs per token from
-    train_bench.flops_per_token (4 x body for the forward and the backward to activations, no
+    flops.flops_per_token (4 x body for the forward and the backward to activations, no
     weight gradients for the frozen base, LoRA and attention terms) at the task's mean sequence;
   - workload per user from the OPPU paper's Table 5 (its 100 most active test users: #History,
     L_in, L_out) and Table 4 (epochs): tokens = #History x (L_in + L_out + 16 prompt-template
@@ -116,27 +116,29 @@ def child(devices: int) -> None:
   sys.path.insert(0, HERE)
   import numpy as np
 
-  import train_bench as tb
+  import flops
+  import train_workload as wl
   from oppu_jax.models.load import load_model
   from oppu_jax.peft.lora import Lora
   from oppu_jax.sharding import mesh as mesh_lib, multi_user
 
-  peak = tb.measure_gemm_peaks(include_torch=False, threads=0)["jax f32"]
+  peak = flops.measure_gemm_peaks(include_torch=False, threads=0)["jax f32"]
   model, _ = load_model(compute_dtype="float32")
-  plans = tb.make_plans(types.SimpleNamespace(users=devices, examples_per_user=BATCH *
+  plans = wl.make_plans(types.SimpleNamespace(users=devices, examples_per_user=BATCH *
                                               STEPS_PER_USER, seq_len=SEQ_LEN, batch_size=BATCH,
                                               epochs=1))
-  peft = Lora(targets=tb.TARGETS, rank=tb.RANK, alpha=tb.ALPHA, dropout=tb.DROPOUT)
-  config = multi_user.TrainConfig(learning_rate=tb.LR, slots=devices, users_per_pass=devices)
+  peft = Lora(targets=wl.TARGETS, rank=wl.RANK, alpha=wl.ALPHA, dropout=wl.DROPOUT)
+  config = multi_user.TrainConfig(learning_rate=wl.LR, slots=devices, users_per_pass=devices)
   mesh = mesh_lib.make_mesh(users=devices, model=1) if devices > 1 else None
   stamps = []
   multi_user.train_users(model, peft, plans, config, mesh=mesh,
                          progress=lambda _: stamps.append(time.perf_counter()))
   steps = np.diff(stamps)  # the first step (compilation) has no predecessor: left out
-  flops = tb.model_flops(model.config, plans) / STEPS_PER_USER  # per step, all users
-  tokens = tb.data_counts(plans)["real"] / STEPS_PER_USER
+  step_flops = flops.model_flops(model.config, plans) / STEPS_PER_USER  # per step, all users
+  tokens = flops.data_counts(plans)["real"] / STEPS_PER_USER
   print(json.dumps({"devices": devices, "users": devices, "step_s": float(np.median(steps)),
-                    "steps_timed": len(steps), "flops": flops, "tokens": tokens, "peak": peak}))
+                    "steps_timed": len(steps), "flops": step_flops, "tokens": tokens,
+                    "peak": peak}))
 
 
 def print_measured(rows: list[dict]) -> float:
@@ -169,16 +171,16 @@ def _err(predicted: float, measured: float) -> str:
 
 def print_projection(args, mfu_cpu: float | None) -> None:
   sys.path.insert(0, HERE)
-  import train_bench as tb
+  import flops
 
   t = LAMP[args.task]
   m = LLAMA2_7B
   seq = t["l_in"] + t["l_out"] + TEMPLATE_TOKENS
-  per_user_train = t["history"] * seq * t["epochs"] * tb.flops_per_token(m, int(seq))
+  per_user_train = t["history"] * seq * t["epochs"] * flops.flops_per_token(m, int(seq))
   queries_per_user = t["q"] / PAPER_TEST_USERS
-  per_user_eval = queries_per_user * seq * tb.flops_per_token(m, int(seq)) / 2  # forward only
+  per_user_eval = queries_per_user * seq * flops.flops_per_token(m, int(seq)) / 2  # forward only
   base_seq = t["base_in"] + t["base_out"] + TEMPLATE_TOKENS
-  task_adapt = t["base_q"] * base_seq * 2 * tb.flops_per_token(m, int(base_seq))
+  task_adapt = t["base_q"] * base_seq * 2 * flops.flops_per_token(m, int(base_seq))
   print(f"\nProjection: {args.task} on Llama-2-7B (bf16), MFU {args.mfu:.2f}"
         + (f" (this CPU's measured MFU: {mfu_cpu:.2f})" if mfu_cpu is not None else ""))
   print(f"per user: {t['history']:.0f} history items x {seq:.0f} tokens x {t['epochs']} epochs "
