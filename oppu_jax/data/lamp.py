@@ -1,4 +1,6 @@
-"""Read and write LaMP data: the official release, OPPU's processed release, predictions.
+"""Read LaMP data: the official release, OPPU's processed release, predictions.
+
+The per-record checks are in `lamp_records`; writing these files is `lamp_write`.
 
 Layouts:
 - "official": `{split}_questions.json` (records `id`, `input`, `profile`, optionally `user_id`
@@ -36,16 +38,16 @@ does the same at 768), and each file's count of cuts is logged — never silentl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 import dataclasses
-import json
 import logging
-import math
 import os
-import re
 from typing import Any
 
 from oppu_jax.data import tasks as tasks_lib
+from oppu_jax.data.lamp_records import (check_profile, check_texts_built, gold_string,
+                                        pop_gold, read_golds, read_json, record_with_id,
+                                        string_field, task_family, to_query)
 from oppu_jax.data.types import LampData, Query, User, date_key
 from oppu_jax.errors import DataError
 
@@ -126,60 +128,9 @@ def truncate_words(text: str, max_words: int) -> str:
   return text if len(words) <= max_words else " ".join(words[:max_words])
 
 
-def write_predictions(path: str, task: str | tasks_lib.Task, outputs: Mapping[str, str]) -> None:
-  """Writes {id: output} in the LaMP outputs shape ({"task", "golds": [{"id", "output"}]}),
-  named as LaMP's evaluator knows the task: LaMP_2N and LaMP_2M are both "LaMP_2"."""
-  name = task if isinstance(task, str) else task.name
-  _write_json(path, _outputs_doc(name, outputs.items()))
-
-
 def read_outputs(path: str) -> dict[str, str]:
   """{id: output} from a LaMP outputs / predictions file."""
-  return _read_golds(path, None)
-
-
-def write_official_layout(data: LampData, out_dir: str, dev_fraction: float = 0.5) -> None:
-  """Writes `train_*` and `dev_*` files: per user, the last ceil(dev_fraction * q) of its q
-  queries go to dev, the rest to train. Every record carries the user's whole history and its
-  query's `date` where it has one, so `load` gives the same users back when each history is
-  undated or dated at or before its user's earliest query (as `synth` writes them)."""
-  os.makedirs(out_dir, exist_ok=True)
-  split_records: dict[str, list[dict[str, Any]]] = {"train": [], "dev": []}
-  split_golds: dict[str, list[tuple[str, str]]] = {"train": [], "dev": []}
-  for user in data.users:
-    n_dev = math.ceil(dev_fraction * len(user.queries))
-    for i, q in enumerate(user.queries):
-      split = "dev" if i >= len(user.queries) - n_dev else "train"
-      record = {"id": q.id, "input": q.input, "profile": list(user.history), "user_id": user.id}
-      if q.date is not None:
-        record["date"] = q.date
-      split_records[split].append(record)
-      if q.gold is not None:
-        split_golds[split].append((q.id, q.gold))
-  for split, records in split_records.items():
-    _write_json(os.path.join(out_dir, f"{split}_questions.json"), records)
-    if _all_or_none(split_golds[split], records, out_dir):
-      _write_json(os.path.join(out_dir, f"{split}_outputs.json"),
-                  _outputs_doc(data.task, split_golds[split]))
-
-
-def write_oppu_layout(data: LampData, out_dir: str, num_test_users: int = 100) -> None:
-  """Writes OPPU's processed layout: the `num_test_users` most active users as the "top 100"
-  files (the names stay, whatever the number), everyone else in `user_others.json`, and
-  the profile files when every user of the part has a profile in `data.profiles`."""
-  os.makedirs(out_dir, exist_ok=True)
-  test, others = select_users(data, num_test_users)
-  _write_json(os.path.join(out_dir, OPPU_FILES["test"]),
-              [_oppu_user(u, with_gold=False) for u in test.users])
-  golds = [(q.id, q.gold) for u in test.users for q in u.queries if q.gold is not None]
-  if _all_or_none(golds, [q for u in test.users for q in u.queries], out_dir):
-    _write_json(os.path.join(out_dir, OPPU_FILES["labels"]), _outputs_doc(data.task, golds))
-  _write_json(os.path.join(out_dir, OPPU_FILES["others"]),
-              [_oppu_user(u, with_gold=True) for u in others.users])
-  for key, part in (("profiles", test), ("other_profiles", others)):
-    if part.users and all(u.id in data.profiles for u in part.users):
-      _write_json(os.path.join(out_dir, OPPU_FILES[key]),
-                  [{"id": u.id, "output": data.profiles[u.id]} for u in part.users])
+  return read_golds(path, None)
 
 
 # --- official layout ---------------------------------------------------------------------------
@@ -200,24 +151,24 @@ def _load_official(path, task, splits, max_words) -> LampData:
   for split in splits or present:
     qpath = os.path.join(path, f"{split}_questions.json")
     opath = os.path.join(path, f"{split}_outputs.json")
-    golds = _read_golds(opath, task) if os.path.exists(opath) else None
-    records = _question_records(_read_json(qpath), qpath, task)
+    golds = read_golds(opath, task) if os.path.exists(opath) else None
+    records = _question_records(read_json(qpath), qpath, task)
     if golds is None:  # LaMP's test split: its golds go to the leaderboard, not the release
       log.warning("%s: no %s_outputs.json: its %d queries are predicted, not scored", qpath,
                   split, len(records))
     for i, rec in enumerate(records):
-      where, qid = _record_with_id(rec, f"{qpath}: record {i}", seen_ids, qpath, "question")
-      _check_texts_built(task, rec, where)
+      where, qid = record_with_id(rec, f"{qpath}: record {i}", seen_ids, qpath, "question")
+      check_texts_built(task, rec, where)
       user_id = rec.get("user_id", qid)
       if not isinstance(user_id, (str, int)):
         raise DataError(f"{where}: field 'user_id' must be a string, got {type(user_id).__name__}")
       user_id = str(user_id)
-      gold = None if golds is None else _pop_gold(golds, qid, where, opath, "question")
-      items = _check_profile(task, rec.get("profile"), where)
+      gold = None if golds is None else pop_gold(golds, qid, where, opath, "question")
+      items = check_profile(task, rec.get("profile"), where)
       user = samples.setdefault(user_id, _Samples(qpath))
       user.profiles.append(items)
       user.times.append(_query_time(rec, items))
-      user.queries.append(_query(task, rec, gold, where, split))
+      user.queries.append(to_query(task, rec, gold, where, split))
     if golds:
       first = next(iter(golds))
       raise DataError(f"{opath}: gold id {first!r} has no question in {qpath} "
@@ -249,28 +200,13 @@ def _question_records(doc: Any, qpath: str, task) -> list[Any]:
   # LaMP's data/avocado/create_avocado_dataset.py writes LaMP_6's test questions in the outputs
   # shape, {"task": "LaMP_6", "golds": [questions]}; any task's questions may come so.
   if isinstance(doc, dict) and isinstance(doc.get("golds"), list):
-    if "task" in doc and _family(str(doc["task"])) != _family(task.name):
+    if "task" in doc and task_family(str(doc["task"])) != task_family(task.name):
       raise DataError(f"{qpath}: questions of task {doc['task']!r}, not {task.name}")
     return doc["golds"]
   if not isinstance(doc, list):
     raise DataError(f"{qpath}: expected a list of questions (or {{\"task\", \"golds\": "
                     f"[questions]}}), got {type(doc).__name__}")
   return doc
-
-
-def _check_texts_built(task, rec: dict[str, Any], where: str) -> None:
-  """LaMP_6 is released with Avocado file ids where the emails go (`input`, and items' `text`
-  without `title`); LaMP's script puts the texts in. Say so instead of a missing field."""
-  if task.name != "LaMP_6":
-    return
-  profile = rec.get("profile") if isinstance(rec.get("profile"), list) else []
-  ids = [rec.get("input")] + [p.get("text") for p in profile
-                              if isinstance(p, dict) and "title" not in p]
-  file_id = next((t for t in ids if isinstance(t, str) and t and len(t.split()) == 1), None)
-  if file_id is not None:
-    raise DataError(f"{where}: {file_id!r} is an Avocado file id, not an email: this is LaMP_6's "
-                    "raw release; build the texts with LaMP's "
-                    "data/avocado/create_avocado_dataset.py first")
 
 
 @dataclasses.dataclass
@@ -317,16 +253,6 @@ def _at_or_before(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
   return a[:n] <= b[:n]
 
 
-def _query(task, rec, gold, where, split) -> Query:
-  text = _string(rec, "input", where)
-  try:
-    tasks_lib.parse_input(task, text)
-  except DataError as e:
-    raise DataError(f"{where}: {e}") from None
-  date = rec.get("date")
-  return Query(rec["id"], text, gold, None if date is None else str(date), split)
-
-
 def _time_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
   keys = [date_key(it.get("date")) for it in items]
   if all(k is not None for k in keys):
@@ -356,7 +282,7 @@ def _load_oppu(path, task, splits, max_words) -> LampData:
     golds = None
     if split == "test":
       lpath = os.path.join(path, OPPU_FILES["labels"])
-      golds = _read_golds(lpath, task) if os.path.exists(lpath) else None
+      golds = read_golds(lpath, task) if os.path.exists(lpath) else None
       if golds is None:
         log.warning("%s: no %s: its users' queries are predicted, not scored", upath,
                     OPPU_FILES["labels"])
@@ -377,7 +303,7 @@ def _load_oppu(path, task, splits, max_words) -> LampData:
 
 
 def _read_oppu_users(upath, task, golds, seen_users, seen_queries, split) -> list[User]:
-  records = _read_json(upath)
+  records = read_json(upath)
   if not isinstance(records, list):
     raise DataError(f"{upath}: expected a list of users, got {type(records).__name__}")
   users = []
@@ -398,47 +324,26 @@ def _read_oppu_users(upath, task, golds, seen_users, seen_queries, split) -> lis
     if user_id in seen_users:
       raise DataError(f"{where}: duplicate user id (also in {seen_users[user_id]})")
     seen_users[user_id] = upath
-    items = _check_profile(task, rec.get("profile"), where)
+    items = check_profile(task, rec.get("profile"), where)
     dedup: dict[str, dict[str, Any]] = {}
     for item in items:
       dedup.setdefault(item["id"], item)
     queries = []
     for j, q in enumerate(raw_queries):
-      qwhere, qid = _record_with_id(q, f"{where} query {j}", seen_queries, upath, "query")
+      qwhere, qid = record_with_id(q, f"{where} query {j}", seen_queries, upath, "query")
       if golds is not None:
-        gold = _pop_gold(golds, qid, qwhere, OPPU_FILES["labels"], "query")
+        gold = pop_gold(golds, qid, qwhere, OPPU_FILES["labels"], "query")
       else:
         gold = q.get("gold", q.get("output"))
         if gold is not None:
-          gold = _gold_string(task, gold, qwhere)
-      queries.append(_query(task, q, gold, qwhere, split))
+          gold = gold_string(task, gold, qwhere)
+      queries.append(to_query(task, q, gold, qwhere, split))
     users.append(User(user_id, tuple(dedup.values()), tuple(queries)))
   return users
 
 
-def _record_with_id(rec, where: str, seen: dict[str, str], source: str, kind: str):
-  """A question, query or gold record: an object with a string id not seen before.
-
-  Returns (`where` naming the id, the id); records the id as coming from `source`.
-  """
-  if not isinstance(rec, dict):
-    raise DataError(f"{where}: expected an object, got {type(rec).__name__}")
-  where = f"{where} (id {rec.get('id')!r})"
-  qid = _string(rec, "id", where)
-  if qid in seen:
-    raise DataError(f"{where}: duplicate {kind} id (also in {seen[qid]})")
-  seen[qid] = source
-  return where, qid
-
-
-def _pop_gold(golds: dict, qid: str, where: str, gold_file: str, kind: str):
-  if qid not in golds:
-    raise DataError(f"{where}: {kind} has no gold in {gold_file}")
-  return golds.pop(qid)
-
-
 def _read_profiles(ppath, users) -> dict[str, str]:
-  records = _read_json(ppath)
+  records = read_json(ppath)
   if not isinstance(records, list) or len(records) != len(users):
     n = len(records) if isinstance(records, list) else type(records).__name__
     raise DataError(f"{ppath}: expected a list of {len(users)} profiles aligned with the "
@@ -448,129 +353,11 @@ def _read_profiles(ppath, users) -> dict[str, str]:
     where = f"{ppath}: record {i}"
     if not isinstance(rec, dict):
       raise DataError(f"{where}: expected an object, got {type(rec).__name__}")
-    text = _string(rec, "output", where)
+    text = string_field(rec, "output", where)
     if "id" in rec and str(rec["id"]) != user.id:
       raise DataError(f"{where}: profile of user {rec['id']!r} where user {user.id!r} is expected")
     out[user.id] = text
   return out
-
-
-def _oppu_user(user: User, with_gold: bool) -> dict[str, Any]:
-  queries = []
-  for q in user.queries:
-    entry: dict[str, Any] = {"id": q.id, "input": q.input}
-    if q.date is not None:
-      entry["date"] = q.date
-    if with_gold and q.gold is not None:
-      entry["gold"] = q.gold
-    queries.append(entry)
-  return {"user_id": user.id, "profile": list(user.history), "query": queries}
-
-
-# --- shared checks ------------------------------------------------------------------------------
-
-
-def _check_profile(task, profile, where) -> list[dict[str, Any]]:
-  if not isinstance(profile, list):
-    raise DataError(f"{where}: missing field 'profile' (a list of history items)")
-  if not profile:
-    raise DataError(f"{where}: empty history (profile has no items)")
-  return [_check_item(task, item, f"{where}: profile item {j}") for j, item in enumerate(profile)]
-
-
-def _check_item(task, item, where) -> dict[str, Any]:
-  if not isinstance(item, dict):
-    raise DataError(f"{where}: expected an object, got {type(item).__name__}")
-  where = f"{where} (id {item.get('id')!r})"
-  foreign = sorted((set(item) & tasks_lib.ALL_ITEM_FIELDS) - set(task.item_fields))
-  missing = [f for f in ("id",) + task.item_fields if f not in item]
-  if missing or foreign:
-    guess = _guess_task(item)
-    hint = f"; it looks like a {guess} item" if guess and guess != task.name else ""
-    if missing:
-      raise DataError(f"{where}: missing field {missing[0]!r} of a {task.name} item{hint}")
-    raise DataError(f"{where}: field {foreign[0]!r} is not a {task.name} field{hint}")
-  for f in ("id",) + task.item_fields + tuple(f for f in task.optional_fields if f in item):
-    _string(item, f, where)
-  if "date" in item and not isinstance(item["date"], (str, int)):
-    raise DataError(f"{where}: field 'date' must be a string, got {type(item['date']).__name__}")
-  return item
-
-
-def _guess_task(item) -> str:
-  fits = [t for t in tasks_lib.TASKS.values() if set(t.item_fields) <= set(item)]
-  if not fits:
-    return ""
-  most = max(len(t.item_fields) for t in fits)
-  return "/".join(t.name for t in fits if len(t.item_fields) == most)
-
-
-def _string(rec, field, where) -> str:
-  if field not in rec:
-    raise DataError(f"{where}: missing field {field!r}")
-  if not isinstance(rec[field], str):
-    raise DataError(f"{where}: field {field!r} must be a string, got {type(rec[field]).__name__}")
-  return rec[field]
-
-
-def _read_golds(path, task) -> dict[str, str]:
-  doc = _read_json(path)
-  if not isinstance(doc, dict) or not isinstance(doc.get("golds"), list):
-    raise DataError(f"{path}: expected {{\"task\": ..., \"golds\": [{{\"id\", \"output\"}}]}}")
-  if task is not None and "task" in doc and _family(str(doc["task"])) != _family(task.name):
-    raise DataError(f"{path}: golds of task {doc['task']!r}, not {task.name}")
-  out: dict[str, str] = {}
-  seen: dict[str, str] = {}
-  for i, g in enumerate(doc["golds"]):
-    where, gid = _record_with_id(g, f"{path}: gold {i}", seen, path, "gold")
-    out[gid] = _gold_string(task, g.get("output"), where) if task else _string(g, "output", where)
-  return out
-
-
-def _gold_string(task, gold, where) -> str:
-  if not isinstance(gold, str):
-    raise DataError(f"{where}: gold output must be a string, got {type(gold).__name__}")
-  if task.labels is not None and gold.strip() not in task.labels:
-    raise DataError(f"{where}: gold {gold!r} is not a {task.name} label")
-  return gold
-
-
-def _family(name: str) -> str:
-  # Official files name LaMP_2N's and LaMP_2M's golds alike ("LaMP_2"), as we write them too;
-  # compare the number.
-  return re.sub(r"[^0-9]", "", name)
-
-
-def _read_json(path) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-  except UnicodeDecodeError as e:  # LaMP's files are UTF-8 JSON; name the byte, not a traceback
-    raise DataError(f"{path}: not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
-                    f"{e.start}") from None
-  except OSError as e:
-    raise DataError(f"{path}: cannot read: {e.strerror}") from None
-
-
-def _write_json(path, doc) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(doc, f, ensure_ascii=False, indent=1)
-
-
-def _outputs_doc(task_name: str, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-  # LaMP's evaluator knows LaMP_1 .. LaMP_7 only, and matches predictions to golds by this name.
-  name = f"LaMP_{_family(tasks_lib.get_task(task_name).name)}"
-  return {"task": name, "golds": [{"id": i, "output": o} for i, o in pairs]}
-
-
-def _all_or_none(golds, queries, out_dir) -> bool:
-  # A golds file must cover every question of its split, or the loader rejects it.
-  if golds and len(golds) != len(queries):
-    raise DataError(f"{out_dir}: {len(queries) - len(golds)} of {len(queries)} queries lack "
-                    "golds; a split has golds for all its queries or for none")
-  return bool(golds)
 
 
 def _subset(data: LampData, users: tuple[User, ...]) -> LampData:

@@ -62,9 +62,9 @@ import math
 import random
 from typing import Any
 
-from oppu_jax.data import lamp
+from oppu_jax.data import lamp_write
 from oppu_jax.data import tasks as tasks_lib
-from oppu_jax.data.lamp import write_oppu_layout  # pylint: disable=unused-import
+from oppu_jax.data.lamp_write import write_oppu_layout  # pylint: disable=unused-import
 from oppu_jax.data.types import LampData, Query, User
 
 
@@ -88,7 +88,7 @@ def generate(
                     history_max=history_max, long_tail=long_tail,
                     queries_per_user=queries_per_user, text_words=text_words, shift=shift,
                     noise=noise)
-  lamp.write_official_layout(data, out_dir, dev_fraction=dev_fraction)
+  lamp_write.write_official_layout(data, out_dir, dev_fraction=dev_fraction)
   return data
 
 

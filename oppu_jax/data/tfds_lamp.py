@@ -23,9 +23,9 @@ import json
 import os
 from typing import Any
 
+from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.errors import DataError
 
-TASKS = ("LaMP_1", "LaMP_2N", "LaMP_2M", "LaMP_3", "LaMP_4", "LaMP_5", "LaMP_6", "LaMP_7")
 SPLITS = ("train", "dev", "test")
 NAME = "lamp"  # the TFDS dataset name: tfds.data_source("lamp/LaMP_3", data_dir=...)
 
@@ -40,9 +40,9 @@ def prepare(task: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLik
 
 
 def _builder(task: str, data_dir: str | os.PathLike):
-  """The LaMP builder for `task` (a config name in TASKS) writing array_record to data_dir."""
-  if task not in TASKS:
-    raise DataError(f"unknown LaMP task {task!r}; expected one of {', '.join(TASKS)}")
+  """The LaMP builder for `task` (a key of `tasks.TASKS`) writing array_record to data_dir."""
+  if task not in tasks_lib.TASKS:  # exact names: each is a builder config; get_task's aliases not
+    raise DataError(f"unknown LaMP task {task!r}; expected one of {', '.join(tasks_lib.TASKS)}")
   return builder_class()(config=task, data_dir=os.path.expanduser(data_dir),
                          file_format="array_record")
 
@@ -66,7 +66,7 @@ def builder_class():
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Official LaMP files; profile as JSON text."}
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=t, description=f"LaMP task {t}")
-                       for t in TASKS]
+                       for t in tasks_lib.TASKS]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download the LaMP task files from https://lamp-benchmark.github.io/download and put "
         "{split}_questions.json / {split}_outputs.json in <manual_dir>/<task>/ or <manual_dir>/.")

@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from oppu_jax import config as config_lib, files, storage
-from oppu_jax.data import lamp, synth
+from oppu_jax.data import lamp, lamp_write, synth
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.types import User
 from oppu_jax.errors import ConfigError, DataError
@@ -336,7 +336,7 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
     preds = _predict_users(exp, model, setting, mine)
     if cluster.count() == 1:
       with files.output(path) as tmp:
-        lamp.write_predictions(tmp, exp.task, preds)
+        lamp_write.write_predictions(tmp, exp.task, preds)
     else:
       files.write_json(part, preds)
   if cluster.count() > 1:
@@ -348,7 +348,7 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
           preds.update(json.load(f))
       order = [q.id for u in users for q in u.queries if q.id in preds]  # as one process writes
       with files.output(path) as tmp:
-        lamp.write_predictions(tmp, exp.task, {i: preds[i] for i in order + sorted(
+        lamp_write.write_predictions(tmp, exp.task, {i: preds[i] for i in order + sorted(
             preds.keys() - set(order))})
       for p in glob.glob(f"{path}.part-*"):
         storage.remove(p)

@@ -8,6 +8,7 @@ import pytest
 
 import lamp_fixtures as lf
 from oppu_jax.data import lamp
+from oppu_jax.data import lamp_write
 from oppu_jax.data import synth
 from oppu_jax.data import tasks
 from oppu_jax.data.types import DataError
@@ -218,7 +219,7 @@ def test_over_long_history_text_is_cut_and_logged(tmp_path, caplog):
 
 def test_predictions_round_trip(tmp_path):
   path = str(tmp_path / "pred.json")
-  lamp.write_predictions(path, "LaMP_4", {"a": "Headline one", "b": ""})
+  lamp_write.write_predictions(path, "LaMP_4", {"a": "Headline one", "b": ""})
   with open(path) as f:
     assert json.load(f) == {"task": "LaMP_4", "golds": [{"id": "a", "output": "Headline one"},
                                                         {"id": "b", "output": ""}]}
@@ -229,7 +230,7 @@ def test_lamp2_predictions_and_golds_carry_the_evaluators_task_name(tmp_path):
   # LaMP's evaluator knows LaMP_1 .. LaMP_7: both LaMP_2 variants are "LaMP_2".
   for name in ("LaMP_2N", "LaMP_2M"):
     path = str(tmp_path / f"{name}.json")
-    lamp.write_predictions(path, name, {"a": "comedy"})
+    lamp_write.write_predictions(path, name, {"a": "comedy"})
     with open(path) as f:
       assert json.load(f)["task"] == "LaMP_2"
     assert lamp.read_outputs(path) == {"a": "comedy"}
@@ -365,12 +366,12 @@ def test_writers_without_golds(tmp_path):
   blind = type(data)(data.task, tuple(
       type(u)(u.id, u.history, tuple(type(q)(q.id, q.input, None, q.date) for q in u.queries))
       for u in data.users))
-  lamp.write_official_layout(blind, str(tmp_path / "official"))
+  lamp_write.write_official_layout(blind, str(tmp_path / "official"))
   assert sorted(os.listdir(tmp_path / "official")) == ["dev_questions.json", "train_questions.json"]
   assert lamp.load(str(tmp_path / "official"), "LaMP_3") == blind
-  lamp.write_oppu_layout(blind, str(tmp_path / "oppu"), num_test_users=2)
+  lamp_write.write_oppu_layout(blind, str(tmp_path / "oppu"), num_test_users=2)
   assert {u.id: u for u in lamp.load(str(tmp_path / "oppu"), "LaMP_3").users} == {
       u.id: u for u in blind.users}
   partial = type(data)(data.task, (blind.users[0],) + data.users[1:])
   with pytest.raises(DataError, match="queries lack golds"):
-    lamp.write_official_layout(partial, str(tmp_path / "partial"))
+    lamp_write.write_official_layout(partial, str(tmp_path / "partial"))

@@ -13,6 +13,7 @@ from scipy import stats
 
 from conftest import tiny_config
 from oppu_jax.data import lamp
+from oppu_jax.data import lamp_write
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.errors import ConfigError, DataError, WorkdirError
 from oppu_jax.pipeline import run
@@ -99,7 +100,7 @@ def test_a_split_released_without_golds_is_predicted_not_scored(tiny_model_dir, 
   release = tmp_path / "LaMP_3"
   data = synth.synthesize("LaMP_3", seed=0, num_users=6, history_min=4, history_max=7,
                           queries_per_user=2, text_words=8)
-  lamp.write_official_layout(data, str(release))  # train_* and dev_* (each user: 1 and 1)
+  lamp_write.write_official_layout(data, str(release))  # train_* and dev_* (each user: 1 and 1)
   os.rename(release / "dev_questions.json", release / "test_questions.json")
   os.remove(release / "dev_outputs.json")
   config = tiny_config("LaMP_3", tiny_model_dir, settings="non_personalized,oppu_k0",
