@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 
 from oppu_jax import config as config_lib, files, storage
 from oppu_jax.data import lamp, synth
+from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.batching import encode_pair, encode_seq2seq, encode_text
 from oppu_jax.data.types import User
@@ -498,7 +499,7 @@ def make_plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int
     encoded = [encode_seq2seq(p, a, tok.encode, eos_id=tok.eos_id, decoder_start_id=start,
                               source_cutoff=cutoff, target_cutoff=cutoff) for p, a in pairs]
   else:
-    encoded = [encode_pair(*tasks_lib.model_pair(p, a), tok.encode, eos_id=tok.eos_id,
+    encoded = [encode_pair(*prompts_lib.model_pair(p, a), tok.encode, eos_id=tok.eos_id,
                            bos_id=bos, cutoff=cutoff) if p
                else encode_text(a, tok.encode, eos_id=tok.eos_id, bos_id=bos, cutoff=cutoff)
                for p, a in pairs]
@@ -673,8 +674,8 @@ def _predict(exp: Experiment, model, adapters, rows, progress=None) -> list[str]
   e, tok, task = exp.config.eval, exp.tokenizer, exp.task
   seq2seq = _seq2seq(exp)
   if task.labels and e.classification == "score":
-    # A decoder-only model reads the answer after " " (tasks.model_pair); T5's decoder starts it.
-    choices = [tok.encode(label if seq2seq else tasks_lib.model_pair("x", label)[1])
+    # A decoder-only model reads the answer after " " (prompts.model_pair); T5's decoder starts it.
+    choices = [tok.encode(label if seq2seq else prompts_lib.model_pair("x", label)[1])
                + [tok.eos_id] for label in task.labels]
     # A decoder-only model's rows are split over this process's devices; T5's are not (yet).
     scores = (score_seq2seq.score_choices(model, adapters, rows, choices,
