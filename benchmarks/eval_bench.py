@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from oppu_jax.data import synth, tasks  # noqa: E402
+from oppu_jax.data import prompts as prompts_lib, synth  # noqa: E402
 from oppu_jax.eval.decode import generate_for_rows  # noqa: E402
 from oppu_jax.eval.score import Programs, score_choices  # noqa: E402
 from oppu_jax.models import llama, load  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv=None):
 
   # --- classification (LaMP_3) ---
   queries = _queries("LaMP_3", args, tok)
-  labels = [tok.encode(tasks.ANSWER_SEP + label) + [tok.eos_id] for label in "12345"]
+  labels = [tok.encode(prompts_lib.ANSWER_SEP + label) + [tok.eos_id] for label in "12345"]
   print(f"LaMP_3: {len(queries)} queries, prompt tokens mean "
         f"{np.mean([len(p) for _, p in queries]):.0f}", flush=True)
 
@@ -165,7 +165,7 @@ def _queries(task: str, args, tok) -> list[tuple[int, list[int]]]:
   """(user index, prompt ids), users interleaved as an evaluation set would mix them."""
   data = synth.synthesize(task, num_users=args.users, seed=0,
                           queries_per_user=args.queries_per_user, text_words=args.text_words)
-  per_user = [[tok.encode(tasks.build_prompt(task, q.input)) for q in u.queries]
+  per_user = [[tok.encode(prompts_lib.build_prompt(task, q.input)) for q in u.queries]
               for u in data.users]
   return [(u, per_user[u][k]) for k in range(args.queries_per_user) for u in range(args.users)]
 

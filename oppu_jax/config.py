@@ -181,7 +181,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.test_users = "most_active"  # most_active (OPPU) | spread (over history lengths)
   c.data.max_task_users = 0  # cap on users for task adaptation (0 = all the others)
   c.data.max_words = 768  # per history field, as the reference cuts
-  c.data.history_mode = "oppu"  # oppu | aligned | text | convert (tasks.history_to_pairs)
+  c.data.history_mode = "oppu"  # oppu | aligned | text | convert (prompts.history_to_pairs)
   # Table 1's random_history draws its items from: corpus (every user's history items, as OPPU's
   # App. D says) | own (the query's user's history only).
   c.data.random_history = "corpus"

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.errors import DataError
 
@@ -66,7 +67,7 @@ def utility(task: tasks_lib.Task, query_input: str, gold: str, items: Sequence[d
     slots = tasks_lib.parse_input(task, query_input)
     target = slots["option1" if "1" in gold else "option2"]
   side = (lambda item: str(item[task.output_field])) if task.output_field else (
-      lambda item: tasks_lib.corpus_text(task, item))
+      lambda item: prompts_lib.corpus_text(task, item))
   return max(_unigram_f1(side(item), target) for item in items)
 
 

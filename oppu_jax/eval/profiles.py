@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import retrieval
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.types import LampData, User
@@ -195,7 +196,7 @@ def profile_prompt_ids(
   chat template that writes BOS itself does not get a second): an over-long prompt keeps its
   instruction and ending and loses the end of the history (logged)."""
   items = [user.history[j] for j in profile_items(user, num_items, seed)]
-  text = tasks_lib.profile_prompt(task, items, max_words=max_words)
+  text = prompts_lib.profile_prompt(task, items, max_words=max_words)
   ids = tokenizer.encode_prompt(_wrap(tokenizer, text, chat))
   if len(ids) <= max_tokens:
     return ids

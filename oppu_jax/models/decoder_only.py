@@ -3,7 +3,7 @@ label is scored, how decoding starts. `Llama.conventions` returns them; code out
 asks the model, never which family it is (the encoder-decoder ones: encoder_decoder.py).
 
 - Training: `[BOS] prompt answer EOS` in one sequence, the loss on the answer and EOS (the space
-  between them joins the answer: `tasks.model_pair`); an empty prompt is next-token on the text.
+  between them joins the answer: `prompts.model_pair`); an empty prompt is next-token on the text.
 - A query: the prompt, with room left in `cutoff` for the generated tokens; too long, it keeps its
   end (the task input; retrieved context comes first).
 - Label scoring packs the prompt and ALL the choices into ONE sequence with a tree attention mask,
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from oppu_jax.data.batching import Example, encode_pair, encode_text
-from oppu_jax.data.tasks import model_pair
+from oppu_jax.data.prompts import model_pair
 from oppu_jax.models import adapted
 
 

@@ -10,8 +10,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import retrieval
-from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.types import User
 from oppu_jax.pipeline.settings import BEST, Setting
 
@@ -45,7 +45,7 @@ def task_adaptation_pairs(task, users, base: str, k: int, profiles: dict[str, st
         continue
       items = _retrieve_for_query(task, user, q, k if base != "B" else 0, "bm25", seed)
       profile = profiles.get(user.id) if base == "P" else None
-      pairs.append((tasks_lib.build_prompt(task, q.input, items, profile), q.gold))
+      pairs.append((prompts_lib.build_prompt(task, q.input, items, profile), q.gold))
   return pairs
 
 
@@ -58,11 +58,11 @@ def user_training_pairs(task, user: User, setting: Setting, profile: str | None,
     items = []
     if setting.k > 0 and task.aligned and history_mode in ("oppu", "aligned"):
       idx = retrieval.retrieve_for_history_item(
-          user.history, t, setting.k, doc_text=functools.partial(tasks_lib.corpus_text, task),
-          query_text=functools.partial(tasks_lib.item_query_text, task),
+          user.history, t, setting.k, doc_text=functools.partial(prompts_lib.corpus_text, task),
+          query_text=functools.partial(prompts_lib.item_query_text, task),
           method=setting.retrieval, seed=seed, user_id=user.id)
       items = [user.history[j] for j in idx]
-    pairs.append(tasks_lib.history_to_pairs(
+    pairs.append(prompts_lib.history_to_pairs(
         task, item, history_mode, retrieved_items=items,
         profile=profile if setting.profile else None, seed=seed))
   return pairs
@@ -96,9 +96,9 @@ def query_prompts(task, user: User, setting: Setting, profile: str | None, *,
     else:
       items = _retrieve_for_query(task, user, q, setting.k, method, seed, retrievers)
     if setting.prompts == "study":
-      out.append((q.id, tasks_lib.build_study_prompt(task, q.input, items)))
+      out.append((q.id, prompts_lib.build_study_prompt(task, q.input, items)))
     else:
-      out.append((q.id, tasks_lib.build_prompt(task, q.input, items,
+      out.append((q.id, prompts_lib.build_prompt(task, q.input, items,
                                                profile if setting.profile else None)))
   return out
 
@@ -109,8 +109,8 @@ def _retrieve_for_query(task, user: User, q, k: int, method: str, seed: int,
     return []
   retrievers = retrievers or Retrievers()
   idx = retrieval.retrieve_for_query(
-      user.history, tasks_lib.retrieval_query(task, q.input), k,
-      doc_text=functools.partial(tasks_lib.corpus_text, task), query_date=q.date,
+      user.history, prompts_lib.retrieval_query(task, q.input), k,
+      doc_text=functools.partial(prompts_lib.corpus_text, task), query_date=q.date,
       method=method, seed=seed, user_id=user.id, salt=q.id, dense=retrievers.dense,
       rspg=retrievers.rspg)
   return [user.history[j] for j in idx]
@@ -135,8 +135,8 @@ def least_similar_histories(task, users, keep: float, scores: Callable) -> tuple
     if not user.history or not user.queries:
       out.append(user)
       continue
-    texts = [tasks_lib.corpus_text(task, item) for item in user.history]
-    similarity = np.max([scores(tasks_lib.retrieval_query(task, q.input), texts)
+    texts = [prompts_lib.corpus_text(task, item) for item in user.history]
+    similarity = np.max([scores(prompts_lib.retrieval_query(task, q.input), texts)
                          for q in user.queries], axis=0)
     n = max(1, int(round(keep * len(texts))))
     kept = sorted(np.argsort(similarity, kind="stable")[:n])
@@ -151,12 +151,12 @@ def rspg_training_rows(task, users, candidates, *, k: int, seed: int,
   from oppu_jax.data import rspg
 
   rows = []
-  doc_text = functools.partial(tasks_lib.corpus_text, task)
+  doc_text = functools.partial(prompts_lib.corpus_text, task)
   for user in users:
     for q in user.queries:
       if q.gold is None or not user.history:
         continue
-      query = tasks_lib.retrieval_query(task, q.input)
+      query = prompts_lib.retrieval_query(task, q.input)
       visible = retrieval.visible_before_date(user.history, q.date)
       x = rspg.features(query, [doc_text(user.history[j]) for j in visible],
                         [user.history[j].get("date") for j in visible], retrievers.dense)

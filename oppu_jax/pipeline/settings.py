@@ -8,7 +8,7 @@ The PEFT-vs-RAG study's Table 1 (`--config.settings=study`): non-personalized; P
 per user at rank r (peft_r8..r64); RAG with k = 4 by BM25, recency, a dense retriever or RSPG;
 PEFT + RAG (peft_rag_r8..r64: the user's peft_rN adapter, reused, under the best RAG row's
 retriever, chosen by the task's first metric once the RAG rows are evaluated). Its prompts are
-the study's (`tasks.build_study_prompt`). The study uses its LLM as it is, without task
+the study's (`prompts.build_study_prompt`). The study uses its LLM as it is, without task
 adaptation, so its rows all sit on base "B" (with task adaptation off, the plain base).
 """
 

@@ -16,12 +16,12 @@ def test_rows_are_each_formats_mae(analysed):
 
 
 def test_one_sided_pairs():
-  from oppu_jax.data import tasks
+  from oppu_jax.data import prompts
 
   item = {"id": "h1", "text": "a fine kettle", "score": "4"}
-  assert tasks.history_to_pairs("LaMP_3", item, "input_only") == ("", "a fine kettle")
-  assert tasks.history_to_pairs("LaMP_3", item, "output_only") == ("", "4")
+  assert prompts.history_to_pairs("LaMP_3", item, "input_only") == ("", "a fine kettle")
+  assert prompts.history_to_pairs("LaMP_3", item, "output_only") == ("", "4")
   from oppu_jax.errors import DataError
 
   with pytest.raises(DataError, match="not task-shaped"):
-    tasks.history_to_pairs("LaMP_7", {"id": "h", "text": "a tweet"}, "input_only")
+    prompts.history_to_pairs("LaMP_7", {"id": "h", "text": "a tweet"}, "input_only")

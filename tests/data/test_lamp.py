@@ -9,6 +9,7 @@ import pytest
 import lamp_fixtures as lf
 from oppu_jax.data import lamp
 from oppu_jax.data import lamp_write
+from oppu_jax.data import prompts
 from oppu_jax.data import synth
 from oppu_jax.data import tasks
 from oppu_jax.data.types import DataError
@@ -57,12 +58,12 @@ def test_generator_official_loader_prompts_round_trip(tmp_path, name):
     assert user.history and user.queries
     for item in user.history:
       assert set(task.item_fields) | {"id", "date"} == set(item)
-      prompt, answer = tasks.history_to_pairs(task, item)
+      prompt, answer = prompts.history_to_pairs(task, item)
       assert answer
       if task.aligned:
         assert item[task.input_field] in prompt and answer == item[task.output_field]
     for q in user.queries:
-      prompt = tasks.build_prompt(task, q.input, user.history[:2], profile="P")
+      prompt = prompts.build_prompt(task, q.input, user.history[:2], profile="P")
       assert prompt.startswith("P\n") and tasks.query_text(task, q.input) in prompt
       if task.labels is not None:
         assert q.gold in task.labels
@@ -172,9 +173,9 @@ def test_oppu_lamp1_items_carry_citation(tmp_path):
   data = lamp.load(lf.write_oppu_citation(tmp_path, ["Ref zero", None]), "LaMP_1")
   history = data.users[0].history
   assert [it.get("citation") for it in history] == ["Ref zero", None]
-  assert tasks.format_item("LaMP_1", history[0]) == (
+  assert prompts.format_item("LaMP_1", history[0]) == (
       "paper title: Paper 0 on graphs reference: Ref zero")
-  assert tasks.format_item("LaMP_1", history[1]) == "paper title: Paper 1 on graphs"
+  assert prompts.format_item("LaMP_1", history[1]) == "paper title: Paper 1 on graphs"
   lf.write_oppu_citation(tmp_path, [["not", "a", "string"]])
   assert "profile item 0 (id 'p0'): field 'citation' must be a string, got list" in (
       _error(str(tmp_path), "LaMP_1"))

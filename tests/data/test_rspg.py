@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from oppu_jax.data import retrieval, rspg
+from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.errors import DataError
 
@@ -27,7 +28,7 @@ def _rows(task, n_queries):
     topical = q % 2 == 0
     history = _history(8 + q % 5, topical)
     query = "battery charger" if topical else "completely unrelated question words"
-    texts = [tasks_lib.corpus_text(task, item) for item in history]
+    texts = [prompts_lib.corpus_text(task, item) for item in history]
     utilities = {}
     for method in ("bm25", "recency"):
       idx = retrieval.retrieve_for_query(history, query, 4, doc_text="text", method=method)
@@ -43,7 +44,7 @@ def test_the_fitted_rule_picks_the_retriever_that_fits_each_kind_of_query(tmp_pa
   selector = rspg.fit([(x, u) for x, u, *_ in train], ("bm25", "recency"))
   for x, utilities, history, query in _rows(task, 10):
     best = max(utilities, key=utilities.get)
-    texts = [tasks_lib.corpus_text(task, item) for item in history]
+    texts = [prompts_lib.corpus_text(task, item) for item in history]
     assert selector.choose(query, texts, [i["date"] for i in history]) == best
     # Through the retriever: "rspg" returns the chosen retriever's own ranking.
     got = retrieval.retrieve_for_query(history, query, 4, doc_text="text", method="rspg",

@@ -6,6 +6,7 @@ import statistics
 import pytest
 
 from oppu_jax.data import synth
+from oppu_jax.data import synth_makers
 from oppu_jax.data import tasks
 
 
@@ -63,7 +64,7 @@ def test_history_lengths_have_a_long_tail():
 
 def test_lamp3_texts_carry_the_sentiment_and_users_their_bias():
   data = synth.synthesize("LaMP_3", num_users=40, noise=0.0)
-  positive = set(synth.SENTIMENT[0])
+  positive = set(synth_makers.SENTIMENT[0])
   for user in data.users:
     for item in user.history:
       assert item["score"] in {"1", "2", "3", "4", "5"}

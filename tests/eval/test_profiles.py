@@ -15,6 +15,7 @@ from flax import nnx
 from tokenizers import models as tok_models
 from tokenizers import pre_tokenizers
 
+from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import tasks
 from oppu_jax.data.types import LampData, Query, User
 from oppu_jax.eval import profiles
@@ -114,7 +115,7 @@ def test_item_choice_is_fixed_by_seed_and_user():
 def test_prompt_is_appendix_j_in_the_chat_template(tokenizer):
   user = _users(1)[0]
   items = [user.history[j] for j in profiles.profile_items(user, 10, seed=0)]
-  text = tasks.profile_prompt(TASK, items)
+  text = prompts_lib.profile_prompt(TASK, items)
   chat = profiles.profile_prompt_ids(tokenizer, TASK, user)
   assert chat == tokenizer.encode(_render([{"role": "user", "content": text}], True))
   assert profiles.profile_prompt_ids(tokenizer, TASK, user, chat=False) == tokenizer.encode(text)
@@ -263,7 +264,7 @@ def test_overlong_prompt_is_cut_to_the_largest_bucket(model, tokenizer, tmp_path
 
 def test_prompt_starts_with_bos_once_where_the_model_expects_it():
   tok, user = word_tokenizer(add_bos=True), _users(1, n_items=30)[0]
-  text = tasks.profile_prompt(TASK, [user.history[j] for j in profiles.profile_items(user, 10, 0)])
+  text = prompts_lib.profile_prompt(TASK, [user.history[j] for j in profiles.profile_items(user, 10, 0)])
   # The chat template writes <s> (the BOS) first itself: no second one.
   chat = profiles.profile_prompt_ids(tok, TASK, user)
   assert chat == tok.encode(_render([{"role": "user", "content": text}], True))

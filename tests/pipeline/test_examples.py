@@ -8,6 +8,7 @@ import pytest
 
 from oppu_jax import config as config_lib
 from oppu_jax.data import retrieval, synth
+from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.types import date_key
 from oppu_jax.errors import ConfigError
@@ -34,7 +35,7 @@ def _drawn(users, user, setting, corpus):
 def test_corpus_draws_other_users_items(users):
   corpus = examples.random_history_corpus(users, "corpus")
   assert len(corpus) == sum(len(u.history) for u in users)
-  lines = {tasks_lib.format_item(TASK, item): u.id for u in users for item in u.history}
+  lines = {prompts_lib.format_item(TASK, item): u.id for u in users for item in u.history}
   owners = {lines[line] for u in users for drawn in _drawn(users, u, RANDOM_K4, corpus).values()
             for line in drawn}
   assert len(owners) > 1  # not only each query's own user
@@ -70,10 +71,10 @@ def test_own_reproduces_the_per_user_draw(users):
     want = []
     for q in user.queries:
       idx = retrieval.retrieve_for_query(
-          user.history, tasks_lib.retrieval_query(TASK, q.input), 1,
-          doc_text=functools.partial(tasks_lib.corpus_text, TASK), query_date=q.date,
+          user.history, prompts_lib.retrieval_query(TASK, q.input), 1,
+          doc_text=functools.partial(prompts_lib.corpus_text, TASK), query_date=q.date,
           method="random", seed=3, user_id=user.id, salt=q.id)
-      want.append((q.id, tasks_lib.build_prompt(TASK, q.input, [user.history[j] for j in idx])))
+      want.append((q.id, prompts_lib.build_prompt(TASK, q.input, [user.history[j] for j in idx])))
     assert got == want
 
 
