@@ -47,14 +47,15 @@ def main(argv) -> None:
 
 
 def run_and_report(config, workdir: str) -> str:
-  """Runs the experiment; the results table. An OppuError (bad input) exits with its one-line
+  """Runs the experiment (then config.analysis.name's analyses); the results table. An OppuError (bad input) exits with its one-line
   message; anything else is a bug and keeps its traceback."""
+  from oppu_jax import analysis
   from oppu_jax.errors import OppuError
   from oppu_jax.eval import report
   from oppu_jax.pipeline import run
 
   try:
-    results = run.run(config, workdir)
+    results = run.run(config, workdir, then=analysis.after_run(config))
   except OppuError as e:
     sys.exit(f"error: {e}")
   if not results:  # a split released without golds (LaMP's test): predictions only

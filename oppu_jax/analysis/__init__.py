@@ -35,6 +35,15 @@ def names(spec: str) -> list[str]:
   return chosen
 
 
+def after_run(config):
+  """What `pipeline.run.run(..., then=)` calls after the stages: config.analysis.name's
+  analyses on the experiment (None when it names none)."""
+  if not config.analysis.name:
+    return None
+  names(config.analysis.name)  # an unknown name fails before any training
+  return lambda exp: run(exp, config.analysis.name)
+
+
 def run(exp, spec: str) -> list[str]:
   """Runs the analyses of `spec` on the experiment; returns the .md paths written."""
   written = []

@@ -6,7 +6,8 @@ which methods lean on relevant history."""
 from __future__ import annotations
 
 from oppu_jax.analysis import common
-from oppu_jax.pipeline import run as run_lib
+from oppu_jax.eval import metrics
+from oppu_jax.pipeline import run as run_lib, shift
 from oppu_jax.pipeline.settings import SETTINGS, variant
 
 METHODS = (("RAG (k=1)", "rag_k1"), ("PAG (k=0)", "pag_k0"), ("OPPU (k=0)", "oppu_k0"),
@@ -16,7 +17,7 @@ METHODS = (("RAG (k=1)", "rag_k1"), ("PAG (k=0)", "pag_k0"), ("OPPU (k=0)", "opp
 def settings(keep: float):
   """non_personalized, the methods on the whole history, the methods on the cut history."""
   full = [SETTINGS[name] for _, name in METHODS]
-  suffix = run_lib.shift_suffix(keep)
+  suffix = shift.shift_suffix(keep)
   return [SETTINGS["non_personalized"], *full,
           *(variant(s, suffix, history="shift") for s in full)]
 
@@ -31,11 +32,11 @@ def run(exp, command: str) -> str:
   for (label, _), full, shifted in zip(METHODS, all_settings[1:1 + n], all_settings[1 + n:]):
     a = common.setting_metrics(exp, full)[metric]
     b = common.setting_metrics(exp, shifted)[metric]
-    rows.append([label, a, b, b - a, common.better_sign(metric) * (b - base)])
+    rows.append([label, a, b, b - a, metrics.better_sign(metric) * (b - base)])
     data["methods"][label] = {"full": a, "shift": b, "change": b - a, "setting": full.name,
                               "shifted_setting": shifted.name}
   keep = exp.config.analysis.shift_keep
-  kept = sum(len(u.history) for u in run_lib.users_of(exp, all_settings[-1]))
+  kept = sum(len(u.history) for u in shift.users_of(exp, all_settings[-1]))
   total = sum(len(u.history) for u in exp.test_users)
   data.update(keep=keep, items_kept=kept, items_total=total)
   table = common.Table(
@@ -54,7 +55,7 @@ def run(exp, command: str) -> str:
          hatch=common.HATCHES[1])
   ax.axhline(0, color="black", linewidth=0.8)
   ax.set_ylabel(f"change in {common.METRIC_LABELS[metric]}\n(shifted - full history)")
-  worse = "up" if common.better_sign(metric) < 0 else "down"
+  worse = "up" if metrics.better_sign(metric) < 0 else "down"
   ax.set_title(f"{exp.task.name}: behaviour shift ({worse} = worse)")
   ax.tick_params(axis="x", labelsize=8)
   return common.save(exp, "behaviour_shift", table, fig, data, command)

@@ -15,7 +15,8 @@ from oppu_jax import files
 from oppu_jax.data import lamp
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.eval import metrics
-from oppu_jax.eval.significance import LOWER_IS_BETTER
+from oppu_jax.eval.metrics import LOWER_IS_BETTER
+from oppu_jax.pipeline import experiment
 
 ANALYSIS_DIR = "analysis"
 # Grey-scale: shades far apart, and hatches / markers / dashes so nothing relies on colour.
@@ -40,20 +41,12 @@ def primary_metric(task_name: str) -> str:
   return {"classification": "accuracy", "regression": "mae"}.get(kind, "rouge-1")
 
 
-def better_sign(metric: str) -> int:
-  """+1 when higher is better, -1 when lower is (MAE, RMSE): gain = sign * (new - old)."""
-  return -1 if metric in LOWER_IS_BETTER else 1
-
-
 def golds(exp, users=None) -> dict[str, str]:
-  return {q.id: q.gold for u in (users or exp.test_users) for q in u.queries
-          if q.gold is not None}
+  return experiment.golds(users or exp.test_users)
 
 
 def predictions(exp, setting) -> dict[str, str]:
-  from oppu_jax.pipeline import run
-
-  return lamp.read_outputs(run.predictions_path(exp, setting))
+  return lamp.read_outputs(experiment.predictions_path(exp, setting))
 
 
 def setting_metrics(exp, setting, users=None) -> dict[str, float]:

@@ -23,7 +23,7 @@ from oppu_jax import files
 from oppu_jax.analysis import common
 from oppu_jax.peft import hf_format
 from oppu_jax.pipeline import examples
-from oppu_jax.pipeline import run as run_lib
+from oppu_jax.pipeline import training
 from oppu_jax.pipeline.settings import SETTINGS
 from oppu_jax.train import multi_user
 
@@ -35,7 +35,7 @@ def timed_training(exp, model, setting, users) -> list[dict]:
   """Trains each of `users` alone (one slot); per user its steps and seconds. Each batch shape's
   longest user is trained twice, first as an untimed warm-up that pays for the compilations."""
   c = exp.config
-  plans = [run_lib.make_plan(exp, u.id, examples.user_training_pairs(
+  plans = [training.make_plan(exp, u.id, examples.user_training_pairs(
       exp.task, u, setting, None, seed=c.seed, history_mode=setting.history_mode or
       c.data.history_mode), c.train.batch_size, c.train.epochs, c.train.grad_accum)
            for u in users]
@@ -52,8 +52,8 @@ def timed_training(exp, model, setting, users) -> list[dict]:
     stamps.append((time.perf_counter(), done_before[0]))
     done_before[0] = report.users_done
 
-  method = run_lib.build_method(exp, model, setting)
-  config = run_lib.train_config(exp, c.train.learning_rate, 1, schedule="exact")
+  method = training.build_method(exp, model, setting)
+  config = training.train_config(exp, c.train.learning_rate, 1, schedule="exact")
   start = time.perf_counter()
   multi_user.train_users(model, method, warm + plans, config, progress=on_step,
                          on_user_done=lambda r: order.append(r.user_id))
@@ -75,7 +75,7 @@ def storage(exp, model) -> dict[str, dict]:
   out = {}
   for name in METHODS:
     setting = dataclasses.replace(SETTINGS["oppu_k0"], method=name)
-    method = run_lib.build_method(exp, model, setting)
+    method = training.build_method(exp, model, setting)
     adapter = method.init(model.weight_table(), jax.random.PRNGKey(0), model.embed[...])
     with tempfile.TemporaryDirectory() as tmp:
       hf_format.save_adapter(os.path.join(tmp, "a"), method, adapter, model.weight_table(),

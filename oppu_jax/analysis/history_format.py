@@ -5,6 +5,7 @@ title); OPPU k=0 and the non-personalized baseline, which reads no history."""
 from __future__ import annotations
 
 from oppu_jax.analysis import common
+from oppu_jax.eval import metrics
 from oppu_jax.errors import ConfigError
 from oppu_jax.pipeline import run as run_lib
 from oppu_jax.pipeline.settings import SETTINGS, variant
@@ -28,7 +29,7 @@ def run(exp, command: str) -> str:
   metric = common.primary_metric(exp.task.name)
   base = common.setting_metrics(exp, chosen[0])[metric]
   values = [common.setting_metrics(exp, s)[metric] for s in chosen[1:]]
-  rows = [[label, v, common.better_sign(metric) * (v - base), s.name]
+  rows = [[label, v, metrics.better_sign(metric) * (v - base), s.name]
           for (label, _), v, s in zip(FORMATS, values, chosen[1:])]
   table = common.Table(
       f"{exp.task.name}: OPPU (k=0) by history format",

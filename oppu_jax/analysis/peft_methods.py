@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 
 from oppu_jax.analysis import common
 from oppu_jax.peft.hf_format import WEIGHTS_NAME
-from oppu_jax.pipeline import run as run_lib
+from oppu_jax.pipeline import experiment, run as run_lib
 from oppu_jax.pipeline.settings import SETTINGS, variant
 
 METHODS = (("LoRA", "lora"), ("(IA)3", "ia3"), ("prompt tuning", "prompt_tuning"))
@@ -27,7 +27,7 @@ def adapter_size(exp, setting) -> tuple[int, float]:
   """(trainable parameters per user, mean bytes of adapter_model.safetensors per user)."""
   params, sizes = set(), []
   for u in exp.test_users:
-    path = os.path.join(run_lib.adapter_dir(exp, setting, u.id), WEIGHTS_NAME)
+    path = os.path.join(experiment.adapter_dir(exp, setting, u.id), WEIGHTS_NAME)
     params.add(sum(t.size for t in load_file(path).values()))
     sizes.append(os.path.getsize(path))
   return max(params), float(np.mean(sizes))

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import stats
 
 from oppu_jax.analysis import common
+from oppu_jax.eval import metrics
 from oppu_jax.errors import DataError
 from oppu_jax.pipeline import run as run_lib
 from oppu_jax.pipeline.settings import SETTINGS, STUDY
@@ -39,7 +40,7 @@ def run(exp, command: str) -> str:
   metric = common.primary_metric(exp.task.name)
   before, after = common.per_user(exp, base, metric), common.per_user(exp, peft, metric)
   users = [u for u in exp.test_users if u.id in before]
-  gains = [common.better_sign(metric) * (after[u.id] - before[u.id]) for u in users]
+  gains = [metrics.better_sign(metric) * (after[u.id] - before[u.id]) for u in users]
   if exp.config.analysis.gain == "sign":  # the study's: +1 gain, -1 none; unchanged left out
     users, gains = study_improvements(users, gains)
   sizes = [len(u.history) for u in users]

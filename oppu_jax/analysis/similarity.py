@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 from oppu_jax.analysis import common
 from oppu_jax.data import synth
 from oppu_jax.peft.hf_format import WEIGHTS_NAME
-from oppu_jax.pipeline import run as run_lib
+from oppu_jax.pipeline import experiment, run as run_lib
 from oppu_jax.pipeline.settings import SETTINGS
 
 
@@ -65,7 +65,7 @@ def run(exp, command: str) -> str:
   setting = SETTINGS["oppu_k0"]
   run_lib.run_settings(exp, [setting])
   users = list(exp.test_users)
-  adapters = [load_file(os.path.join(run_lib.adapter_dir(exp, setting, u.id), WEIGHTS_NAME))
+  adapters = [load_file(os.path.join(experiment.adapter_dir(exp, setting, u.id), WEIGHTS_NAME))
               for u in users]
   measures = {"flattened tensors": tensor_cosines(adapters)}
   deltas = [lora_deltas(a) for a in adapters]

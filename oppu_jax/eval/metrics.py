@@ -23,12 +23,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import math
+from typing import Any
 
 import numpy as np
 from rouge_score import rouge_scorer
 
 from oppu_jax.data import tasks
 from oppu_jax.errors import DataError
+
+# Error metrics; for every other metric higher is better. The one place that says which way.
+LOWER_IS_BETTER = ("mae", "rmse")
+
+
+def better_sign(metric: str) -> int:
+  """+1 when higher is better, -1 when lower is (MAE, RMSE): gain = sign * (new - old)."""
+  return -1 if metric in LOWER_IS_BETTER else 1
+
+
+def best(results: Mapping[Any, Mapping[str, float]]) -> Any:
+  """The key of `results` ({key: {metric: value}}) with the best first metric (accuracy, MAE or
+  ROUGE-1), the earliest on a tie."""
+  first = next(iter(next(iter(results.values()))))
+  return max(results, key=lambda k: better_sign(first) * results[k][first])
 
 
 def evaluate(

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from oppu_jax.eval import significance
+from oppu_jax.eval.metrics import LOWER_IS_BETTER
 
-LOWER_IS_BETTER = significance.LOWER_IS_BETTER
 METRIC_ORDER = ("accuracy", "f1", "mae", "rmse", "rouge-1", "rouge-L")
 BASELINE_MARK, RAG_MARK = "*", "†"
 

@@ -29,7 +29,6 @@ from flax import nnx
 from oppu_jax.eval import base_state
 from oppu_jax.models.interface import LanguageModel
 from oppu_jax.peft.stack import UserAdapters
-from oppu_jax.sharding import mesh as mesh_lib
 
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
 

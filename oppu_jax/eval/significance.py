@@ -24,7 +24,6 @@ from oppu_jax.eval import metrics
 
 ALPHA = 0.05
 RANDOMIZATION_ROUNDS = 10_000
-LOWER_IS_BETTER = ("mae", "rmse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +107,7 @@ def _f1_rows(gold: np.ndarray, preds: np.ndarray, n_labels: int) -> np.ndarray:
 
 
 def _good(metric: str, mean_diff: float) -> bool:
-  return mean_diff < 0 if metric in LOWER_IS_BETTER else mean_diff > 0
+  return metrics.better_sign(metric) * mean_diff > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,9 +136,7 @@ def grid_tests(task_name: str, golds: Mapping[str, str],
   rags = [s for s in preds if s.startswith(rag_prefix)]
   best_rag = None
   if rags:
-    first = next(iter(results[rags[0]]))
-    sign = 1 if first in LOWER_IS_BETTER else -1
-    best_rag = min(rags, key=lambda s: (sign * results[s][first], rags.index(s)))
+    best_rag = metrics.best({s: results[s] for s in rags})
   scores = _Scores(task_name, golds)
   of = {s: scores.of(p) for s, p in preds.items()}
   against = lambda ref: {} if ref is None else {

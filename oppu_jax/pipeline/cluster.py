@@ -14,6 +14,8 @@ One process needs none of this: `share` gives it everything and barriers return 
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
 import os
 from typing import Callable, Sequence, TypeVar
@@ -113,6 +115,23 @@ def part_path(path: str) -> str:
 
 def part_paths(path: str) -> list[str]:
   return [f"{path}.part-{i}-of-{count()}" for i in range(count())]
+
+
+def joined_parts(path: str) -> dict:
+  """The JSON objects every process wrote to its part of `path`, merged (process 0, after the
+  barrier that follows the writing)."""
+  joined = {}
+  for p in part_paths(path):
+    with open(p) as f:
+      joined.update(json.load(f))
+  return joined
+
+
+def remove_parts(path: str) -> None:
+  """Deletes the parts of `path` (of any process count), here and in the store, once joined."""
+  for p in glob.glob(f"{path}.part-*"):
+    storage.remove(p)
+    os.remove(p)
 
 
 def meshes(users: int, model: int) -> tuple[Mesh | None, Mesh | None]:

@@ -12,6 +12,7 @@ SYNTH = {"data.synth.num_users": 9, "data.synth.history_min": 4, "data.synth.his
 @pytest.fixture(scope="session")
 def analysed(tiny_model_dir, tmp_path_factory):
   """(config, workdir) of a tiny run with all eight analyses done."""
+  from oppu_jax import analysis
   from oppu_jax.pipeline import run
 
   workdir = str(tmp_path_factory.mktemp("analysed"))
@@ -22,5 +23,5 @@ def analysed(tiny_model_dir, tmp_path_factory):
       "analysis.name": "all", "analysis.ks": (0, 1), "analysis.buckets": 2,
       "analysis.efficiency_items": (2, 4, 8), "analysis.efficiency_ranks": (2, 4),
       "profile.max_new_tokens": 8})
-  run.run(config, workdir)
+  run.run(config, workdir, then=analysis.after_run(config))
   return config, workdir

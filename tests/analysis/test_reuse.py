@@ -9,6 +9,7 @@ from analysis_helpers import read
 
 def test_rerun_trains_nothing(analysed, monkeypatch):
   config, workdir = analysed
+  from oppu_jax import analysis
   from oppu_jax.analysis import ANALYSES
   from oppu_jax.pipeline import run
   from oppu_jax.train import multi_user
@@ -21,7 +22,7 @@ def test_rerun_trains_nothing(analysed, monkeypatch):
     raise AssertionError("an analysis trained again")
 
   monkeypatch.setattr(multi_user, "train_users", no_training)
-  run.run(config, workdir)
+  run.run(config, workdir, then=analysis.after_run(config))
   assert {n: read(workdir, n) for n in ANALYSES} == before
   assert {d: os.stat(os.path.join(adapters, d)).st_mtime_ns for d in os.listdir(adapters)} == stamps
   with open(os.path.join(workdir, "results.json")) as f:

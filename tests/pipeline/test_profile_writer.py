@@ -9,7 +9,8 @@ from conftest import tiny_config
 from oppu_jax.errors import ConfigError
 from oppu_jax.eval import profiles as profiles_lib
 from oppu_jax.models.tokenizer import Tokenizer
-from oppu_jax.pipeline import profile_writer, run
+from oppu_jax.data import lamp
+from oppu_jax.pipeline import experiment, profile_writer, run
 
 
 def test_the_prompt_format_is_the_models_template_else_vicuna_for_a_profile_model(
@@ -48,11 +49,11 @@ def test_pag_on_a_base_without_a_chat_template_is_written_by_the_profile_model(
                           "profile.max_new_tokens": 6})
   run.run(config, str(tmp_path / "w"))
   cache = json.loads((tmp_path / "w" / "profiles.json").read_text())
-  by_writer = profiles_lib.model_digest(run._load_model(config, writer))
+  by_writer = profiles_lib.model_digest(experiment.load_model(config, writer))
   assert cache["settings"]["model"] == by_writer
-  assert by_writer != profiles_lib.model_digest(run._load_model(config))
+  assert by_writer != profiles_lib.model_digest(experiment.load_model(config))
   exp_tokenizer = Tokenizer.for_model(writer)  # the writer's prompts: ChatML, not the base's ids
-  data = run.lamp.load(str(tmp_path / "w" / "data"), "LaMP_3")
+  data = lamp.load(str(tmp_path / "w" / "data"), "LaMP_3")
   user = data.users[0]
   ids = profiles_lib.profile_prompt_ids(exp_tokenizer, "LaMP_3", user, num_items=10, seed=0,
                                         max_tokens=max(profiles_lib.DEFAULT_BUCKETS))

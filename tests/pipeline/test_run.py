@@ -284,7 +284,9 @@ def test_a_llama2_style_tokenizer_starts_every_model_input_with_bos_once(
   config = tiny_config("LaMP_3", tiny_model_dir, settings="non_personalized,oppu_k1",
                        **{"model.tokenizer": llama2_tokenizer_dir()})
   examples, rows = [], []
-  real_plan, real_predict = run.plan_user, run._predict
+  from oppu_jax.pipeline import predict as predict_lib, training
+
+  real_plan, real_predict = training.plan_user, predict_lib._predict
 
   def plan_user(plan_id, encoded, **kw):
     examples.extend(e.tokens.tolist() for e in encoded)
@@ -294,8 +296,8 @@ def test_a_llama2_style_tokenizer_starts_every_model_input_with_bos_once(
     rows.extend(ids for _, ids in batch)
     return real_predict(exp, model, adapters, batch, progress)
 
-  monkeypatch.setattr(run, "plan_user", plan_user)
-  monkeypatch.setattr(run, "_predict", predict)
+  monkeypatch.setattr(training, "plan_user", plan_user)
+  monkeypatch.setattr(predict_lib, "_predict", predict)
   run.run(config, str(tmp_path))
   assert len(rows) == 2 * 6  # two settings, three users of two queries
   assert examples
@@ -316,6 +318,7 @@ def test_a_run_on_a_store_workdir_resumes_from_the_store_alone(tiny_model_dir, t
   c.storage.cache = str(tmp_path / "cache")
   first = run.run(c, url)
   assert json.loads((tmp_path / "store" / "results.json").read_text()) == first
+  assert not storage._mirrors  # the run detached its mirror: nothing pushes there any more
   c.storage.cache = str(tmp_path / "cache_of_another_vm")
   monkeypatch.setattr(multi_user, "train_users", lambda *a, **k: pytest.fail("trained again"))
   assert run.run(c, url) == first

@@ -7,7 +7,7 @@ import pytest
 from oppu_jax.data import lamp_write, tasks
 from oppu_jax.data.types import Query, User
 from oppu_jax.errors import DataError
-from oppu_jax.pipeline import run
+from oppu_jax.pipeline import results
 from oppu_jax.pipeline.settings import SETTINGS
 
 
@@ -28,15 +28,15 @@ def test_a_missing_prediction_names_the_file_and_the_id(tmp_path):
                          {"a": "3", "b": "3"})
   lamp_write.write_predictions(exp.path("predictions", "oppu_k0.json"), "LaMP_3", {"a": "3"})
   with pytest.raises(DataError, match=r"oppu_k0.json: no prediction for query id 'b'"):
-    run.write_report(exp)
+    results.write_report(exp)
 
 
 def test_results_and_significance_files(tmp_path):
   exp = _experiment(tmp_path)
   for name, preds in (("non_personalized", {"a": "5", "b": "5"}), ("oppu_k0", {"a": "3", "b": "4"})):
     lamp_write.write_predictions(exp.path("predictions", f"{name}.json"), "LaMP_3", preds)
-  results = run.write_report(exp)
-  assert results == {"non_personalized": {"mae": 1.5, "rmse": pytest.approx((2.5) ** 0.5)},
+  scored = results.write_report(exp)
+  assert scored == {"non_personalized": {"mae": 1.5, "rmse": pytest.approx((2.5) ** 0.5)},
                      "oppu_k0": {"mae": 0.0, "rmse": 0.0}}
   table = (tmp_path / "results.md").read_text()
   assert "2 queries of 1 user." in table and (tmp_path / "significance.json").exists()

@@ -1,0 +1,158 @@
+"""The two training stages: task adaptation (a LoRA on the other users' queries, merged into the
+base) and one PEFT per test user on its own history, both through the multi-user trainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from oppu_jax import files, storage
+from oppu_jax.errors import DataError
+from oppu_jax.peft import hf_format, method as method_lib
+from oppu_jax.peft.lora import Lora
+from oppu_jax.peft.merge import merge
+from oppu_jax.pipeline import cluster, examples, progress
+from oppu_jax.pipeline.experiment import Experiment, adapter_dir, peft_config
+from oppu_jax.pipeline.pag import profiles_for
+from oppu_jax.pipeline.settings import Setting
+from oppu_jax.pipeline.shift import users_of
+from oppu_jax.train import multi_user, preemption
+from oppu_jax.train.user_batches import plan_user
+
+
+def adapt_to_task(exp: Experiment, base: str):
+  """The base LLM adapted to the task (`base_of`: variant B, R or P, with its k if it names one):
+  a LoRA trained on the other users' queries, then merged into the base weights, as the paper
+  does."""
+  ta = exp.config.task_adapt
+  if not ta.enabled:
+    return exp.base_model
+  checkpoint = os.path.abspath(exp.path("checkpoints", f"task_{base}"))
+  if files.is_done(checkpoint):
+    logging.info("task adaptation %s: restored from %s", base, checkpoint)
+    return merge_task_lora(exp, checkpoint)
+  k = int(base[1:]) if base[1:] else ta.k
+  pairs = examples.task_adaptation_pairs(exp.task, exp.other_users, base[0], k, exp.profiles,
+                                         seed=exp.config.seed)
+  if not pairs:
+    raise DataError("task adaptation has no training pairs: the non-test users have no queries "
+                    "with golds (set config.task_adapt.enabled=False to skip it)")
+  plan = make_plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
+  # Preemption checkpoints beside the final one; a rerun resumes from the latest.
+  steps = preemption.StageCheckpoints(f"{checkpoint}.steps", ta.checkpoint_every,
+                                      on_saved=storage.push)
+  result = _train(exp, exp.base_model, task_lora(exp), [plan], ta.learning_rate, 1,
+                  f"stage 1: task adaptation ({base})", mesh=exp.mesh, data_parallel=True,
+                  checkpoints=steps)[plan.user_id]
+  steps.close()
+  logging.info("task adaptation %s: %d pairs, %d steps, loss %.3f -> %.3f", base, len(pairs),
+               plan.total_steps, np.mean(result.losses[:3]), np.mean(result.losses[-3:]))
+  model = merge_task_lora(exp, checkpoint, result.adapter)
+  cluster.barrier(f"task_{base} saved")
+  if cluster.is_main():  # the final checkpoint is there: the preemption ones are not needed
+    storage.remove(f"{checkpoint}.steps")
+    shutil.rmtree(f"{checkpoint}.steps", ignore_errors=True)
+  return model
+
+
+def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
+  """One PEFT per test user on its own history; each adapter is saved as soon as it is done."""
+  users = users_of(exp, setting)
+  todo = [u for u in users if not files.is_done(adapter_dir(exp, setting, u.id))]
+  if len(todo) < len(users):
+    logging.info("%s: %d of %d user adapters already trained", setting.name,
+                 len(users) - len(todo), len(users))
+  if not todo:
+    return
+  logging.info("%s: %d users, one adapter each", setting.name, len(todo))
+  # Each process trains its share (balanced by history size: training steps) on its own devices.
+  mine = cluster.share(todo, cost=lambda u: len(u.history))
+  if cluster.count() > 1:
+    cluster.log_share(f"{setting.name}: trains the adapters of", [u.id for u in mine])
+  _train_adapters(exp, model, setting, mine)
+  cluster.barrier(f"{setting.name} adapters")
+
+
+def _train_adapters(exp: Experiment, model, setting: Setting, todo) -> None:
+  if not todo:
+    return
+  c = exp.config
+  profiles = profiles_for(exp, setting)
+  plans = [make_plan(exp, u.id, examples.user_training_pairs(
+               exp.task, u, setting, profiles.get(u.id), seed=c.seed,
+               history_mode=setting.history_mode or c.data.history_mode), c.train.batch_size,
+                 c.train.epochs, c.train.grad_accum)
+           for u in todo]
+  method = build_method(exp, model, setting)
+  def save(result):
+    directory = adapter_dir(exp, setting, result.user_id)
+    hf_format.save_adapter(directory, method, result.adapter, model.weight_table(),
+                           model_config=model.config)
+    storage.push(directory)
+
+  _train(exp, model, method, plans, c.train.learning_rate, c.train.slots,
+         f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.local_mesh)
+
+
+def build_method(exp: Experiment, model, setting: Setting):
+  """The PEFT method the setting's adapters use (config.peft with the setting's changes)."""
+  return method_lib.build(peft_config(exp, setting), table=model.weight_table(),
+                          encode=exp.tokenizer.encode, instruction=exp.task.description)
+
+
+def make_plan(exp: Experiment, plan_id: str, pairs, batch_size: int, epochs: int,
+              grad_accum: int = 1):
+  """(prompt, answer) pairs -> the trainer's plan, each pair encoded as the base's family trains
+  (`conventions.example`; an empty prompt is next-token on the answer)."""
+  conventions, cutoff = exp.base_model.conventions, exp.config.model.cutoff
+  encoded = [conventions.example(p, a, exp.tokenizer, cutoff) for p, a in pairs]
+  return plan_user(plan_id, encoded, batch_size=batch_size, epochs=epochs, grad_accum=grad_accum,
+                   seq_buckets=tuple(exp.config.model.seq_buckets),
+                   target_buckets=tuple(exp.config.model.target_buckets))
+
+
+def task_lora(exp: Experiment) -> Lora:
+  """The task-adaptation LoRA of config.task_adapt (the paper's: q, k, v)."""
+  return Lora.from_config(exp.config.task_adapt, method_lib.BuildContext(
+      table=exp.base_model.weight_table(), key="config.task_adapt"))
+
+
+def merge_task_lora(exp: Experiment, checkpoint: str, adapter=None):
+  """Saves `adapter` to the orbax checkpoint (or restores it from there) and merges it."""
+  # Host (numpy) arrays, the same in every process: orbax writes them once, from process 0.
+  lora, checkpointer = task_lora(exp), ocp.StandardCheckpointer()
+  if adapter is None:
+    like = lora.init(exp.base_model.weight_table(), jax.random.PRNGKey(0))
+    adapter = checkpointer.restore(checkpoint, jax.tree.map(np.asarray, like))
+  else:
+    checkpointer.save(checkpoint, jax.tree.map(np.asarray, adapter))
+    checkpointer.wait_until_finished()
+    if cluster.is_main():
+      storage.push(checkpoint)
+  return merge(exp.base_model, lora, jax.tree.map(jnp.asarray, adapter))
+
+
+def train_config(exp: Experiment, learning_rate: float, slots: int,
+                 **changes) -> multi_user.TrainConfig:
+  """config.train at a stage's learning rate and slots, as the trainer takes it."""
+  t = exp.config.train
+  return multi_user.TrainConfig(**{
+      **dict(learning_rate=learning_rate, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
+             warmup_ratio=t.warmup_ratio, slots=slots, seed=exp.config.seed, remat=t.remat,
+             memory_budget_gb=t.memory_budget_gb, users_per_pass=t.users_per_pass,
+             schedule=t.schedule), **changes})
+
+
+def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: int, desc: str,
+           **kw):
+  """Both training stages: config.train at the stage's rate and slots, with a progress bar."""
+  total = sum(p.total_steps for p in plans)
+  with progress.bar(desc, total, "steps", exp.show_progress) as bar:
+    return multi_user.train_users(model, method, plans, train_config(exp, learning_rate, slots),
+                                  progress=bar, **kw)
