@@ -8,6 +8,8 @@ parallelism is a config change: the mesh shape and, if needed, `RULES`.
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import numpy as np
 from flax import nnx
@@ -39,14 +41,26 @@ def make_mesh(users: int = -1, model: int = 1, devices=None) -> Mesh:
 
 
 def spec(logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-  """Logical axes -> PartitionSpec; a dimension the mesh axis does not divide stays whole."""
+  """Logical axes -> PartitionSpec; a dimension the mesh axis does not divide stays whole (logged
+  once per kind: a replicated dimension costs memory on every device of that axis)."""
   axes = []
   for name, size in zip(logical, shape):
     mesh_axis = RULES.get(name) if name else None
     if mesh_axis is not None and size % mesh.shape[mesh_axis] != 0:
+      _log_replicated(name, size, mesh_axis, mesh.shape[mesh_axis])
       mesh_axis = None
     axes.append(mesh_axis)
   return PartitionSpec(*axes)
+
+
+_logged: set[tuple] = set()
+
+
+def _log_replicated(name: str, size: int, mesh_axis: str, devices: int) -> None:
+  if (name, size, mesh_axis, devices) not in _logged:
+    _logged.add((name, size, mesh_axis, devices))
+    logging.info("mesh: logical axis %r of size %d is not divisible by mesh axis %r (%d devices):"
+                 " replicated, whole on every device", name, size, mesh_axis, devices)
 
 
 def shard_base(state: nnx.State, mesh: Mesh, table: WeightTable) -> nnx.State:

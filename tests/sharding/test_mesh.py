@@ -1,5 +1,8 @@
 """The base's shardings come from the model's weight table through RULES."""
 
+import logging
+import types
+
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
@@ -22,3 +25,13 @@ def test_shard_base_follows_the_weight_table(tie):
   assert ("lm_head" in state) == (not tie)
   if not tie:
     assert spec("lm_head") == P(None, "model")
+
+
+def test_a_dimension_the_mesh_does_not_divide_stays_whole_and_is_said_once(caplog):
+  mesh = types.SimpleNamespace(shape={"users": 1, "model": 2})  # spec reads only the sizes
+  with caplog.at_level(logging.INFO):
+    for _ in range(2):
+      assert mesh_lib.spec(("vocab", "embed"), (49153, 8), mesh) == P(None, None)
+  said = [r.getMessage() for r in caplog.records if "49153" in r.getMessage()]
+  assert len(said) == 1 and "'vocab'" in said[0] and "replicated" in said[0]
+  assert mesh_lib.spec(("vocab", "embed"), (64, 8), mesh) == P("model", None)
