@@ -18,6 +18,7 @@ The OPPU recipes (the study's are described next to their tables below):
   `--config.model.path=/models/llama-2-7b-hf`.
 """
 
+import difflib
 import os
 
 import ml_collections
@@ -120,9 +121,31 @@ def for_task(name: str, recipe: str | None = None) -> ml_collections.ConfigDict:
              "study": STUDY_PAPER, "study_embedded": STUDY_EMBEDDED,
              "analysis": {**TASK_DIFFERENCES[name], **ANALYSIS_DATA}}[recipe]
   for key, value in changes.items():
+    _check_known(c, key)
     section, _, leaf = key.rpartition(".")
     (c[section] if section else c)[leaf] = value
   return c
+
+
+def _check_known(c: ml_collections.ConfigDict, key: str) -> None:
+  """ConfigError for a dotted key the base config lacks: an unlocked ConfigDict would add it as a
+  new field that nothing reads, and the recipe's value would be silently lost."""
+  node = c
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, known, n=1)
+      hint = f"; did you mean {close[0]}?" if close else ""
+      raise ConfigError(f"config.{key}: unknown key{hint}")
+    node = node[part]
+
+
+def check_choice(key: str, value) -> None:
+  """ConfigError unless `value` is one of CHOICES[key]: the one place these values are checked
+  (config.check, and the dataclasses built from the config for library callers)."""
+  if value not in CHOICES[key]:
+    raise ConfigError(f"config.{key}: unknown {value!r}; expected one of "
+                      f"{', '.join(CHOICES[key])}")
 
 
 def check(c: ml_collections.ConfigDict) -> None:
@@ -152,11 +175,9 @@ def check(c: ml_collections.ConfigDict) -> None:
   if bad or not c.retrieval.rspg_candidates:
     raise ConfigError(f"config.retrieval.rspg_candidates: {list(c.retrieval.rspg_candidates)}; "
                       "choose among bm25, recency, dense")
-  for key, allowed in CHOICES.items():
+  for key in CHOICES:
     section, leaf = key.split(".")
-    if c[section][leaf] not in allowed:
-      raise ConfigError(f"config.{key}: unknown {c[section][leaf]!r}; expected one of "
-                        f"{', '.join(allowed)}")
+    check_choice(key, c[section][leaf])
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from oppu_jax import config as config_lib
 from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import retrieval
 from oppu_jax.data.types import User
@@ -68,15 +69,11 @@ def user_training_pairs(task, user: User, setting: Setting, profile: str | None,
   return pairs
 
 
-RANDOM_HISTORY = ("corpus", "own")  # config data.random_history
-
-
 def random_history_corpus(users: Sequence[User], mode: str) -> tuple[dict, ...] | None:
   """The pool of retrieval "random" (Table 1's random_history): mode "corpus", every user's
   history items in data order (OPPU App. D: "random history behavior from all user history
   corpus"); mode "own", None (each user's own history)."""
-  if mode not in RANDOM_HISTORY:
-    raise ValueError(f"data.random_history: unknown {mode!r}; expected one of {RANDOM_HISTORY}")
+  config_lib.check_choice("data.random_history", mode)
   if mode == "own":
     return None
   return tuple(item for user in users for item in user.history)

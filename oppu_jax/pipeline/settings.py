@@ -22,6 +22,8 @@ from oppu_jax.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class Setting:
   name: str
+  # Everything after the name by keyword only: the table reads `profile=False`, not a bare False.
+  _: dataclasses.KW_ONLY
   base: str  # "B" | "R" | "P"
   k: int  # retrieved history items in the prompt
   retrieval: str  # "bm25" | "random" (only read when k > 0)
@@ -45,27 +47,29 @@ STUDY_RANKS = (8, 16, 32, 64)
 STUDY_RETRIEVERS = ("bm25", "recency", "dense", "rspg")
 
 SETTINGS = {s.name: s for s in [
-    Setting("non_personalized", "B", 0, "bm25", False, False),
-    Setting("random_history", "R", 1, "random", False, False),
-    Setting("rag_k1", "R", 1, "bm25", False, False),
-    Setting("rag_k2", "R", 2, "bm25", False, False),
-    Setting("rag_k4", "R", 4, "bm25", False, False),
-    Setting("pag_k0", "P", 0, "bm25", True, False),
-    Setting("pag_k1", "P", 1, "bm25", True, False),
-    Setting("oppu_k0", "B", 0, "bm25", False, True),
-    Setting("oppu_k1", "R", 1, "bm25", False, True),
-    Setting("oppu_k2", "R", 2, "bm25", False, True),
-    Setting("oppu_k4", "R", 4, "bm25", False, True),
-    Setting("pag_oppu_k0", "P", 0, "bm25", True, True),
-    Setting("pag_oppu_k1", "P", 1, "bm25", True, True),
+    Setting("non_personalized", base="B", k=0, retrieval="bm25", profile=False, personal=False),
+    Setting("random_history", base="R", k=1, retrieval="random", profile=False, personal=False),
+    Setting("rag_k1", base="R", k=1, retrieval="bm25", profile=False, personal=False),
+    Setting("rag_k2", base="R", k=2, retrieval="bm25", profile=False, personal=False),
+    Setting("rag_k4", base="R", k=4, retrieval="bm25", profile=False, personal=False),
+    Setting("pag_k0", base="P", k=0, retrieval="bm25", profile=True, personal=False),
+    Setting("pag_k1", base="P", k=1, retrieval="bm25", profile=True, personal=False),
+    Setting("oppu_k0", base="B", k=0, retrieval="bm25", profile=False, personal=True),
+    Setting("oppu_k1", base="R", k=1, retrieval="bm25", profile=False, personal=True),
+    Setting("oppu_k2", base="R", k=2, retrieval="bm25", profile=False, personal=True),
+    Setting("oppu_k4", base="R", k=4, retrieval="bm25", profile=False, personal=True),
+    Setting("pag_oppu_k0", base="P", k=0, retrieval="bm25", profile=True, personal=True),
+    Setting("pag_oppu_k1", base="P", k=1, retrieval="bm25", profile=True, personal=True),
 ]}
 STUDY = {s.name: s for s in [
-    Setting("non_personalized", "B", 0, "bm25", False, False, prompts="study"),
-    *(Setting(f"peft_r{r}", "B", 0, "bm25", False, True, prompts="study", rank=r)
-      for r in STUDY_RANKS),
-    *(Setting(f"rag_{m}", "B", 4, m, False, False, prompts="study") for m in STUDY_RETRIEVERS),
-    *(Setting(f"peft_rag_r{r}", "B", 4, BEST, False, True, prompts="study", rank=r,
-              adapters_of=f"peft_r{r}") for r in STUDY_RANKS),
+    Setting("non_personalized", base="B", k=0, retrieval="bm25", profile=False, personal=False,
+            prompts="study"),
+    *(Setting(f"peft_r{r}", base="B", k=0, retrieval="bm25", profile=False, personal=True,
+              prompts="study", rank=r) for r in STUDY_RANKS),
+    *(Setting(f"rag_{m}", base="B", k=4, retrieval=m, profile=False, personal=False,
+              prompts="study") for m in STUDY_RETRIEVERS),
+    *(Setting(f"peft_rag_r{r}", base="B", k=4, retrieval=BEST, profile=False, personal=True,
+              prompts="study", rank=r, adapters_of=f"peft_r{r}") for r in STUDY_RANKS),
 ]}
 GRIDS = {"all": SETTINGS, "study": STUDY}
 
@@ -75,7 +79,8 @@ def retrieval_setting(k: int, personal: bool) -> Setting:
   builds them (base R with retrieval, B without)."""
   if k == 0:
     return SETTINGS["oppu_k0" if personal else "non_personalized"]
-  return Setting(f"{'oppu' if personal else 'rag'}_k{k}", "R", k, "bm25", False, personal)
+  return Setting(f"{'oppu' if personal else 'rag'}_k{k}", base="R", k=k, retrieval="bm25",
+                 profile=False, personal=personal)
 
 
 def variant(setting: Setting, suffix: str, **changes) -> Setting:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oppu_jax.errors import ConfigError
+from oppu_jax import config as config_lib
 from oppu_jax.models import backend
 from oppu_jax.models.interface import LanguageModel
 from oppu_jax.models.adapted import forward
@@ -62,10 +62,9 @@ class TrainConfig:
   schedule: str = "auto"
 
   def __post_init__(self):
-    if self.remat not in ("auto", "always", "never"):
-      raise ConfigError(f"train.remat: {self.remat!r}; choose auto, always or never")
-    if self.schedule not in ("auto", *scheduler.POLICIES):
-      raise ConfigError(f"train.schedule: {self.schedule!r}; choose auto, refill or exact")
+    # config.CHOICES holds the allowed values (config.check reads it too): one list, one message.
+    config_lib.check_choice("train.remat", self.remat)
+    config_lib.check_choice("train.schedule", self.schedule)
 
 
 @dataclasses.dataclass

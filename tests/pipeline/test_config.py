@@ -91,3 +91,59 @@ def test_analysis_config_file():
   c.data.test_users = "busiest"
   with pytest.raises(ConfigError, match="config.data.test_users: unknown 'busiest'"):
     config_lib.check(c)
+
+
+def test_for_task_rejects_an_unknown_key(monkeypatch):
+  # A typo in a recipe's table would otherwise add a field nothing reads, losing the value.
+  monkeypatch.setitem(config_lib.TASK_DIFFERENCES, "LaMP_3", {"model.cutof": 256})
+  with pytest.raises(ConfigError, match=r"^config\.model\.cutof: unknown key; did you mean "
+                                        r"cutoff\?$"):
+    config_lib.for_task("LaMP_3")
+  monkeypatch.setitem(config_lib.TASK_DIFFERENCES, "LaMP_3", {"data.synth.num_usres": 9})
+  with pytest.raises(ConfigError, match=r"^config\.data\.synth\.num_usres: unknown key; did you "
+                                        r"mean num_users\?$"):
+    config_lib.for_task("LaMP_3")
+  # A misspelt section, and a key under a leaf (not a section): no close match, no hint.
+  monkeypatch.setitem(config_lib.TASK_DIFFERENCES, "LaMP_3", {"trian.epochs": 3})
+  with pytest.raises(ConfigError, match=r"^config\.trian\.epochs: unknown key; did you mean "
+                                        r"train\?$"):
+    config_lib.for_task("LaMP_3")
+  monkeypatch.setitem(config_lib.TASK_DIFFERENCES, "LaMP_3", {"train.epochs.max": 3})
+  with pytest.raises(ConfigError, match=r"^config\.train\.epochs\.max: unknown key$"):
+    config_lib.for_task("LaMP_3")
+
+
+def _keys(d: dict, prefix: str = "") -> set[str]:
+  return {k for key, v in d.items()
+          for k in (_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else {prefix + key})}
+
+
+def test_every_recipe_sets_only_known_keys():
+  base = _keys(config_lib.get_config().to_dict())
+  assert "data.synth.num_users" in base
+  for task in config_lib.TASK_DIFFERENCES:
+    for recipe in config_lib.RECIPES:
+      assert _keys(config_lib.for_task(task, recipe).to_dict()) == base, (task, recipe)
+
+
+def test_choices_are_checked_once_with_one_message():
+  # TrainConfig and random_history_corpus check CHOICES' values with config.check's message.
+  from oppu_jax.pipeline import examples
+  from oppu_jax.train import multi_user, scheduler
+
+  assert config_lib.CHOICES["train.schedule"] == ("auto", *scheduler.POLICIES)
+  c = config_lib.for_task("LaMP_3")
+  for key, bad in (("train.remat", "sometimes"), ("train.schedule", "fifo"),
+                   ("data.random_history", "everyone")):
+    section, leaf = key.split(".")
+    c[section][leaf] = bad
+    with pytest.raises(ConfigError) as from_check:
+      config_lib.check(c)
+    c[section][leaf] = config_lib.get_config()[section][leaf]
+    with pytest.raises(ConfigError) as from_library:
+      if section == "train":
+        multi_user.TrainConfig(**{leaf: bad})
+      else:
+        examples.random_history_corpus((), bad)
+    assert str(from_library.value) == str(from_check.value) == (
+        f"config.{key}: unknown {bad!r}; expected one of {', '.join(config_lib.CHOICES[key])}")
