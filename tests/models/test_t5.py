@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 import tiny_t5  # noqa: E402
 from oppu_jax.errors import ConfigError, ModelError  # noqa: E402
 from oppu_jax.eval import decode  # noqa: E402
-from oppu_jax.models import llama, load, t5  # noqa: E402
+from oppu_jax.models import llama, load, t5_config  # noqa: E402
 from oppu_jax.models.tokenizer import Tokenizer  # noqa: E402
 
 # A right-padded batch of different lengths, as T5 is fed.
@@ -119,7 +119,7 @@ def test_greedy_and_beam_search_are_token_identical_to_transformers(pair, beams)
 
 
 def test_bare_names_expand_to_every_stack_and_llama_names_stay_exact():
-  table = t5.weight_table(t5.tiny_config())
+  table = t5_config.weight_table(t5_config.tiny_config())
   assert table.check_projections(("v", "q")) == ("enc.q", "enc.v", "dec.q", "dec.v", "cross.q",
                                                  "cross.v")
   assert table.check_projections(("enc.q", "down")) == ("enc.q", "enc.down", "dec.down")

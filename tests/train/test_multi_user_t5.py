@@ -7,13 +7,13 @@ import pytest
 from flax import nnx
 
 from oppu_jax.data.batching import encode_with_source
-from oppu_jax.models import t5
+from oppu_jax.models import t5, t5_config
 from oppu_jax.models import adapted
 from oppu_jax.peft.lora import Lora
 from oppu_jax.train import multi_user
 from oppu_jax.train import user_batches as ub
 
-CFG = t5.tiny_config(vocab_size=64)
+CFG = t5_config.tiny_config(vocab_size=64)
 LORA = Lora(targets=("enc.q", "enc.v", "dec.q", "dec.v", "cross.q", "cross.v"), rank=4,
             alpha=8.0, dropout=0.1)
 
