@@ -39,7 +39,7 @@ from oppu_jax.models import backend
 from oppu_jax.models.family import Family, register
 from oppu_jax.models.encoder_decoder import EncoderDecoder
 from oppu_jax.models.layers import attention, matmul, plain_project, rms_norm
-from oppu_jax.models.t5_config import (T5Config, _projection_name, config_from_gguf,
+from oppu_jax.models.t5_config import (T5Config, projection_name, config_from_gguf,
                                        config_from_hf, stack_shapes, weight_table)
 from oppu_jax.models.weights import WeightTable
 
@@ -262,7 +262,7 @@ def _for_stack(adapter_layers, stack: str):
 def _projector(p, adapter_layer, rng, project, stack_prefix: str):
   """proj(our weight name, x) through the hook, with a per-projection dropout key."""
   def proj(name, x):
-    adapter_name = _projection_name("encoder" if stack_prefix == "enc." else "decoder", name)
+    adapter_name = projection_name("encoder" if stack_prefix == "enc." else "decoder", name)
     key = None if rng is None else jax.random.fold_in(rng, _KEY_INDEX[name])
     return project(adapter_name, x, p[name], adapter_layer, key)
 

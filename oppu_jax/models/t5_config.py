@@ -2,7 +2,7 @@
 
 Everything here is shapes and names, no arrays: the config, one stack layer's weight shapes
 (`stack_shapes`, which `t5.Stack` allocates), the HF tensor names of each stack, our adapter
-names for its projections (`_projection_name`: "enc.q", "dec.q", "cross.q", ...), and
+names for its projections (`projection_name`: "enc.q", "dec.q", "cross.q", ...), and
 `weight_table`, which names every tensor once. The NNX modules and the layer functions are in
 `t5.py`.
 """
@@ -16,7 +16,6 @@ from oppu_jax.models import backend
 from oppu_jax.models.encoder_decoder import EncoderDecoder
 from oppu_jax.models.weights import Weight, WeightTable
 
-ATTENTION = ("q", "k", "v", "o")
 ACTIVATIONS = ("gated-gelu", "gated-relu", "relu", "gelu")
 
 
@@ -144,7 +143,7 @@ def stack_shapes(config: T5Config, decoder: bool) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _projection_name(stack: str, name: str) -> str | None:
+def projection_name(stack: str, name: str) -> str | None:
   """Our adapter name for a stack's weight: "enc.q", "dec.q", "cross.q", "dec.down"; None for
   a norm."""
   if name.endswith("norm"):
@@ -171,7 +170,7 @@ def weight_table(config: T5Config) -> WeightTable:
         (stack, "rel_bias"), f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias."
         "weight", None, (buckets, config.num_heads), ("buckets", "heads")))
     for name, shape in stack_shapes(config, stack == "decoder").items():
-      projection = _projection_name(stack, name)
+      projection = projection_name(stack, name)
       weights.append(Weight(
           (stack, name), f"{stack}.block.{{i}}.{hf_names[name]}.weight", None, shape,
           ("embed",) if projection is None else _AXES[name.removeprefix("cross_")],

@@ -53,8 +53,8 @@ class Experiment:
 
 def setup(config, workdir: str) -> Experiment:
   """Checks the config, the data, the tokenizer and the base model, then claims the workdir (so a
-  typo in a path leaves no trace there), generates the data if no path was given, and makes the
-  profiles if a setting needs them."""
+  typo in a path leaves no trace there) and generates the data if no path was given (the
+  profiles are the next stage's: pag.ensure_profiles)."""
   config_lib.check(config)
   method_lib.get(config.peft.method)  # the registry knows the methods: fail before any work
   settings = parse_settings(config.settings)
