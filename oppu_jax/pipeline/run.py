@@ -38,6 +38,7 @@ from oppu_jax.errors import ConfigError, DataError
 from oppu_jax.eval import decode, metrics, profiles as profiles_lib, report
 from oppu_jax.eval import score, significance
 from oppu_jax.models import load
+from oppu_jax.models.generate import Decoding
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax.peft import hf_format, method as method_lib
 from oppu_jax.peft.lora import Lora
@@ -191,8 +192,8 @@ def ensure_profiles(exp: Experiment, settings) -> None:
   with _profile_writer(exp) as (model, tokenizer):
     make = lambda users, cache, advance=None: profiles_lib.user_profiles(
         model, tokenizer, exp.task, users, cache_path=cache, num_items=c.profile.num_items,
-        max_new_tokens=c.profile.max_new_tokens, seed=c.seed, given=given, progress=advance,
-        mesh=exp.local_mesh)
+        decoding=Decoding(max_new_tokens=c.profile.max_new_tokens), seed=c.seed, given=given,
+        progress=advance, mesh=exp.local_mesh)
     with progress.bar("PAG profiles", len(users), "users", exp.show_progress) as bar:
       exp.profiles = make(users, cache, bar.advance)
     if cluster.count() > 1:
@@ -318,7 +319,8 @@ def _profiles(exp: Experiment, setting: Setting) -> dict[str, str]:
       cache = exp.path(f"profiles@{shift_suffix(c.analysis.shift_keep)}.json")
       exp.shifted["profiles"] = {**exp.profiles, **profiles_lib.user_profiles(
           model, tokenizer, exp.task, users, cache_path=cache, num_items=c.profile.num_items,
-          max_new_tokens=c.profile.max_new_tokens, seed=c.seed, progress=bar.advance)}
+          decoding=Decoding(max_new_tokens=c.profile.max_new_tokens), seed=c.seed,
+          progress=bar.advance)}
   return exp.shifted["profiles"]
 
 
@@ -661,8 +663,6 @@ def _predict(exp: Experiment, model, adapters, rows, progress=None) -> list[str]
                                  progress=progress, mesh=exp.local_mesh)
     return [task.labels[int(i)] for i in np.argmax(scores, axis=1)]
   outs = decode.generate_for_rows(
-      model, adapters, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,
-      pad_id=tok.pad_id, method=e.decoding, temperature=e.temperature, top_k=e.top_k,
-      top_p=e.top_p, num_beams=e.num_beams, seed=exp.config.seed, batch_size=e.batch_size,
-      progress=progress, mesh=exp.local_mesh)
+      model, adapters, rows, Decoding.from_config(e, seed=exp.config.seed), eos_id=tok.eos_id,
+      pad_id=tok.pad_id, progress=progress, mesh=exp.local_mesh)
   return [tok.decode(o).strip() for o in outs]
