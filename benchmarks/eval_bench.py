@@ -52,6 +52,7 @@ from oppu_jax.data import prompts as prompts_lib, synth  # noqa: E402
 from oppu_jax.eval.decode import generate_for_rows  # noqa: E402
 from oppu_jax.eval.score import Programs, score_choices  # noqa: E402
 from oppu_jax.models import llama, load  # noqa: E402
+from oppu_jax.models.generate import Decoding  # noqa: E402
 from oppu_jax.models.tokenizer import Tokenizer  # noqa: E402
 from oppu_jax.peft import hf_format  # noqa: E402
 from oppu_jax.peft.lora import Lora  # noqa: E402
@@ -116,9 +117,10 @@ def main(argv=None):
 
   def ours_gen():
     adapters = UserAdapters.load(user_dirs, table)
-    return generate_for_rows(model, adapters, queries, max_new_tokens=args.max_new_tokens,
-                             eos_id=tok.eos_id, pad_id=tok.pad_id, batch_size=args.batch_size,
-                             buckets=buckets)
+    decoding = Decoding(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                        prompt_buckets=buckets)
+    return generate_for_rows(model, adapters, queries, decoding, eos_id=tok.eos_id,
+                             pad_id=tok.pad_id)
 
   for name in ("ours (first)", "ours"):
     secs, out = _timed(ours_gen)

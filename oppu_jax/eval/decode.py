@@ -39,18 +39,10 @@ def generate_for_rows(
     model: LanguageModel,
     adapters: UserAdapters | None,
     rows: Sequence[tuple[int, Sequence[int]]],
+    decoding: gen.Decoding,
     *,
-    max_new_tokens: int,
     eos_id: int,
     pad_id: int,
-    method: str = "greedy",
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    num_beams: int = 4,
-    seed: int = 0,
-    batch_size: int = 8,
-    buckets: Sequence[int] = gen.DEFAULT_BUCKETS,
     progress: Callable[[int], None] | None = None,
     mesh=None,
 ) -> list[list[int]]:
@@ -58,10 +50,9 @@ def generate_for_rows(
 
   adapters: the users' stacked adapters (their method inside), or None for the bare base.
   rows: (user_index, prompt ids).
-  method: 'greedy' | 'sample' (temperature, top_k, top_p) | 'beam' (num_beams), as
-    `generate.generate`. Sampling draws depend on `seed` and on the row's place in its batch
-    (rows are batched by prompt length), so they are reproducible for the same rows.
-  buckets: prompt lengths (left-padded); one program per (bucket, batch, method).
+  decoding: as `generate.generate`; one program per (prompt bucket, batch, method). Sampling
+    draws depend on its seed and on the row's place in its batch (rows are batched by prompt
+    length), so they are reproducible for the same rows.
   progress: if given, called with the number of rows each batch finished.
   mesh: a (users, model) mesh of this process's devices: each batch's rows split over its users
     axis, the base weights over its model axis, the adapters whole.
@@ -71,9 +62,10 @@ def generate_for_rows(
   n_virtual = _n_virtual(adapters)
   # Equal for equal graphs, so generate's jitted loops find their compiled programs again.
   rows_forward = _RowsForward(graphdef)
-  cache = functools.partial(model.conventions.decode_cache, model, n_virtual, max_new_tokens)
+  cache = functools.partial(model.conventions.decode_cache, model, n_virtual,
+                            decoding.max_new_tokens)
   n = len(rows)
-  size = min(batch_size, 1 << max(n - 1, 0).bit_length())
+  size = min(decoding.batch_size, 1 << max(n - 1, 0).bit_length())
   # Similar lengths share a batch (less padding); the caller gets the given order back.
   order = sorted(range(n), key=lambda i: -len(rows[i][1]))
   outputs: list[list[int]] = [[] for _ in range(n)]
@@ -85,11 +77,11 @@ def generate_for_rows(
     prompts = [list(rows[i][1]) for i in index] + [[pad_id]] * (size - len(index))
     users = jnp.asarray(users) if place is None else place(users)
     forward = jax.tree_util.Partial(rows_forward, base, adapters, users)
+    batch_decoding = dataclasses.replace(
+        decoding, seed=decoding.seed + 1_000_003 * batch_no, batch_size=size)
     out = gen.generate(
-        forward, prompts, init_cache=cache, max_new_tokens=max_new_tokens, eos_id=eos_id,
-        pad_id=pad_id, method=method, temperature=temperature, top_k=top_k, top_p=top_p,
-        seed=seed + 1_000_003 * batch_no, num_beams=num_beams, prompt_buckets=buckets,
-        batch_size=size, cache_batch_axis=1, keep_order=True, place=place,
+        forward, prompts, batch_decoding, init_cache=cache, eos_id=eos_id, pad_id=pad_id,
+        cache_batch_axis=1, keep_order=True, place=place,
     )
     for row, i in enumerate(index):
       outputs[i] = out[row]

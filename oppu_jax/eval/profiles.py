@@ -33,7 +33,7 @@ from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import retrieval
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.types import LampData, User
-from oppu_jax.models.generate import DEFAULT_BUCKETS, generate, make_forward
+from oppu_jax.models.generate import DEFAULT_BUCKETS, Decoding, generate, make_forward
 from oppu_jax.models.llama import Llama
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax import files, storage
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 _SENTINEL = "\x00USER_HISTORY\x00"
+# The reference decodes profiles greedily.
+DEFAULT_DECODING = Decoding(max_new_tokens=128)
 
 
 def user_profiles(
@@ -54,35 +56,38 @@ def user_profiles(
     cache_path: str,
     num_items: int = 10,
     max_words: int = 200,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
+    decoding: Decoding = DEFAULT_DECODING,
     seed: int = 0,
     chat: bool = True,
     given: Mapping[str, str] | None = None,
-    prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
     progress: Callable[[int, int], None] | None = None,
     mesh=None,
 ) -> dict[str, str]:
   """{user id: profile text} for `users`, generated greedily where not cached.
 
   model: the plain base model (for PAG, the paper's profiles come from an un-personalized LLM).
+  decoding: greedy (max_new_tokens, batch_size, prompt_buckets); prompts longer than the largest
+    bucket lose the end of their history (logged).
+  seed: picks the history items each prompt shows (not a decoding setting).
   given: profiles to use as they are (e.g. `profiles_from_release(data)`); those users are neither
     generated nor cached.
-  prompt_buckets: prompts longer than the largest bucket lose the end of their history (logged).
   progress: if given, called with (profiles generated, profiles to generate) after every batch.
   mesh: a (users, model) mesh of this process's devices: each batch's rows split over its users
     axis, the weights over its model axis.
   """
+  if decoding.method != "greedy":
+    # The cache's settings fingerprint no sampling or beam settings.
+    raise ValueError(f"profiles are decoded greedily, got method {decoding.method!r}")
   task = tasks_lib.get_task(task) if isinstance(task, str) else task
   given = given or {}
-  settings = _settings(model, task, num_items, max_words, max_new_tokens, seed, chat,
-                       prompt_buckets)
+  settings = _settings(model, task, num_items, max_words, decoding.max_new_tokens, seed, chat,
+                       decoding.prompt_buckets)
   cache = _read_cache(cache_path, settings)
 
   out: dict[str, str] = {}
   pending: list[tuple[User, list[int], str]] = []  # (user, prompt ids, digest)
   stale = 0
-  limit = max(prompt_buckets)
+  limit = max(decoding.prompt_buckets)
   for user in users:
     if user.id in given:
       out[user.id] = given[user.id]
@@ -116,12 +121,10 @@ def user_profiles(
   # Similar lengths share a batch (less padding), and each batch is one generate() call.
   pending.sort(key=lambda p: -len(p[1]))
   start = time.perf_counter()
-  for b in range(0, len(pending), batch_size):
-    chunk = pending[b:b + batch_size]
-    gen = generate(forward, [ids for _, ids, _ in chunk], init_cache=model.config,
-                   max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                   pad_id=tokenizer.pad_id, method="greedy", batch_size=batch_size,
-                   prompt_buckets=prompt_buckets, place=place)
+  for b in range(0, len(pending), decoding.batch_size):
+    chunk = pending[b:b + decoding.batch_size]
+    gen = generate(forward, [ids for _, ids, _ in chunk], decoding, init_cache=model.config,
+                   eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, place=place)
     for (user, _, digest), new in zip(chunk, gen):
       text = tokenizer.decode(new, skip_special_tokens=True).strip()
       if not text:

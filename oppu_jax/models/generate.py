@@ -15,10 +15,13 @@ closure also works, but compiles once per closure object and embeds what it clos
 
 Prompts are sorted by length, cut into batches of `batch_size`, and left-padded to the smallest
 bucket that fits, so a run compiles a handful of programs, not one per prompt.
+
+The decoding settings travel together as one `Decoding` value (checked when it is made).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
@@ -37,23 +40,59 @@ METHODS = ("greedy", "sample", "beam")
 Forward = Callable[..., tuple[jax.Array, Any]]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Decoding:
+  """How to decode, checked when made.
+
+  method: 'greedy'; 'sample' (temperature, then top_k (0 = off), then top_p (1.0 = off), as
+    transformers orders them; draws depend on `seed`); 'beam' (num_beams, length_penalty, as
+    transformers' beam search with early_stopping=False).
+  batch_size: prompts per compiled batch; prompt_buckets: the lengths prompts are left-padded to.
+  """
+
+  max_new_tokens: int
+  method: str = "greedy"
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  num_beams: int = 4
+  length_penalty: float = 1.0
+  seed: int = 0
+  batch_size: int = 8
+  prompt_buckets: Sequence[int] = DEFAULT_BUCKETS
+
+  def __post_init__(self):
+    # A tuple, so the value stays hashable when given a list.
+    object.__setattr__(self, "prompt_buckets", tuple(self.prompt_buckets))
+    if self.method not in METHODS:
+      raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if self.method == "sample" and not self.temperature > 0:
+      raise ValueError(f"sampling needs temperature > 0, got {self.temperature}")
+    if self.top_k < 0 or not 0 < self.top_p <= 1:
+      raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got {self.top_k}, {self.top_p}")
+    if self.method == "beam" and self.num_beams < 1:
+      raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+
+  @classmethod
+  def from_config(cls, eval_config, seed: int = 0) -> Decoding:
+    """The settings of a run's `config.eval` (its `decoding` names the method); `seed` is the
+    run's (config.seed)."""
+    e = eval_config
+    return cls(method=e.decoding, max_new_tokens=e.max_new_tokens, temperature=e.temperature,
+               top_k=e.top_k, top_p=e.top_p, num_beams=e.num_beams, seed=seed,
+               batch_size=e.batch_size)
+
+
 def generate(
     forward: Forward,
     prompts_tokens: Sequence[Sequence[int]],
+    decoding: Decoding,
     *,
     init_cache: Callable[[int, int], Any] | LlamaConfig,
-    max_new_tokens: int,
     eos_id: int,
     pad_id: int,
-    method: str = "greedy",
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    num_beams: int = 4,
-    length_penalty: float = 1.0,
-    prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
-    batch_size: int = 8,
     cache_batch_axis: int = 1,
     keep_order: bool = False,
     return_logprobs: bool = False,
@@ -63,11 +102,10 @@ def generate(
 
   init_cache: (batch, length) -> an empty cache pytree (only its shapes and dtypes are used: the
     program starts from zeros), or a LlamaConfig (the f32 Llama cache).
-  method: 'greedy'; 'sample' (temperature, then top_k (0 = off), then top_p (1.0 = off), as
-    transformers orders them; each prompt's draws depend only on `seed` and the prompt's index, not
-    on how prompts were batched); 'beam' (num_beams, length_penalty, as transformers' beam search
-    with early_stopping=False; the cache's batch axis is `cache_batch_axis`; after the prefill each
-    row r becomes rows r*num_beams .. r*num_beams+num_beams-1).
+  decoding: the method and its settings. Sampling: each prompt's draws depend only on the seed
+    and the prompt's index, not on how prompts were batched. Beam: the cache's batch axis is
+    `cache_batch_axis`; after the prefill each row r becomes rows r*num_beams ..
+    r*num_beams+num_beams-1.
   keep_order: batches are consecutive runs of the prompts as given, instead of prompts sorted by
     length; for a forward whose row r must be prompt r of its batch (e.g. one adapter per row).
   place: if given, puts each batch-leading input (tokens, mask, keys) where it should live (e.g.
@@ -76,8 +114,9 @@ def generate(
   return_logprobs (greedy/sample), also each token's log-probability under the model (before
   temperature and filtering).
   """
-  _check_args(prompts_tokens, max_new_tokens, method, temperature, top_k, top_p, num_beams,
-              return_logprobs)
+  _check_args(prompts_tokens, decoding, return_logprobs)
+  d = decoding
+  max_new_tokens = d.max_new_tokens
   if isinstance(init_cache, LlamaConfig):
     init_cache = functools.partial(llama_init_cache, init_cache)
   if not isinstance(forward, jax.tree_util.Partial):
@@ -86,20 +125,20 @@ def generate(
   n = len(prompts_tokens)
   outputs: list[list[int]] = [[] for _ in range(n)]
   logprobs: list[list[float]] = [[] for _ in range(n)]
-  base_key = jax.random.key(seed)
+  base_key = jax.random.key(d.seed)
   # Fewer prompts than a batch: shrink the batch to a power of two, not to n (fewer programs).
-  rows = min(batch_size, 1 << max(n - 1, 0).bit_length())
+  rows = min(d.batch_size, 1 << max(n - 1, 0).bit_length())
   lengths = [len(p) for p in prompts_tokens]
-  for index, bucket in _plan_batches(lengths, rows, prompt_buckets, keep_order):
+  for index, bucket in _plan_batches(lengths, rows, d.prompt_buckets, keep_order):
     tokens, mask = _left_pad([prompts_tokens[i] for i in index], rows, bucket, pad_id)
     if place is not None:
       tokens, mask = place(tokens), place(mask)
     cache_spec = _cache_spec(init_cache, rows, bucket + max_new_tokens)
     special = jnp.int32(eos_id), jnp.int32(pad_id)
-    if method == "beam":
+    if d.method == "beam":
       out = _beam_search(
-          forward, tokens, mask, *special, jnp.float32(length_penalty), cache_spec=cache_spec,
-          max_new_tokens=max_new_tokens, num_beams=num_beams, cache_batch_axis=cache_batch_axis,
+          forward, tokens, mask, *special, jnp.float32(d.length_penalty), cache_spec=cache_spec,
+          max_new_tokens=max_new_tokens, num_beams=d.num_beams, cache_batch_axis=cache_batch_axis,
       )
       lps = None
     else:
@@ -108,9 +147,9 @@ def generate(
       keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.asarray(key_ids))
       keys = keys if place is None else place(keys)
       out, lps = _sample_loop(
-          forward, tokens, mask, *special, keys, jnp.float32(temperature), cache_spec=cache_spec,
-          max_new_tokens=max_new_tokens, greedy=method == "greedy", top_k=top_k,
-          top_p=float(top_p),
+          forward, tokens, mask, *special, keys, jnp.float32(d.temperature),
+          cache_spec=cache_spec, max_new_tokens=max_new_tokens, greedy=d.method == "greedy",
+          top_k=d.top_k, top_p=float(d.top_p),
       )
       lps = np.asarray(lps)
     out = np.asarray(out)
@@ -364,19 +403,9 @@ def _left_pad(prompts: list[Sequence[int]], rows: int, length: int, pad_id: int)
   return jnp.asarray(tokens), jnp.asarray(mask)
 
 
-def _check_args(prompts, max_new_tokens, method, temperature, top_k, top_p, num_beams,
-                return_logprobs):
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+def _check_args(prompts, decoding: Decoding, return_logprobs):
+  """What `Decoding` cannot check alone: the prompts, and what is asked of the method."""
   if any(len(p) == 0 for p in prompts):
     raise ValueError("every prompt needs at least one token")
-  if method == "sample" and not temperature > 0:
-    raise ValueError(f"sampling needs temperature > 0, got {temperature}")
-  if top_k < 0 or not 0 < top_p <= 1:
-    raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got {top_k}, {top_p}")
-  if method == "beam" and num_beams < 1:
-    raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-  if method == "beam" and return_logprobs:
+  if decoding.method == "beam" and return_logprobs:
     raise ValueError("return_logprobs is for greedy and sample, not beam")

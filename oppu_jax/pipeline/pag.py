@@ -8,6 +8,7 @@ import shutil
 
 from oppu_jax import files
 from oppu_jax.eval import profiles as profiles_lib
+from oppu_jax.models.generate import Decoding
 from oppu_jax.pipeline import cluster, profile_writer, progress, shift
 from oppu_jax.pipeline.experiment import Experiment, input_path, load_model, needs_profiles
 from oppu_jax.pipeline.settings import Setting
@@ -37,8 +38,8 @@ def ensure_profiles(exp: Experiment, settings) -> None:
   with profile_writer_of(exp) as (model, tokenizer):
     make = lambda users, cache, advance=None: profiles_lib.user_profiles(
         model, tokenizer, exp.task, users, cache_path=cache, num_items=c.profile.num_items,
-        max_new_tokens=c.profile.max_new_tokens, seed=c.seed, given=given, progress=advance,
-        mesh=exp.local_mesh)
+        decoding=Decoding(max_new_tokens=c.profile.max_new_tokens), seed=c.seed, given=given,
+        progress=advance, mesh=exp.local_mesh)
     with progress.bar("PAG profiles", len(users), "users", exp.show_progress) as bar:
       exp.profiles = make(users, cache, bar.advance)
     if cluster.count() > 1:
@@ -70,5 +71,6 @@ def profiles_for(exp: Experiment, setting: Setting) -> dict[str, str]:
       cache = exp.path(f"profiles@{shift.shift_suffix(c.analysis.shift_keep)}.json")
       exp.memo[_SHIFTED] = {**exp.profiles, **profiles_lib.user_profiles(
           model, tokenizer, exp.task, users, cache_path=cache, num_items=c.profile.num_items,
-          max_new_tokens=c.profile.max_new_tokens, seed=c.seed, progress=bar.advance)}
+          decoding=Decoding(max_new_tokens=c.profile.max_new_tokens), seed=c.seed,
+          progress=bar.advance)}
   return exp.memo[_SHIFTED]

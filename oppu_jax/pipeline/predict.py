@@ -10,6 +10,7 @@ import numpy as np
 from oppu_jax import files
 from oppu_jax.data import lamp_write
 from oppu_jax.eval import decode, score
+from oppu_jax.models.generate import Decoding
 from oppu_jax.peft.stack import UserAdapters
 from oppu_jax.pipeline import cluster, examples, progress
 from oppu_jax.pipeline.experiment import Experiment, adapter_dir, predictions_path
@@ -89,10 +90,8 @@ def _predict(exp: Experiment, model, adapters, rows, progress=None) -> list[str]
                                  progress=progress, mesh=exp.local_mesh)
     return [task.labels[int(i)] for i in np.argmax(scores, axis=1)]
   outs = decode.generate_for_rows(
-      model, adapters, rows, max_new_tokens=e.max_new_tokens, eos_id=tok.eos_id,
-      pad_id=tok.pad_id, method=e.decoding, temperature=e.temperature, top_k=e.top_k,
-      top_p=e.top_p, num_beams=e.num_beams, seed=exp.config.seed, batch_size=e.batch_size,
-      progress=progress, mesh=exp.local_mesh)
+      model, adapters, rows, Decoding.from_config(e, seed=exp.config.seed), eos_id=tok.eos_id,
+      pad_id=tok.pad_id, progress=progress, mesh=exp.local_mesh)
   return [tok.decode(o).strip() for o in outs]
 
 

@@ -20,6 +20,7 @@ from oppu_jax.data import tasks
 from oppu_jax.data.types import LampData, Query, User
 from oppu_jax.eval import profiles
 from oppu_jax.models import llama
+from oppu_jax.models.generate import Decoding
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax.pipeline import workdir
 
@@ -87,16 +88,16 @@ def calls(monkeypatch):
   seen = []
   real = profiles.generate
 
-  def counting(forward, prompts, **kw):
+  def counting(forward, prompts, *args, **kw):
     seen.append(len(prompts))
-    return real(forward, prompts, **kw)
+    return real(forward, prompts, *args, **kw)
 
   monkeypatch.setattr(profiles, "generate", counting)
   return seen
 
 
 def _run(model, tokenizer, users, path, **kw):
-  kw = dict(max_new_tokens=NEW, batch_size=2, **kw)
+  kw.setdefault("decoding", Decoding(max_new_tokens=NEW, batch_size=2))
   return profiles.user_profiles(model, tokenizer, TASK, users, cache_path=str(path), **kw)
 
 
@@ -137,10 +138,10 @@ def test_cache_is_reused_and_a_killed_run_resumes(model, tokenizer, tmp_path, ca
   resumed = tmp_path / "resumed.json"
   counting = profiles.generate
 
-  def dies_second_time(forward, prompts, **kw):
+  def dies_second_time(forward, prompts, *args, **kw):
     if len(calls) == 1:
       raise KeyboardInterrupt
-    return counting(forward, prompts, **kw)
+    return counting(forward, prompts, *args, **kw)
 
   monkeypatch.setattr(profiles, "generate", dies_second_time)
   calls.clear()
@@ -251,7 +252,7 @@ def test_overlong_prompt_is_cut_to_the_largest_bucket(model, tokenizer, tmp_path
   with caplog.at_level(logging.WARNING, logger=profiles.__name__):
     cut = profiles.profile_prompt_ids(tokenizer, TASK, users[0], num_items=30, max_tokens=256)
     out = _run(model, tokenizer, users, tmp_path / "p.json", num_items=30,
-               prompt_buckets=(64, 256))
+               decoding=Decoding(max_new_tokens=NEW, batch_size=2, prompt_buckets=(64, 256)))
   assert len(cut) == 256 and "cut to 256" in caplog.text
   # The instruction and the chat ending survive; the history loses its end.
   ending = tokenizer.encode("Answer: </s> <s> assistant")
@@ -277,6 +278,14 @@ def test_prompt_starts_with_bos_once_where_the_model_expects_it():
       assert len(ids) == max_tokens and ids[0] == 1 and ids[1] != 1
 
 
+def test_profiles_are_decoded_greedily(model, tokenizer, tmp_path, calls):
+  # The cache fingerprints no sampling or beam settings, so it takes none.
+  with pytest.raises(ValueError, match="greedily"):
+    _run(model, tokenizer, _users(2), tmp_path / "p.json",
+         decoding=Decoding(max_new_tokens=NEW, method="beam"))
+  assert calls == []
+
+
 def test_user_without_history_gets_an_empty_profile(model, tokenizer, tmp_path, calls):
   out = _run(model, tokenizer, [User("empty", (), ())], tmp_path / "p.json")
   assert out == {"empty": ""} and calls == []
@@ -292,6 +301,6 @@ def test_smollm2_writes_a_profile(smollm2, tmp_path):
                           text_words=(10, 15)).users[0]
   start = time.perf_counter()
   out = profiles.user_profiles(model, tok, TASK, [user], cache_path=str(tmp_path / "p.json"),
-                               max_new_tokens=32, batch_size=1)
+                               decoding=Decoding(max_new_tokens=32, batch_size=1))
   print(f"SmolLM2 profile in {time.perf_counter() - start:.1f} s: {out[user.id]!r}")
   assert out[user.id].strip()

@@ -13,6 +13,7 @@ _SCRIPT = textwrap.dedent("""
     import eval_fixtures as ef
     from oppu_jax.eval.decode import generate_for_rows
     from oppu_jax.eval.score import score_choices
+    from oppu_jax.models import generate as gen
     from oppu_jax.sharding import mesh as mesh_lib
     assert jax.device_count() == 4, jax.device_count()
     model = ef.tiny_model(scale=0.15)  # peaked: argmax not decided by float noise
@@ -27,19 +28,18 @@ _SCRIPT = textwrap.dedent("""
                             mesh=mesh)
       np.testing.assert_allclose(split, one, rtol=1e-5, atol=1e-5)
       for kw in (dict(method="greedy"), dict(method="beam", num_beams=2)):
-        kw.update(max_new_tokens=6, eos_id=-1, pad_id=0, batch_size=4, buckets=(16,))
-        a = generate_for_rows(model, adapters, rows, **kw)
-        b = generate_for_rows(model, adapters, rows, mesh=mesh, **kw)
-        assert a == b, (name, kw["method"], a, b)
+        d = gen.Decoding(max_new_tokens=6, batch_size=4, prompt_buckets=(16,), **kw)
+        a = generate_for_rows(model, adapters, rows, d, eos_id=-1, pad_id=0)
+        b = generate_for_rows(model, adapters, rows, d, eos_id=-1, pad_id=0, mesh=mesh)
+        assert a == b, (name, d.method, a, b)
         assert len(set(map(tuple, a))) > 3  # the rows decode differently: not a degenerate check
-    from oppu_jax.models import generate as gen
     prompts = [p for _, p in rows]
-    kw = dict(init_cache=model.config, max_new_tokens=6, eos_id=-1, pad_id=0, batch_size=4,
-              prompt_buckets=(16,))
-    plain = gen.generate(gen.make_forward(model), prompts, **kw)
+    d = gen.Decoding(max_new_tokens=6, batch_size=4, prompt_buckets=(16,))
+    kw = dict(init_cache=model.config, eos_id=-1, pad_id=0)
+    plain = gen.generate(gen.make_forward(model), prompts, d, **kw)
     split = gen.generate(
         gen.make_forward(model, lambda s: mesh_lib.shard_base(s, mesh, model.weight_table())),
-        prompts, place=mesh_lib.rows_placer(mesh), **kw)
+        prompts, d, place=mesh_lib.rows_placer(mesh), **kw)
     assert plain == split and len(set(map(tuple, plain))) > 3, (plain, split)
     print("SHARDED-EVAL-OK")
 """)

@@ -1,6 +1,8 @@
 """Generation: KV-cache decoding against full recompute, sampling filters, compile counts, and
 greedy / beam output against transformers' `generate` (tiny random model and SmolLM2)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 # Different lengths, so the batch is left-padded.
 PROMPTS = [[5, 17, 33, 91], [44, 9, 71, 3, 100, 12, 7, 60, 61], [8], [20, 21, 22, 23, 24, 25]]
 N = 10  # new tokens; one value (and batch 4, bucket 32) everywhere, so tests share programs
+GREEDY = gen.Decoding(max_new_tokens=N, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +66,8 @@ def _hf_generate(hf, prompt, max_new, eos_id, pad_id, **kw):
 def test_kv_cache_decoding_equals_full_recompute(tiny_pair):
   model, _ = tiny_pair
   got, got_lp = gen.generate(
-      gen.make_forward(model), PROMPTS, init_cache=model.config, max_new_tokens=N,
-      eos_id=-1, pad_id=0, batch_size=4, return_logprobs=True,
+      gen.make_forward(model), PROMPTS, GREEDY, init_cache=model.config, eos_id=-1, pad_id=0,
+      return_logprobs=True,
   )
   for prompt, ids, lps in zip(PROMPTS, got, got_lp):
     want, want_lp = _recompute_greedy(model, prompt, N)
@@ -75,11 +78,9 @@ def test_kv_cache_decoding_equals_full_recompute(tiny_pair):
 def test_stops_at_eos_and_pads_finished_rows(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  free = gen.generate(fwd, PROMPTS, init_cache=model.config, max_new_tokens=N, eos_id=-1,
-                      pad_id=0, batch_size=4)
+  free = gen.generate(fwd, PROMPTS, GREEDY, init_cache=model.config, eos_id=-1, pad_id=0)
   eos = free[0][3]  # a token prompt 0 emits at step 3: make it the EOS
-  cut = gen.generate(fwd, PROMPTS, init_cache=model.config, max_new_tokens=N, eos_id=eos,
-                     pad_id=0, batch_size=4)
+  cut = gen.generate(fwd, PROMPTS, GREEDY, init_cache=model.config, eos_id=eos, pad_id=0)
   for a, b in zip(free, cut):
     assert b == (a[:a.index(eos)] if eos in a else a)
   assert cut[0] == free[0][:free[0].index(eos)]
@@ -89,10 +90,9 @@ def test_greedy_and_beam_match_transformers_on_tiny_model(tiny_pair):
   ours, hf = tiny_pair
   fwd = gen.make_forward(ours)
   eos = 2
-  greedy = gen.generate(fwd, PROMPTS, init_cache=ours.config, max_new_tokens=N, eos_id=eos,
-                        pad_id=0, batch_size=4)
-  beam = gen.generate(fwd, PROMPTS, init_cache=ours.config, max_new_tokens=N, eos_id=eos,
-                      pad_id=0, batch_size=4, method="beam", num_beams=4)
+  greedy = gen.generate(fwd, PROMPTS, GREEDY, init_cache=ours.config, eos_id=eos, pad_id=0)
+  beam = gen.generate(fwd, PROMPTS, dataclasses.replace(GREEDY, method="beam", num_beams=4),
+                      init_cache=ours.config, eos_id=eos, pad_id=0)
   for prompt, g, b in zip(PROMPTS, greedy, beam):
     assert g == _hf_generate(hf, prompt, N, eos, 0, do_sample=False)
     assert b == _hf_generate(hf, prompt, N, eos, 0, do_sample=False, num_beams=4,
@@ -103,11 +103,11 @@ def test_beam_with_eos_hits_matches_transformers(tiny_pair):
   """An EOS that the beams actually emit, so finished hypotheses get filed and compared."""
   ours, hf = tiny_pair
   fwd = gen.make_forward(ours)
-  free = gen.generate(fwd, PROMPTS, init_cache=ours.config, max_new_tokens=N, eos_id=-1,
-                      pad_id=0, batch_size=4, method="beam")
+  beam = dataclasses.replace(GREEDY, method="beam")
+  free = gen.generate(fwd, PROMPTS, beam, init_cache=ours.config, eos_id=-1, pad_id=0)
   eos = free[1][4]
-  beam = gen.generate(fwd, PROMPTS, init_cache=ours.config, max_new_tokens=N, eos_id=eos,
-                      pad_id=0, batch_size=4, method="beam", length_penalty=0.5)
+  beam = gen.generate(fwd, PROMPTS, dataclasses.replace(beam, length_penalty=0.5),
+                      init_cache=ours.config, eos_id=eos, pad_id=0)
   assert len(beam[1]) < N
   for prompt, b in zip(PROMPTS, beam):
     assert b == _hf_generate(hf, prompt, N, eos, 0, do_sample=False, num_beams=4,
@@ -117,22 +117,24 @@ def test_beam_with_eos_hits_matches_transformers(tiny_pair):
 def test_one_beam_is_greedy(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  kw = dict(init_cache=model.config, max_new_tokens=N, eos_id=2, pad_id=0, batch_size=4)
-  assert gen.generate(fwd, PROMPTS, method="beam", num_beams=1, **kw) == gen.generate(
-      fwd, PROMPTS, **kw)
+  kw = dict(init_cache=model.config, eos_id=2, pad_id=0)
+  one_beam = dataclasses.replace(GREEDY, method="beam", num_beams=1)
+  assert gen.generate(fwd, PROMPTS, one_beam, **kw) == gen.generate(fwd, PROMPTS, GREEDY, **kw)
 
 
 def test_sampling_is_seeded_and_independent_of_batching(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  kw = dict(init_cache=model.config, max_new_tokens=N, eos_id=-1, pad_id=0, method="sample",
-            temperature=1.0, top_k=20, top_p=0.95)
-  a = gen.generate(fwd, PROMPTS, seed=3, batch_size=4, **kw)
-  assert a == gen.generate(fwd, PROMPTS, seed=3, batch_size=4, **kw)
-  assert a == gen.generate(fwd, PROMPTS, seed=3, batch_size=2, **kw)  # one program more
-  assert a != gen.generate(fwd, PROMPTS, seed=4, batch_size=4, **kw)
-  top1 = gen.generate(fwd, PROMPTS, seed=3, batch_size=4, **dict(kw, top_k=1))
-  assert top1 == gen.generate(fwd, PROMPTS, batch_size=4, **dict(kw, method="greedy"))
+  kw = dict(init_cache=model.config, eos_id=-1, pad_id=0)
+  sample = dataclasses.replace(GREEDY, method="sample", temperature=1.0, top_k=20, top_p=0.95,
+                               seed=3)
+  a = gen.generate(fwd, PROMPTS, sample, **kw)
+  assert a == gen.generate(fwd, PROMPTS, sample, **kw)
+  # One program more.
+  assert a == gen.generate(fwd, PROMPTS, dataclasses.replace(sample, batch_size=2), **kw)
+  assert a != gen.generate(fwd, PROMPTS, dataclasses.replace(sample, seed=4), **kw)
+  top1 = gen.generate(fwd, PROMPTS, dataclasses.replace(sample, top_k=1), **kw)
+  assert top1 == gen.generate(fwd, PROMPTS, dataclasses.replace(sample, method="greedy"), **kw)
 
 
 def test_top_k_and_top_p_filters():
@@ -157,14 +159,14 @@ def test_top_k_and_top_p_filters():
 def test_prompts_in_one_bucket_compile_once(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  kw = dict(init_cache=model.config, max_new_tokens=N, eos_id=2, pad_id=0, batch_size=2,
-            prompt_buckets=(16, 32))
-  gen.generate(fwd, [[3] * 20, [4] * 25], **kw)  # bucket 32
+  d = gen.Decoding(max_new_tokens=N, batch_size=2, prompt_buckets=(16, 32))
+  kw = dict(init_cache=model.config, eos_id=2, pad_id=0)
+  gen.generate(fwd, [[3] * 20, [4] * 25], d, **kw)  # bucket 32
   before = gen._sample_loop._cache_size()
   for lengths in ([1, 2], [9, 16], [17, 32], [5, 31]):
-    gen.generate(fwd, [[7] * n for n in lengths], **kw)
+    gen.generate(fwd, [[7] * n for n in lengths], d, **kw)
   # One new program, for bucket 16; bucket 32 was compiled before; a fresh make_forward shares it.
-  gen.generate(gen.make_forward(model), [[3] * 20, [4] * 25], **kw)
+  gen.generate(gen.make_forward(model), [[3] * 20, [4] * 25], d, **kw)
   assert gen._sample_loop._cache_size() - before == 1
 
 
@@ -175,21 +177,48 @@ def test_plain_closure_forward_and_keep_order(tiny_pair):
   def forward(tokens, positions, mask, cache, index):
     return model(tokens, positions=positions, attention_mask=mask, cache=cache, cache_index=index)
 
-  kw = dict(init_cache=model.config, max_new_tokens=N, eos_id=2, pad_id=0, batch_size=4)
-  assert gen.generate(forward, PROMPTS, keep_order=True, **kw) == gen.generate(
-      gen.make_forward(model), PROMPTS, **kw)
+  kw = dict(init_cache=model.config, eos_id=2, pad_id=0)
+  assert gen.generate(forward, PROMPTS, GREEDY, keep_order=True, **kw) == gen.generate(
+      gen.make_forward(model), PROMPTS, GREEDY, **kw)
 
 
 def test_bad_arguments(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  kw = dict(init_cache=model.config, max_new_tokens=4, eos_id=2, pad_id=0)
+  d = gen.Decoding(max_new_tokens=4)
+  kw = dict(init_cache=model.config, eos_id=2, pad_id=0)
   with pytest.raises(ValueError, match="largest bucket"):
-    gen.generate(fwd, [[1] * 40], prompt_buckets=(16, 32), **kw)
+    gen.generate(fwd, [[1] * 40], dataclasses.replace(d, prompt_buckets=(16, 32)), **kw)
   with pytest.raises(ValueError, match="at least one token"):
-    gen.generate(fwd, [[]], **kw)
-  with pytest.raises(ValueError, match="method"):
-    gen.generate(fwd, [[1]], method="nucleus", **kw)
+    gen.generate(fwd, [[]], d, **kw)
+  with pytest.raises(ValueError, match="return_logprobs"):
+    gen.generate(fwd, [[1]], dataclasses.replace(d, method="beam"), return_logprobs=True, **kw)
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(method="nucleus"), "method"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(method="sample", temperature=0.0), "temperature"),
+    (dict(top_k=-1), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(method="beam", num_beams=0), "num_beams"),
+])
+def test_bad_decoding_settings(settings, match):
+  with pytest.raises(ValueError, match=match):
+    gen.Decoding(**dict(dict(max_new_tokens=4), **settings))
+
+
+def test_decoding_from_run_config():
+  from oppu_jax import config as config_lib
+
+  e = config_lib.get_config().eval
+  d = gen.Decoding.from_config(e, seed=7)
+  assert d == gen.Decoding(method=e.decoding, max_new_tokens=e.max_new_tokens,
+                           temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
+                           num_beams=e.num_beams, seed=7, batch_size=e.batch_size)
+  # Defaults where the config says nothing; a list of buckets becomes a (hashable) tuple.
+  assert (d.length_penalty, d.prompt_buckets) == (1.0, gen.DEFAULT_BUCKETS)
+  assert gen.Decoding(max_new_tokens=4, prompt_buckets=[16, 32]).prompt_buckets == (16, 32)
 
 
 @pytest.mark.slow
@@ -202,7 +231,8 @@ def test_smollm2_greedy_matches_transformers(smollm2, smollm2_hf):
                "Rate this review from 1 to 5: 'Great blender, but loud.'"]
   prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}]))
              for q in questions]
-  got = gen.generate(gen.make_forward(model), prompts, init_cache=config, max_new_tokens=24,
-                     eos_id=tok.eos_id, pad_id=tok.pad_id, batch_size=4)
+  got = gen.generate(gen.make_forward(model), prompts,
+                     gen.Decoding(max_new_tokens=24, batch_size=4), init_cache=config,
+                     eos_id=tok.eos_id, pad_id=tok.pad_id)
   for prompt, ids in zip(prompts, got):
     assert ids == _hf_generate(smollm2_hf, prompt, 24, tok.eos_id, tok.pad_id, do_sample=False)

@@ -15,6 +15,7 @@ import tiny_t5  # noqa: E402
 from oppu_jax.errors import ConfigError, ModelError  # noqa: E402
 from oppu_jax.eval import decode  # noqa: E402
 from oppu_jax.models import llama, load, t5_config  # noqa: E402
+from oppu_jax.models.generate import Decoding  # noqa: E402
 from oppu_jax.models.tokenizer import Tokenizer  # noqa: E402
 
 # A right-padded batch of different lengths, as T5 is fed.
@@ -104,9 +105,10 @@ def test_greedy_and_beam_search_are_token_identical_to_transformers(pair, beams)
   _, _, hf, model = pair
   rng = np.random.default_rng(0)
   prompts = [list(rng.integers(3, 96, size=n)) + [1] for n in (7, 3, 11, 5)]
-  ours = decode.generate_for_rows(model, None, [(0, p) for p in prompts], max_new_tokens=12,
-                                  eos_id=1, pad_id=0, method="beam" if beams > 1 else "greedy",
-                                  num_beams=beams, batch_size=4)
+  decoding = Decoding(max_new_tokens=12, method="beam" if beams > 1 else "greedy",
+                      num_beams=beams, batch_size=4)
+  ours = decode.generate_for_rows(model, None, [(0, p) for p in prompts], decoding, eos_id=1,
+                                  pad_id=0)
   width = max(map(len, prompts))
   ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts])
   mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts])

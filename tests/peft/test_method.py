@@ -16,6 +16,7 @@ from oppu_jax.data.batching import Example
 from oppu_jax.errors import AdapterFormatError, ConfigError
 from oppu_jax.eval.decode import generate_for_rows
 from oppu_jax.eval.score import score_choices
+from oppu_jax.models.generate import Decoding
 from oppu_jax.peft import hf_format, method
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge
@@ -118,8 +119,8 @@ def test_scores_and_generates_per_user(tiny, table, forward):
       np.testing.assert_allclose(got[r, j], want, atol=1e-4)
   assert np.abs(got[0] - got[1]).max() > 1e-3 and np.abs(got - bare).max() > 1e-3
 
-  kw = dict(max_new_tokens=4, eos_id=-1, pad_id=0, batch_size=4, buckets=(8,))
-  generated = generate_for_rows(model, stacked, rows, **kw)
+  decoding = Decoding(max_new_tokens=4, batch_size=4, prompt_buckets=(8,))
+  generated = generate_for_rows(model, stacked, rows, decoding, eos_id=-1, pad_id=0)
   for (user, prompt), ids in zip(rows, generated):
     adapter = jax.tree.map(jnp.asarray, stacked.user(user))
     seq = list(prompt)

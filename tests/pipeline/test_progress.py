@@ -51,6 +51,7 @@ def test_evaluation_reports_each_batch(tiny_model_dir):
   during evaluation, not once at its end."""
   from oppu_jax.eval import decode, score
   from oppu_jax.models import load
+  from oppu_jax.models.generate import Decoding
 
   model, _ = load.load_model(tiny_model_dir, compute_dtype="float32")
   rows = [(0, [1, 5, 6, 7][:n]) for n in (2, 3, 4, 2, 3)]
@@ -58,6 +59,6 @@ def test_evaluation_reports_each_batch(tiny_model_dir):
   score.score_choices(model, None, rows, [[9], [10]], batch_size=2, progress=seen.append)
   assert seen == [2, 2, 1]
   seen.clear()
-  decode.generate_for_rows(model, None, rows, max_new_tokens=2, eos_id=2, pad_id=2,
-                           batch_size=4, progress=seen.append)
+  decode.generate_for_rows(model, None, rows, Decoding(max_new_tokens=2, batch_size=4),
+                           eos_id=2, pad_id=2, progress=seen.append)
   assert seen == [4, 1]
