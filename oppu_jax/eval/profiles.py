@@ -34,7 +34,7 @@ from oppu_jax.data import retrieval
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.types import LampData, User
 from oppu_jax.models.generate import DEFAULT_BUCKETS, Decoding, generate, make_forward
-from oppu_jax.models.llama import Llama
+from oppu_jax.models.interface import LanguageModel
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax import files, storage
 from oppu_jax.sharding import mesh as mesh_lib
@@ -48,7 +48,7 @@ DEFAULT_DECODING = Decoding(max_new_tokens=128)
 
 
 def user_profiles(
-    model: Llama,
+    model: LanguageModel,
     tokenizer: Tokenizer,
     task: tasks_lib.Task | str,
     users: Sequence[User],
@@ -123,7 +123,7 @@ def user_profiles(
   start = time.perf_counter()
   for b in range(0, len(pending), decoding.batch_size):
     chunk = pending[b:b + decoding.batch_size]
-    gen = generate(forward, [ids for _, ids, _ in chunk], decoding, init_cache=model.config,
+    gen = generate(forward, [ids for _, ids, _ in chunk], decoding, init_cache=model.init_cache,
                    eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, place=place)
     for (user, _, digest), new in zip(chunk, gen):
       text = tokenizer.decode(new, skip_special_tokens=True).strip()
@@ -221,7 +221,7 @@ def profile_prompt_ids(
   return cut
 
 
-def model_digest(model: Llama) -> str:
+def model_digest(model: LanguageModel) -> str:
   """A digest of the model's config and every weight (0.7 s for SmolLM2-135M): a task-adapted,
   merged base has another digest than the plain one."""
   h = hashlib.blake2b(digest_size=16)

@@ -6,7 +6,7 @@ The generator knows nothing of models or adapters. It drives a `forward` the cal
   forward(tokens [B, T], positions [B, T], attention_mask [B, cache_len], cache, cache_index)
     -> (logits [B, V] for the last input position, or [B, T, V]; the updated cache)
 
-with the conventions of `Llama.__call__` (mask over cache slots, True = a real token; new keys and
+with the conventions of a decoder-only model's `__call__` (mask over cache slots, True = a real token; new keys and
 values written at cache_index..cache_index+T-1). Pass `forward` as a pytree callable such as
 `jax.tree_util.Partial(fn, weights, adapters)`: its arrays then enter the program as arguments, so
 repeated calls reuse one compiled program and the weights are not baked in as constants. A plain
@@ -31,8 +31,7 @@ import numpy as np
 from flax import nnx
 
 from oppu_jax.models import backend
-from oppu_jax.models.llama import Llama, LlamaConfig
-from oppu_jax.models.llama import init_cache as llama_init_cache
+from oppu_jax.models.interface import LanguageModel
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 METHODS = ("greedy", "sample", "beam")
@@ -90,7 +89,7 @@ def generate(
     prompts_tokens: Sequence[Sequence[int]],
     decoding: Decoding,
     *,
-    init_cache: Callable[[int, int], Any] | LlamaConfig,
+    init_cache: Callable[[int, int], Any],
     eos_id: int,
     pad_id: int,
     cache_batch_axis: int = 1,
@@ -100,8 +99,8 @@ def generate(
 ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
   """Generates a continuation of each prompt.
 
-  init_cache: (batch, length) -> an empty cache pytree (only its shapes and dtypes are used: the
-    program starts from zeros), or a LlamaConfig (the f32 Llama cache).
+  init_cache: (batch, length) -> an empty cache pytree, e.g. `model.init_cache` (only its shapes
+    and dtypes are used: the program starts from zeros).
   decoding: the method and its settings. Sampling: each prompt's draws depend only on the seed
     and the prompt's index, not on how prompts were batched. Beam: the cache's batch axis is
     `cache_batch_axis`; after the prefill each row r becomes rows r*num_beams ..
@@ -117,8 +116,6 @@ def generate(
   _check_args(prompts_tokens, decoding, return_logprobs)
   d = decoding
   max_new_tokens = d.max_new_tokens
-  if isinstance(init_cache, LlamaConfig):
-    init_cache = functools.partial(llama_init_cache, init_cache)
   if not isinstance(forward, jax.tree_util.Partial):
     forward = jax.tree_util.Partial(forward)
 
@@ -162,7 +159,7 @@ def generate(
   return (outputs, logprobs) if return_logprobs else outputs
 
 
-def make_forward(model: Llama, place_state: Callable[[Any], Any] | None = None) -> Forward:
+def make_forward(model: LanguageModel, place_state: Callable[[Any], Any] | None = None) -> Forward:
   """A generation `forward` for a plain model: its weights are the pytree's leaves, and logits are
   computed at the last input position only (the LM head over every prompt position is waste).
   place_state: if given, puts the weights where they should live (e.g. split over a mesh)."""

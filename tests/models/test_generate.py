@@ -66,7 +66,7 @@ def _hf_generate(hf, prompt, max_new, eos_id, pad_id, **kw):
 def test_kv_cache_decoding_equals_full_recompute(tiny_pair):
   model, _ = tiny_pair
   got, got_lp = gen.generate(
-      gen.make_forward(model), PROMPTS, GREEDY, init_cache=model.config, eos_id=-1, pad_id=0,
+      gen.make_forward(model), PROMPTS, GREEDY, init_cache=model.init_cache, eos_id=-1, pad_id=0,
       return_logprobs=True,
   )
   for prompt, ids, lps in zip(PROMPTS, got, got_lp):
@@ -78,9 +78,9 @@ def test_kv_cache_decoding_equals_full_recompute(tiny_pair):
 def test_stops_at_eos_and_pads_finished_rows(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  free = gen.generate(fwd, PROMPTS, GREEDY, init_cache=model.config, eos_id=-1, pad_id=0)
+  free = gen.generate(fwd, PROMPTS, GREEDY, init_cache=model.init_cache, eos_id=-1, pad_id=0)
   eos = free[0][3]  # a token prompt 0 emits at step 3: make it the EOS
-  cut = gen.generate(fwd, PROMPTS, GREEDY, init_cache=model.config, eos_id=eos, pad_id=0)
+  cut = gen.generate(fwd, PROMPTS, GREEDY, init_cache=model.init_cache, eos_id=eos, pad_id=0)
   for a, b in zip(free, cut):
     assert b == (a[:a.index(eos)] if eos in a else a)
   assert cut[0] == free[0][:free[0].index(eos)]
@@ -90,9 +90,9 @@ def test_greedy_and_beam_match_transformers_on_tiny_model(tiny_pair):
   ours, hf = tiny_pair
   fwd = gen.make_forward(ours)
   eos = 2
-  greedy = gen.generate(fwd, PROMPTS, GREEDY, init_cache=ours.config, eos_id=eos, pad_id=0)
+  greedy = gen.generate(fwd, PROMPTS, GREEDY, init_cache=ours.init_cache, eos_id=eos, pad_id=0)
   beam = gen.generate(fwd, PROMPTS, dataclasses.replace(GREEDY, method="beam", num_beams=4),
-                      init_cache=ours.config, eos_id=eos, pad_id=0)
+                      init_cache=ours.init_cache, eos_id=eos, pad_id=0)
   for prompt, g, b in zip(PROMPTS, greedy, beam):
     assert g == _hf_generate(hf, prompt, N, eos, 0, do_sample=False)
     assert b == _hf_generate(hf, prompt, N, eos, 0, do_sample=False, num_beams=4,
@@ -104,10 +104,10 @@ def test_beam_with_eos_hits_matches_transformers(tiny_pair):
   ours, hf = tiny_pair
   fwd = gen.make_forward(ours)
   beam = dataclasses.replace(GREEDY, method="beam")
-  free = gen.generate(fwd, PROMPTS, beam, init_cache=ours.config, eos_id=-1, pad_id=0)
+  free = gen.generate(fwd, PROMPTS, beam, init_cache=ours.init_cache, eos_id=-1, pad_id=0)
   eos = free[1][4]
   beam = gen.generate(fwd, PROMPTS, dataclasses.replace(beam, length_penalty=0.5),
-                      init_cache=ours.config, eos_id=eos, pad_id=0)
+                      init_cache=ours.init_cache, eos_id=eos, pad_id=0)
   assert len(beam[1]) < N
   for prompt, b in zip(PROMPTS, beam):
     assert b == _hf_generate(hf, prompt, N, eos, 0, do_sample=False, num_beams=4,
@@ -117,7 +117,7 @@ def test_beam_with_eos_hits_matches_transformers(tiny_pair):
 def test_one_beam_is_greedy(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  kw = dict(init_cache=model.config, eos_id=2, pad_id=0)
+  kw = dict(init_cache=model.init_cache, eos_id=2, pad_id=0)
   one_beam = dataclasses.replace(GREEDY, method="beam", num_beams=1)
   assert gen.generate(fwd, PROMPTS, one_beam, **kw) == gen.generate(fwd, PROMPTS, GREEDY, **kw)
 
@@ -125,7 +125,7 @@ def test_one_beam_is_greedy(tiny_pair):
 def test_sampling_is_seeded_and_independent_of_batching(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  kw = dict(init_cache=model.config, eos_id=-1, pad_id=0)
+  kw = dict(init_cache=model.init_cache, eos_id=-1, pad_id=0)
   sample = dataclasses.replace(GREEDY, method="sample", temperature=1.0, top_k=20, top_p=0.95,
                                seed=3)
   a = gen.generate(fwd, PROMPTS, sample, **kw)
@@ -160,7 +160,7 @@ def test_prompts_in_one_bucket_compile_once(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
   d = gen.Decoding(max_new_tokens=N, batch_size=2, prompt_buckets=(16, 32))
-  kw = dict(init_cache=model.config, eos_id=2, pad_id=0)
+  kw = dict(init_cache=model.init_cache, eos_id=2, pad_id=0)
   gen.generate(fwd, [[3] * 20, [4] * 25], d, **kw)  # bucket 32
   before = gen._sample_loop._cache_size()
   for lengths in ([1, 2], [9, 16], [17, 32], [5, 31]):
@@ -177,7 +177,7 @@ def test_plain_closure_forward_and_keep_order(tiny_pair):
   def forward(tokens, positions, mask, cache, index):
     return model(tokens, positions=positions, attention_mask=mask, cache=cache, cache_index=index)
 
-  kw = dict(init_cache=model.config, eos_id=2, pad_id=0)
+  kw = dict(init_cache=model.init_cache, eos_id=2, pad_id=0)
   assert gen.generate(forward, PROMPTS, GREEDY, keep_order=True, **kw) == gen.generate(
       gen.make_forward(model), PROMPTS, GREEDY, **kw)
 
@@ -186,7 +186,7 @@ def test_bad_arguments(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
   d = gen.Decoding(max_new_tokens=4)
-  kw = dict(init_cache=model.config, eos_id=2, pad_id=0)
+  kw = dict(init_cache=model.init_cache, eos_id=2, pad_id=0)
   with pytest.raises(ValueError, match="largest bucket"):
     gen.generate(fwd, [[1] * 40], dataclasses.replace(d, prompt_buckets=(16, 32)), **kw)
   with pytest.raises(ValueError, match="at least one token"):
