@@ -35,7 +35,7 @@ _SCRIPT = textwrap.dedent("""
         assert len(set(map(tuple, a))) > 3  # the rows decode differently: not a degenerate check
     prompts = [p for _, p in rows]
     d = gen.Decoding(max_new_tokens=6, batch_size=4, prompt_buckets=(16,))
-    kw = dict(init_cache=model.config, eos_id=-1, pad_id=0)
+    kw = dict(init_cache=model.init_cache, eos_id=-1, pad_id=0)
     plain = gen.generate(gen.make_forward(model), prompts, d, **kw)
     split = gen.generate(
         gen.make_forward(model, lambda s: mesh_lib.shard_base(s, mesh, model.weight_table())),

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from oppu_jax.models import llama, t5
+from oppu_jax.models import llama, t5_config
 
 
 @dataclasses.dataclass
@@ -46,7 +46,7 @@ def test_a_decoder_only_pair_is_one_sequence_with_the_loss_on_the_answer():
 
 
 def test_an_encoder_decoder_pair_puts_the_prompt_in_the_encoder():
-  conv = t5.tiny_config(decoder_start_id=0).conventions
+  conv = t5_config.tiny_config(decoder_start_id=0).conventions
   ex = conv.example("abc", "d", Chars(), cutoff=3)
   assert ex.source.tolist() == [ord("b"), ord("c"), 2]  # cut from the start, then EOS
   assert ex.tokens.tolist() == [0, ord("d"), 2] and ex.loss_mask.tolist() == [False, True, True]

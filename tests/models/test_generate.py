@@ -232,7 +232,7 @@ def test_smollm2_greedy_matches_transformers(smollm2, smollm2_hf):
   prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}]))
              for q in questions]
   got = gen.generate(gen.make_forward(model), prompts,
-                     gen.Decoding(max_new_tokens=24, batch_size=4), init_cache=config,
+                     gen.Decoding(max_new_tokens=24, batch_size=4), init_cache=model.init_cache,
                      eos_id=tok.eos_id, pad_id=tok.pad_id)
   for prompt, ids in zip(prompts, got):
     assert ids == _hf_generate(smollm2_hf, prompt, 24, tok.eos_id, tok.pad_id, do_sample=False)

@@ -18,6 +18,7 @@ from oppu_jax.eval.score import score_choices
 from oppu_jax.models import backend
 from oppu_jax.models.encoder_decoder import EncoderDecoder
 from oppu_jax.models.family import Family, for_config, register
+from oppu_jax.models.generate import Decoding
 from oppu_jax.models.interface import LanguageModel
 from oppu_jax.models.layers import attention, matmul, plain_project, rms_norm
 from oppu_jax.models.weights import Weight, WeightTable
@@ -396,8 +397,9 @@ def test_greedy_decoding_equals_full_recompute(model):
   stacked = UserAdapters.stack(LORA, users)
   n = 5
   rows = [(0, [5, 6, 7, 8, 1]), (1, [9, 10, 1]), (1, [5, 6, 7, 8, 1])]
-  got = generate_for_rows(model, stacked, rows, max_new_tokens=n, eos_id=-1, pad_id=0,
-                          batch_size=4, buckets=(8,))
+  got = generate_for_rows(model, stacked, rows,
+                          Decoding(max_new_tokens=n, batch_size=4, prompt_buckets=(8,)),
+                          eos_id=-1, pad_id=0)
   for (user, source), ids in zip(rows, got):
     seq = [CFG.decoder_start_id]
     for _ in range(n):  # no cache: the whole decoder input again every step
