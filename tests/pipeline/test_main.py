@@ -48,14 +48,14 @@ def test_a_config_file_or_path_that_cannot_work_ends_in_one_line(tmp_path, args,
 def test_only_oppu_errors_are_caught(monkeypatch, tmp_path):
   config = config_lib.for_task("LaMP_3")
 
-  def bad_input(*_):
+  def bad_input(*_, **__):
     raise ConfigError("config.train.epochs: must be positive")
 
   monkeypatch.setattr(run, "run", bad_input)
   with pytest.raises(SystemExit, match="^error: config.train.epochs: must be positive$"):
     main.run_and_report(config, str(tmp_path))
 
-  def bug(*_):
+  def bug(*_, **__):
     raise KeyError("a bug")
 
   monkeypatch.setattr(run, "run", bug)
