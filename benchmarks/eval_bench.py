@@ -52,7 +52,7 @@ from oppu_jax.data import prompts as prompts_lib, synth  # noqa: E402
 from oppu_jax.eval.decode import generate_for_rows  # noqa: E402
 from oppu_jax.eval.score import Programs, score_choices  # noqa: E402
 from oppu_jax.models import llama, load  # noqa: E402
-from oppu_jax.models.generate import Decoding  # noqa: E402
+from oppu_jax.models.decoding import Decoding  # noqa: E402
 from oppu_jax.models.tokenizer import Tokenizer  # noqa: E402
 from oppu_jax.peft import hf_format  # noqa: E402
 from oppu_jax.peft.lora import Lora  # noqa: E402

@@ -31,6 +31,7 @@ from flax import nnx
 
 from oppu_jax.eval import base_state
 from oppu_jax.models import generate as gen
+from oppu_jax.models.decoding import Decoding
 from oppu_jax.models.interface import LanguageModel
 from oppu_jax.peft.stack import UserAdapters
 
@@ -39,7 +40,7 @@ def generate_for_rows(
     model: LanguageModel,
     adapters: UserAdapters | None,
     rows: Sequence[tuple[int, Sequence[int]]],
-    decoding: gen.Decoding,
+    decoding: Decoding,
     *,
     eos_id: int,
     pad_id: int,

@@ -33,7 +33,8 @@ from oppu_jax.data import prompts as prompts_lib
 from oppu_jax.data import retrieval
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.types import LampData, User
-from oppu_jax.models.generate import DEFAULT_BUCKETS, Decoding, generate, make_forward
+from oppu_jax.models.decoding import DEFAULT_BUCKETS, Decoding
+from oppu_jax.models.generate import generate, make_forward
 from oppu_jax.models.interface import LanguageModel
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax import files, storage

@@ -8,7 +8,7 @@ import shutil
 
 from oppu_jax import files
 from oppu_jax.eval import profiles as profiles_lib
-from oppu_jax.models.generate import Decoding
+from oppu_jax.models.decoding import Decoding
 from oppu_jax.pipeline import cluster, profile_writer, progress, shift
 from oppu_jax.pipeline.experiment import Experiment, input_path, load_model, needs_profiles
 from oppu_jax.pipeline.settings import Setting

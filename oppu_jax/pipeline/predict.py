@@ -10,7 +10,7 @@ import numpy as np
 from oppu_jax import files
 from oppu_jax.data import lamp_write
 from oppu_jax.eval import decode, score
-from oppu_jax.models.generate import Decoding
+from oppu_jax.models.decoding import Decoding
 from oppu_jax.peft.stack import UserAdapters
 from oppu_jax.pipeline import cluster, examples, progress
 from oppu_jax.pipeline.experiment import Experiment, adapter_dir, predictions_path

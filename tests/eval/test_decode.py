@@ -8,7 +8,7 @@ import pytest
 
 import eval_fixtures as ef
 from oppu_jax.eval.decode import generate_for_rows
-from oppu_jax.models.generate import Decoding
+from oppu_jax.models.decoding import Decoding
 
 PROMPTS = [[5, 17, 33, 91], [44, 9, 71, 3, 100, 12, 7, 60, 61], [8], [20, 21, 22, 23, 24, 25],
            [90, 80, 70]]

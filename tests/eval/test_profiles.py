@@ -20,7 +20,7 @@ from oppu_jax.data import tasks
 from oppu_jax.data.types import LampData, Query, User
 from oppu_jax.eval import profiles
 from oppu_jax.models import llama
-from oppu_jax.models.generate import Decoding
+from oppu_jax.models.decoding import Decoding
 from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax.pipeline import workdir
 

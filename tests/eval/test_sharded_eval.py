@@ -14,6 +14,7 @@ _SCRIPT = textwrap.dedent("""
     from oppu_jax.eval.decode import generate_for_rows
     from oppu_jax.eval.score import score_choices
     from oppu_jax.models import generate as gen
+    from oppu_jax.models.decoding import Decoding
     from oppu_jax.sharding import mesh as mesh_lib
     assert jax.device_count() == 4, jax.device_count()
     model = ef.tiny_model(scale=0.15)  # peaked: argmax not decided by float noise
@@ -28,13 +29,13 @@ _SCRIPT = textwrap.dedent("""
                             mesh=mesh)
       np.testing.assert_allclose(split, one, rtol=1e-5, atol=1e-5)
       for kw in (dict(method="greedy"), dict(method="beam", num_beams=2)):
-        d = gen.Decoding(max_new_tokens=6, batch_size=4, prompt_buckets=(16,), **kw)
+        d = Decoding(max_new_tokens=6, batch_size=4, prompt_buckets=(16,), **kw)
         a = generate_for_rows(model, adapters, rows, d, eos_id=-1, pad_id=0)
         b = generate_for_rows(model, adapters, rows, d, eos_id=-1, pad_id=0, mesh=mesh)
         assert a == b, (name, d.method, a, b)
         assert len(set(map(tuple, a))) > 3  # the rows decode differently: not a degenerate check
     prompts = [p for _, p in rows]
-    d = gen.Decoding(max_new_tokens=6, batch_size=4, prompt_buckets=(16,))
+    d = Decoding(max_new_tokens=6, batch_size=4, prompt_buckets=(16,))
     kw = dict(init_cache=model.init_cache, eos_id=-1, pad_id=0)
     plain = gen.generate(gen.make_forward(model), prompts, d, **kw)
     split = gen.generate(

@@ -10,6 +10,7 @@ import pytest
 
 from oppu_jax.models import generate as gen
 from oppu_jax.models import llama, load
+from oppu_jax.models.decoding import DEFAULT_BUCKETS, Decoding
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -17,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 # Different lengths, so the batch is left-padded.
 PROMPTS = [[5, 17, 33, 91], [44, 9, 71, 3, 100, 12, 7, 60, 61], [8], [20, 21, 22, 23, 24, 25]]
 N = 10  # new tokens; one value (and batch 4, bucket 32) everywhere, so tests share programs
-GREEDY = gen.Decoding(max_new_tokens=N, batch_size=4)
+GREEDY = Decoding(max_new_tokens=N, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,7 @@ def test_top_k_and_top_p_filters():
 def test_prompts_in_one_bucket_compile_once(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  d = gen.Decoding(max_new_tokens=N, batch_size=2, prompt_buckets=(16, 32))
+  d = Decoding(max_new_tokens=N, batch_size=2, prompt_buckets=(16, 32))
   kw = dict(init_cache=model.init_cache, eos_id=2, pad_id=0)
   gen.generate(fwd, [[3] * 20, [4] * 25], d, **kw)  # bucket 32
   before = gen._sample_loop._cache_size()
@@ -185,7 +186,7 @@ def test_plain_closure_forward_and_keep_order(tiny_pair):
 def test_bad_arguments(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
-  d = gen.Decoding(max_new_tokens=4)
+  d = Decoding(max_new_tokens=4)
   kw = dict(init_cache=model.init_cache, eos_id=2, pad_id=0)
   with pytest.raises(ValueError, match="largest bucket"):
     gen.generate(fwd, [[1] * 40], dataclasses.replace(d, prompt_buckets=(16, 32)), **kw)
@@ -205,20 +206,20 @@ def test_bad_arguments(tiny_pair):
 ])
 def test_bad_decoding_settings(settings, match):
   with pytest.raises(ValueError, match=match):
-    gen.Decoding(**dict(dict(max_new_tokens=4), **settings))
+    Decoding(**dict(dict(max_new_tokens=4), **settings))
 
 
 def test_decoding_from_run_config():
   from oppu_jax import config as config_lib
 
   e = config_lib.get_config().eval
-  d = gen.Decoding.from_config(e, seed=7)
-  assert d == gen.Decoding(method=e.decoding, max_new_tokens=e.max_new_tokens,
+  d = Decoding.from_config(e, seed=7)
+  assert d == Decoding(method=e.decoding, max_new_tokens=e.max_new_tokens,
                            temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
                            num_beams=e.num_beams, seed=7, batch_size=e.batch_size)
   # Defaults where the config says nothing; a list of buckets becomes a (hashable) tuple.
-  assert (d.length_penalty, d.prompt_buckets) == (1.0, gen.DEFAULT_BUCKETS)
-  assert gen.Decoding(max_new_tokens=4, prompt_buckets=[16, 32]).prompt_buckets == (16, 32)
+  assert (d.length_penalty, d.prompt_buckets) == (1.0, DEFAULT_BUCKETS)
+  assert Decoding(max_new_tokens=4, prompt_buckets=[16, 32]).prompt_buckets == (16, 32)
 
 
 @pytest.mark.slow
@@ -232,7 +233,7 @@ def test_smollm2_greedy_matches_transformers(smollm2, smollm2_hf):
   prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}]))
              for q in questions]
   got = gen.generate(gen.make_forward(model), prompts,
-                     gen.Decoding(max_new_tokens=24, batch_size=4), init_cache=model.init_cache,
+                     Decoding(max_new_tokens=24, batch_size=4), init_cache=model.init_cache,
                      eos_id=tok.eos_id, pad_id=tok.pad_id)
   for prompt, ids in zip(prompts, got):
     assert ids == _hf_generate(smollm2_hf, prompt, 24, tok.eos_id, tok.pad_id, do_sample=False)

@@ -18,7 +18,7 @@ from oppu_jax.eval.score import score_choices
 from oppu_jax.models import backend
 from oppu_jax.models.encoder_decoder import EncoderDecoder
 from oppu_jax.models.family import Family, for_config, register
-from oppu_jax.models.generate import Decoding
+from oppu_jax.models.decoding import Decoding
 from oppu_jax.models.interface import LanguageModel
 from oppu_jax.models.layers import attention, matmul, plain_project, rms_norm
 from oppu_jax.models.weights import Weight, WeightTable

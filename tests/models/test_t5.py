@@ -15,7 +15,7 @@ import tiny_t5  # noqa: E402
 from oppu_jax.errors import ConfigError, ModelError  # noqa: E402
 from oppu_jax.eval import decode  # noqa: E402
 from oppu_jax.models import llama, load, t5_config  # noqa: E402
-from oppu_jax.models.generate import Decoding  # noqa: E402
+from oppu_jax.models.decoding import Decoding  # noqa: E402
 from oppu_jax.models.tokenizer import Tokenizer  # noqa: E402
 
 # A right-padded batch of different lengths, as T5 is fed.

@@ -16,7 +16,7 @@ from oppu_jax.data.batching import Example
 from oppu_jax.errors import AdapterFormatError, ConfigError
 from oppu_jax.eval.decode import generate_for_rows
 from oppu_jax.eval.score import score_choices
-from oppu_jax.models.generate import Decoding
+from oppu_jax.models.decoding import Decoding
 from oppu_jax.peft import hf_format, method
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge

@@ -51,7 +51,7 @@ def test_evaluation_reports_each_batch(tiny_model_dir):
   during evaluation, not once at its end."""
   from oppu_jax.eval import decode, score
   from oppu_jax.models import load
-  from oppu_jax.models.generate import Decoding
+  from oppu_jax.models.decoding import Decoding
 
   model, _ = load.load_model(tiny_model_dir, compute_dtype="float32")
   rows = [(0, [1, 5, 6, 7][:n]) for n in (2, 3, 4, 2, 3)]
