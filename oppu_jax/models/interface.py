@@ -27,6 +27,12 @@ class LanguageModel(Protocol):
 
   config: Any
 
+  @property
+  def conventions(self) -> Any:
+    """How text becomes this model's inputs and targets, how labels are scored and decoding
+    starts: decoder_only.DecoderOnly or encoder_decoder.EncoderDecoder (callers ask this, never
+    which family the model is)."""
+
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     """[batch, seq] int -> [batch, seq, hidden] f32."""
 
