@@ -36,10 +36,8 @@ def ensure_profiles(exp: Experiment, settings) -> None:
     cluster.log_share("PAG: writes the profiles of", [u.id for u in users])
     cache, users_cache = part, cache
   with profile_writer_of(exp) as (model, tokenizer):
-    make = lambda users, cache, advance=None: profiles_lib.user_profiles(
-        model, tokenizer, exp.task, users, cache_path=cache, num_items=c.profile.num_items,
-        decoding=Decoding(max_new_tokens=c.profile.max_new_tokens), seed=c.seed, given=given,
-        progress=advance, mesh=exp.local_mesh)
+    make = lambda users, cache, advance=None: _write(
+        exp, model, tokenizer, users, cache, given=given, progress=advance, mesh=exp.local_mesh)
     with progress.bar("PAG profiles", len(users), "users", exp.show_progress) as bar:
       exp.profiles = make(users, cache, bar.advance)
     if cluster.count() > 1:
@@ -69,8 +67,15 @@ def profiles_for(exp: Experiment, setting: Setting) -> dict[str, str]:
     with progress.bar("PAG profiles (shifted histories)", len(users), "users",
                       exp.show_progress) as bar, profile_writer_of(exp) as (model, tokenizer):
       cache = exp.path(f"profiles@{shift.shift_suffix(c.analysis.shift_keep)}.json")
-      exp.memo[_SHIFTED] = {**exp.profiles, **profiles_lib.user_profiles(
-          model, tokenizer, exp.task, users, cache_path=cache, num_items=c.profile.num_items,
-          decoding=Decoding(max_new_tokens=c.profile.max_new_tokens), seed=c.seed,
-          progress=bar.advance)}
+      exp.memo[_SHIFTED] = {**exp.profiles, **_write(exp, model, tokenizer, users, cache,
+                                                      progress=bar.advance)}
   return exp.memo[_SHIFTED]
+
+
+def _write(exp: Experiment, model, tokenizer, users, cache: str, **kw) -> dict[str, str]:
+  """`users`' profiles by config.profile's recipe (greedy), cached in `cache`; `kw`: given,
+  progress, mesh."""
+  c = exp.config
+  return profiles_lib.user_profiles(
+      model, tokenizer, exp.task, users, cache_path=cache, num_items=c.profile.num_items,
+      decoding=Decoding(max_new_tokens=c.profile.max_new_tokens), seed=c.seed, **kw)
