@@ -4,8 +4,9 @@ decoder_only.py's, so callers never ask which kind they hold.
 
 What a model of this kind offers: `encode(tokens | embeds, attention_mask, **hook)` -> encoder
 states; `__call__(decoder tokens, ..., encoder={"tokens"|"embeds", "attention_mask"} or
-{"hidden", "attention_mask"})`; `init_cache(batch, length, source_len=S)` with self-attention
-"k"/"v" and cross-attention "cross_k" (slots on axis 2) among its leaves; `config.decoder_start_id`.
+{"hidden", "attention_mask"})`, reading `encoder=` through `encoder_states`;
+`init_cache(batch, length, source_len=S)` with self-attention "k"/"v" and cross-attention
+"cross_k" (slots on axis 2) among its leaves; `config.decoder_start_id`.
 
 - Training: the encoder reads `prompt EOS` (too long: its start is cut, so the task input at the
   end survives retrieved context); the decoder reads `[start] answer EOS`, the loss on answer and
@@ -115,6 +116,21 @@ class EncoderDecoder:
     """generate asks for (prompt bucket + max_new_tokens) slots: the decoder's self-attention
     cache is that long, the cross-attention part holds the encoder input (+ virtual tokens)."""
     return model.init_cache(batch, length, source_len=length - max_new_tokens + n_virtual)
+
+
+def encoder_states(model, encoder: dict | None, *, adapter_layers=None, project=None, rng=None):
+  """A decoder call's `encoder=` argument -> (encoder states [B, S, D], mask [B, S] bool), both
+  None without one: {"hidden", "attention_mask"} as given, or {"tokens" | "embeds",
+  "attention_mask"} encoded here with the same adapter hook. Every family of this kind reads
+  `encoder=` through it."""
+  if encoder is None:
+    return None, None
+  mask = encoder["attention_mask"].astype(bool)
+  hidden = encoder.get("hidden")
+  if hidden is None:
+    hidden = model.encode(encoder.get("tokens"), embeds=encoder.get("embeds"), attention_mask=mask,
+                          adapter_layers=adapter_layers, project=project, rng=rng)
+  return hidden, mask
 
 
 class DecodedChoices:

@@ -37,7 +37,7 @@ from flax import nnx
 
 from oppu_jax.models import backend
 from oppu_jax.models.family import Family, register
-from oppu_jax.models.encoder_decoder import EncoderDecoder
+from oppu_jax.models.encoder_decoder import EncoderDecoder, encoder_states
 from oppu_jax.models.layers import attention, matmul, plain_project, rms_norm
 from oppu_jax.models.t5_config import (T5Config, projection_name, config_from_gguf,
                                        config_from_hf, stack_shapes, weight_table)
@@ -170,15 +170,9 @@ class T5(nnx.Module):
     cfg = self.config
     project = project or plain_project(self.matmul)
     enc_rng, dec_rng = (None, None) if rng is None else jax.random.split(rng)
-    hidden_src = source_mask = None
-    if encoder is not None:
-      source_mask = encoder["attention_mask"].astype(bool)
-      hidden_src = encoder.get("hidden")
-      if hidden_src is None:
-        hidden_src = self.encode(encoder.get("tokens"), embeds=encoder.get("embeds"),
-                                 attention_mask=source_mask, adapter_layers=adapter_layers,
-                                 project=project, rng=enc_rng)
-    elif cache is None or "cross_k" not in cache:
+    hidden_src, source_mask = encoder_states(self, encoder, adapter_layers=adapter_layers,
+                                             project=project, rng=enc_rng)
+    if encoder is None and (cache is None or "cross_k" not in cache):
       raise ValueError("T5 decoder: pass `encoder=` or a cache holding the encoder's keys/values")
 
     x = self.embed_tokens(tokens) if embeds is None else embeds.astype(jnp.float32)

@@ -16,7 +16,7 @@ from flax import nnx
 from oppu_jax.eval.decode import generate_for_rows
 from oppu_jax.eval.score import score_choices
 from oppu_jax.models import backend
-from oppu_jax.models.encoder_decoder import EncoderDecoder
+from oppu_jax.models.encoder_decoder import EncoderDecoder, encoder_states
 from oppu_jax.models.family import Family, for_config, register
 from oppu_jax.models.decoding import Decoding
 from oppu_jax.models.interface import LanguageModel
@@ -190,15 +190,9 @@ class ToyEncDec(nnx.Module):
     cfg = self.config
     project = project or plain_project(self.matmul)
     enc_rng, dec_rng = (None, None) if rng is None else jax.random.split(rng)
-    src = source_mask = None
-    if encoder is not None:
-      source_mask = encoder["attention_mask"].astype(bool)
-      src = encoder.get("hidden")
-      if src is None:
-        src = self.encode(encoder.get("tokens"), embeds=encoder.get("embeds"),
-                          attention_mask=source_mask, adapter_layers=adapter_layers,
-                          project=project, rng=enc_rng)
-    elif cache is None or "cross_k" not in cache:
+    src, source_mask = encoder_states(self, encoder, adapter_layers=adapter_layers,
+                                      project=project, rng=enc_rng)
+    if encoder is None and (cache is None or "cross_k" not in cache):
       raise ValueError("toy decoder: pass `encoder=` or a cache holding the encoder's k/v")
     x = self.embed_tokens(tokens) if embeds is None else embeds.astype(jnp.float32)
     b, t = x.shape[:2]
