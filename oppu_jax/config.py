@@ -189,6 +189,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.settings = "non_personalized,oppu_k0"
   c.overwrite = False  # replace a workdir that holds a run with another config
   c.progress = True  # progress bars
+  # A jax.profiler trace of a window of each stage (its steps or query batches skip+1 ..
+  # skip+steps) into trace.dir/<stage>/, for TensorBoard or Perfetto; timings.json is always
+  # written. benchmarks/pipeline_profile.py reads them into a per-stage breakdown.
+  c.trace = ml_collections.ConfigDict()
+  c.trace.dir = ""  # "" = no trace
+  c.trace.skip = 1  # the first step compiles (an evaluation has few batches: trace early)
+  c.trace.steps = 3
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""  # an official LaMP or OPPU-processed directory; "" = generate into workdir

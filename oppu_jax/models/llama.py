@@ -260,9 +260,10 @@ class Llama(nnx.Module):
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """[..., hidden] (after the final norm) -> [..., vocab] f32."""
-    if self.config.tie_embeddings:
-      return self.matmul(hidden, self.embed[...].T)
-    return self.matmul(hidden, self.lm_head[...])
+    with jax.named_scope("vocab_head"):  # names the ops in a profile (pipeline_profile.py)
+      if self.config.tie_embeddings:
+        return self.matmul(hidden, self.embed[...].T)
+      return self.matmul(hidden, self.lm_head[...])
 
   def __call__(
       self,

@@ -67,10 +67,13 @@ class Lora:
     if name not in self.targets:
       return y
     lora = adapter_layer[name]
+    # The scopes name these ops in a profile (benchmarks/pipeline_profile.py).
     if self.dropout > 0 and rng is not None:
-      keep = jax.random.bernoulli(rng, 1.0 - self.dropout, x.shape)
-      x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
-    return y + self.scale * matmul(matmul(x, lora["a"]), lora["b"])
+      with jax.named_scope("dropout"):
+        keep = jax.random.bernoulli(rng, 1.0 - self.dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
+    with jax.named_scope("lora"):
+      return y + self.scale * matmul(matmul(x, lora["a"]), lora["b"])
 
   def prefix(self, adapter):
     return None

@@ -21,11 +21,12 @@ results.py (the report); retrievers.py and shift.py serve them.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable
 
 from oppu_jax import files, storage
 from oppu_jax.errors import ConfigError
-from oppu_jax.pipeline import cluster, workdir as wd
+from oppu_jax.pipeline import cluster, progress, workdir as wd
 from oppu_jax.pipeline.experiment import (BASE_VARIANTS, Experiment, adapter_owner, base_of,
                                           predictions_path, setup)
 from oppu_jax.pipeline.pag import ensure_profiles
@@ -48,13 +49,19 @@ def run(config, workdir: str, then: Callable[[Experiment], object] | None = None
   workdir = storage.attach(workdir, config.storage.cache, cluster.index())
   holds = wd.lock(workdir) if cluster.is_main() else contextlib.nullcontext()
   try:
-    with holds:
+    with holds, progress.recording(config.trace.dir, config.trace.skip,
+                                   config.trace.steps) as stages:
+      start = time.perf_counter()
       exp = setup(config, workdir)
       ensure_profiles(exp, exp.settings)
       run_settings(exp, exp.settings)
       if then is not None:
         then(exp)
-      return write_report(exp)
+      report = write_report(exp)
+      if cluster.is_main():  # this invocation's stages (a resumed run lists only what it did)
+        files.write_json(exp.path("timings.json"), {
+            "seconds": round(time.perf_counter() - start, 2), "stages": stages})
+      return report
   finally:
     storage.detach(workdir)
 

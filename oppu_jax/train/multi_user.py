@@ -84,6 +84,8 @@ class StepReport:
   tokens: int  # real (unpadded) tokens of this step
   users_done: int
   users_total: int
+  computed: int = 0  # token positions the occupied slots computed (padding included)
+  idle_slots: int = 0  # slots without a user this step (skipped when looped, masked if vmapped)
 
 
 def train_users(
@@ -154,6 +156,8 @@ def _train_group(program, group, config, report, results, on_user_done, progress
     slots, losses = program.step(slots, stacked)
     losses = np.asarray(losses)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches if b is not idle)
+    idle_slots = sum(o is None for o in occupants)
+    computed = (len(occupants) - idle_slots) * stacked["attention_mask"][0].size
     steps_done, users_done = report.steps_done, report.users_done
     for slot, occupant in enumerate(occupants):
       if occupant is None:
@@ -169,7 +173,7 @@ def _train_group(program, group, config, report, results, on_user_done, progress
         users_done += 1
         slots = _fill(program, slots, occupants, slot, queue, group, config)
     report = dataclasses.replace(report, steps_done=steps_done, tokens=tokens,
-                                 users_done=users_done)
+                                 users_done=users_done, computed=computed, idle_slots=idle_slots)
     if checkpoints is not None and occupants[0] is not None:  # (none after the last step)
       checkpoints.maybe_save(len(occupants[0].losses), slots, occupants[0].losses)
     if progress is not None:
@@ -270,8 +274,9 @@ class _StepProgram:
         loss, grads = self._accumulated_grads(adapter, base, batch, key, remat)
       else:
         loss, grads = jax.value_and_grad(self._loss)(adapter, base, batch, key, remat)
-      updates, opt_state = self.tx.update(grads, opt_state, adapter)
-      adapter = jax.tree.map(lambda p, u: p - lr * u, adapter, updates)
+      with jax.named_scope("optimizer"):  # names the ops in a profile (pipeline_profile.py)
+        updates, opt_state = self.tx.update(grads, opt_state, adapter)
+        adapter = jax.tree.map(lambda p, u: p - lr * u, adapter, updates)
       return adapter, opt_state, loss
 
     def slot_step(adapter, opt_state, batch, step, key, lr_row):
@@ -332,8 +337,9 @@ class _StepProgram:
     hidden = forward(model, self.peft, adapter, **model.conventions.inputs(batch), rng=key,
                      return_hidden=True)  # [B, T, D]
     at_targets = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)  # [B,K,D]
-    logits = model.logits(at_targets)  # [B, K, V]
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    gold = jnp.take_along_axis(logits, batch["target_ids"][..., None], axis=-1)[..., 0]
+    with jax.named_scope("vocab_head"):  # the LM head and log-softmax over the whole vocabulary
+      logits = model.logits(at_targets)  # [B, K, V]
+      log_z = jax.nn.logsumexp(logits, axis=-1)
+      gold = jnp.take_along_axis(logits, batch["target_ids"][..., None], axis=-1)[..., 0]
     weight = batch["target_weight"]
     return jnp.sum((log_z - gold) * weight), jnp.sum(weight)
