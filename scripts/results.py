@@ -25,9 +25,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = [sys.executable, "-m", "oppu_jax.main"]
 SEEDS = [sys.executable, "benchmarks/quality_seeds.py"]
+PIPELINE = [sys.executable, "benchmarks/pipeline_bench.py"]
 
-# name -> (command, what it is). A run of oppu_jax.main or quality_seeds.py gets
-# --workdir=runs/results/<name> appended; other commands only print.
+# name -> (command, what it is). A run of oppu_jax.main, quality_seeds.py or pipeline_bench.py
+# gets --workdir=runs/results/<name> appended; other commands only print.
 RUNS = {
     "lamp3": (MAIN + ["--config=configs/lamp3.py"],
               "the default LaMP_3 run (README's first command)"),
@@ -47,8 +48,12 @@ RUNS = {
                     "the PEFT-vs-RAG study's grid on LaMP_5"),
     "scale": ([sys.executable, "benchmarks/scale.py"],
               "the cost model: measured steps at 1/2/4 devices, projected to TPU/GPU"),
+    "pipeline_bench": (PIPELINE + ["--profile"],
+                       "the default LaMP_3 run against the reference pattern, with the profile"),
+    "jax_versions": (["bash", "benchmarks/jax_versions.sh"],
+                     "one training step under each jax minor release the range allowed"),
 }
-FILES = ("results.md", "results.json", "significance.json", "analysis")
+FILES = ("results.md", "results.json", "significance.json", "timings.json", "analysis")
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "transformers",
              "tokenizers", "torch", "peft")
 
@@ -76,7 +81,7 @@ def make(name: str, out_root: str, resume: bool) -> None:
   workdir = os.path.join("runs", "results", name)
   if not resume:
     shutil.rmtree(os.path.join(REPO, workdir), ignore_errors=True)
-  if cmd[:3] == MAIN or cmd[:2] == SEEDS:
+  if cmd[:3] == MAIN or cmd[:2] in (SEEDS, PIPELINE):
     cmd = cmd + [f"--workdir={workdir}"]
   shown = " ".join([".venv/bin/python", *cmd[1:]])
   print("$", shown, flush=True)
