@@ -1,8 +1,48 @@
 """Shared fixtures: the embedded SmolLM2 loaded once per session, ours and transformers'."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
+
+# One persistent XLA compilation cache per test session, shared with the processes the tests
+# start (they inherit the environment): a computation the tests build again and again (the tiny
+# models' steps, scoring, decoding) compiles once. A fresh directory every session, so no test
+# depends on an earlier one; JAX_COMPILATION_CACHE_DIR set by the caller is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="oppu_jax_test_xla_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Under pytest-xdist (pyproject's addopts: 2 workers) PyTorch keeps to one thread per worker: its
+# OpenMP threads spin at barriers when the cores are oversubscribed (benchmarks/README.md).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+_REAL = {"smollm2", "smollm2_hf", "smollm2_hf_tokenizer"}  # fixtures loading the real weights
+_TORCH = {"smollm2_hf", "smollm2_hf_tokenizer"}
+_SLOW = {"analysed"}  # tests/analysis: a tiny run with all eight analyses (~1.5 min to build)
+
+
+def pytest_collection_modifyitems(items):
+  """The tiers (pyproject's markers): real_weights / torch from the fixtures a test takes; slow
+  for every multiprocess and real_weights test, so `-m "not slow"` leaves them out. And the
+  workers' groups."""
+  for item in items:
+    # pytest-xdist's groups: a file's tests share its module fixtures; tests/analysis/ shares the
+    # session fixture of a whole analysed run (built once per worker that runs any of them).
+    path = item.nodeid.split("::")[0]
+    item.add_marker(pytest.mark.xdist_group(
+        "tests/analysis" if path.startswith("tests/analysis/") else path))
+    names = set(getattr(item, "fixturenames", ()))
+    if names & _REAL:
+      item.add_marker(pytest.mark.real_weights)
+    if names & _TORCH:
+      item.add_marker(pytest.mark.torch)
+    if (names & _SLOW or item.get_closest_marker("multiprocess")
+        or item.get_closest_marker("real_weights")):
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

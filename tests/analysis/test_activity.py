@@ -7,6 +7,7 @@ import pytest
 from analysis_helpers import golds_and_preds, mae, read, table_rows
 
 
+@pytest.mark.slow
 def test_buckets_and_their_mae(analysed):
   config, workdir = analysed
   from oppu_jax.data import lamp

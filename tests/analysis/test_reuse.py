@@ -4,9 +4,12 @@ the same numbers."""
 import json
 import os
 
+import pytest
+
 from analysis_helpers import read
 
 
+@pytest.mark.slow
 def test_rerun_trains_nothing(analysed, monkeypatch):
   config, workdir = analysed
   from oppu_jax import analysis

@@ -181,6 +181,7 @@ MEANING = [
 ]
 
 
+@pytest.mark.real_weights
 def test_dense_top_4_differs_from_bm25_where_meaning_not_words_matches(minilm):
   query = "a film about space travel"
   bm25 = retrieval.retrieve_for_query(MEANING, query, 4, doc_text="text", method="bm25")
@@ -191,6 +192,7 @@ def test_dense_top_4_differs_from_bm25_where_meaning_not_words_matches(minilm):
   assert 1 not in bm25[:1] and 4 not in dense
 
 
+@pytest.mark.real_weights
 def test_dense_respects_time_and_needs_a_scorer(minilm):
   got = retrieval.retrieve_for_query(MEANING, "a film about space travel", 4, doc_text="text",
                                      method="dense", dense=minilm.scores, query_date="2020-01-03")

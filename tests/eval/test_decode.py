@@ -30,6 +30,7 @@ def _recompute_greedy(model, method, adapter, prompt):
   return seq[len(prompt):]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lora", "ia3", "prompt", "none"])
 def test_greedy_mixed_batch_equals_each_row_alone_and_full_recompute(model, name):
   method = ef.METHODS[name]
@@ -47,6 +48,7 @@ def test_greedy_mixed_batch_equals_each_row_alone_and_full_recompute(model, name
     assert others != together
 
 
+@pytest.mark.slow
 def test_beam_rows_keep_their_users_adapter(model):
   method = ef.METHODS["lora"]
   adapters = ef.stacked_adapters(model, method)

@@ -291,6 +291,7 @@ def test_user_without_history_gets_an_empty_profile(model, tokenizer, tmp_path, 
   assert out == {"empty": ""} and calls == []
 
 
+@pytest.mark.real_weights
 @pytest.mark.slow
 def test_smollm2_writes_a_profile(smollm2, tmp_path):
   from oppu_jax.data import synth

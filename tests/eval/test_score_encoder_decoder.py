@@ -26,6 +26,7 @@ def t5_dir(tmp_path_factory):
   return tiny_t5.save_t5(tmp_path_factory.mktemp("flan"), "flan")
 
 
+@pytest.mark.torch
 def test_bare_scores_equal_transformers(t5_dir):
   model, _ = load.load_model(t5_dir)
   hf = transformers.T5ForConditionalGeneration.from_pretrained(t5_dir).eval()
@@ -42,6 +43,7 @@ def test_bare_scores_equal_transformers(t5_dir):
 @pytest.mark.parametrize("method", [Lora(targets=("enc.q", "enc.v", "dec.q", "cross.v"),
                                          rank=2, alpha=4.0),
                                     PromptTuning(num_virtual_tokens=2)])
+@pytest.mark.slow
 def test_each_row_is_scored_under_its_own_users_adapter(t5_dir, method):
   model, _ = load.load_model(t5_dir)
   table = model.weight_table()

@@ -5,6 +5,8 @@ each row under its own user's adapter; the plain model's generation (PAG profile
 import os
 import textwrap
 
+import pytest
+
 from virtual_devices import run_script
 
 _SCRIPT = textwrap.dedent("""
@@ -46,6 +48,8 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_scoring_and_decoding_on_a_2x2_mesh_equal_one_device(tmp_path):
   run_script(tmp_path / "sharded_eval.py", _SCRIPT.format(tests=os.path.dirname(__file__)),
              devices=4, done="SHARDED-EVAL-OK")

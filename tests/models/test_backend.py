@@ -49,6 +49,7 @@ def _rel(got, want):
   return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
 
 
+@pytest.mark.slow
 def test_f32_policies_agree_exactly():
   # In f32 no workaround applies (they all concern bf16), so both policies build one program.
   cpu_logits, cpu_grads, _ = _run("cpu", "float32")
@@ -58,6 +59,7 @@ def test_f32_policies_agree_exactly():
     np.testing.assert_array_equal(cpu_grads[key], xla_grads[key])
 
 
+@pytest.mark.slow
 def test_bf16_policies_agree_within_bf16_rounding():
   cpu_logits, cpu_grads, cpu_jaxpr = _run("cpu", "bfloat16")
   xla_logits, xla_grads, xla_jaxpr = _run("xla", "bfloat16")

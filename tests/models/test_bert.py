@@ -33,6 +33,7 @@ def _reference(directory, texts, normalize):
   return batch, hidden.numpy(), pooled.numpy()
 
 
+@pytest.mark.torch
 def test_tiny_random_bert_equals_transformers(tmp_path):
   # A WordPiece vocabulary from the real MiniLM, a random 2-layer model on it.
   archive = zipfile.ZipFile(bert.embedded_zip_path())
@@ -52,6 +53,8 @@ def test_tiny_random_bert_equals_transformers(tmp_path):
   assert not model.config.normalize  # no modules.json: plain mean pooling (Contriever's)
 
 
+@pytest.mark.slow
+@pytest.mark.real_weights
 def test_real_all_minilm_embeddings_equal_sentence_transformers_recipe():
   encoder = bert.DenseEncoder()
   assert encoder.model.config.normalize and encoder.model.config.num_layers == 6

@@ -64,6 +64,7 @@ def _hf_generate(hf, prompt, max_new, eos_id, pad_id, **kw):
   return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
+@pytest.mark.slow
 def test_kv_cache_decoding_equals_full_recompute(tiny_pair):
   model, _ = tiny_pair
   got, got_lp = gen.generate(
@@ -123,6 +124,7 @@ def test_one_beam_is_greedy(tiny_pair):
   assert gen.generate(fwd, PROMPTS, one_beam, **kw) == gen.generate(fwd, PROMPTS, GREEDY, **kw)
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_independent_of_batching(tiny_pair):
   model, _ = tiny_pair
   fwd = gen.make_forward(model)
@@ -138,6 +140,7 @@ def test_sampling_is_seeded_and_independent_of_batching(tiny_pair):
   assert top1 == gen.generate(fwd, PROMPTS, dataclasses.replace(sample, method="greedy"), **kw)
 
 
+@pytest.mark.slow
 def test_top_k_and_top_p_filters():
   logits = jnp.log(jnp.array([0.05, 0.4, 0.3, 0.15, 0.1]))
   keys = jax.random.split(jax.random.key(0), 2000)

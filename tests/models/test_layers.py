@@ -74,6 +74,7 @@ def test_frozen_bits_view_shares_the_buffer():
   np.testing.assert_array_equal(view, backend.frozen_bits(w16))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("param_dtype", ["bfloat16", "float32"])
 def test_model_reads_state_with_frozen_bits_unchanged(param_dtype):
   config = tiny_config(param_dtype=param_dtype, compute_dtype="bfloat16")

@@ -39,6 +39,7 @@ def test_tiny_gqa_logits_match_transformers(tie):
   assert rel <= 1e-5, rel
 
 
+@pytest.mark.slow
 def test_kv_cache_decoding_equals_full_recompute():
   _, ours, _ = tiny_hf_pair()
   tokens, mask, positions = _left_padded_batch()

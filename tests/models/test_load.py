@@ -25,6 +25,7 @@ def _save_tiny_hf(tmp_path, max_shard_size=None):
   return hf
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("sharded", [False, True])
 def test_hf_directory_loads_and_matches(tmp_path, sharded):
   hf = _save_tiny_hf(tmp_path, "40KB" if sharded else None)

@@ -339,6 +339,7 @@ def test_registered_and_an_interface(model):
   assert model.conventions.peft_task_type == "SEQ_2_SEQ_LM"
 
 
+@pytest.mark.slow
 def test_users_learn_their_own_answers(model):
   tok, rng = CharTokenizer(), np.random.default_rng(0)
   plans = []
@@ -370,6 +371,7 @@ def _brute_score(model, adapter, source, choice):
   return float(logp[jnp.arange(len(choice)), jnp.asarray(choice)].sum())
 
 
+@pytest.mark.slow
 def test_scores_each_row_under_its_users_adapter(model):
   users = _users(model)
   stacked = UserAdapters.stack(LORA, users)
@@ -386,6 +388,7 @@ def test_scores_each_row_under_its_users_adapter(model):
                                                        CHOICES[0]), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_greedy_decoding_equals_full_recompute(model):
   users = _users(model, seed=5)
   stacked = UserAdapters.stack(LORA, users)

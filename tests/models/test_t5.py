@@ -52,6 +52,8 @@ def _ours(model, **kw):
                         "attention_mask": jnp.asarray(SOURCE_MASK)}, **kw)[0]
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_encoder_outputs_and_logits_equal_transformers_in_f32(pair):
   variant, _, hf, model = pair
   ref = _hf_forward(hf)
@@ -74,6 +76,7 @@ def test_the_weight_table_names_exactly_the_checkpoints_tensors(pair):
   assert table == saved
 
 
+@pytest.mark.torch
 def test_an_untied_lm_head_as_flan_t5_publishes_it(tmp_path):
   path = tiny_t5.save_t5(tmp_path / "flan", "flan")
   head = tiny_t5.add_untied_head(path)
@@ -85,6 +88,7 @@ def test_an_untied_lm_head_as_flan_t5_publishes_it(tmp_path):
   assert _rel(_ours(model), ref, TARGET_MASK) <= 1e-4
 
 
+@pytest.mark.slow
 def test_sharded_and_bf16_checkpoints_load(tmp_path):
   path = tiny_t5.save_t5(tmp_path / "one", "flan")
   hf = transformers.T5ForConditionalGeneration.from_pretrained(path)
@@ -100,6 +104,8 @@ def test_sharded_and_bf16_checkpoints_load(tmp_path):
   assert _rel(_ours(bf16), np.asarray(_ours(one)), TARGET_MASK) <= 3e-2
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 @pytest.mark.parametrize("beams", [1, 4])
 def test_greedy_and_beam_search_are_token_identical_to_transformers(pair, beams):
   _, _, hf, model = pair
@@ -147,6 +153,7 @@ def test_config_errors_name_the_file(tmp_path):
     load.load_model(path)
 
 
+@pytest.mark.torch
 def test_t5_tokenizers_encode_as_transformers_and_sentencepiece(tmp_path):
   """A tokenizer.json directory (T5TokenizerFast) and a spiece.model one (older T5 releases):
   our ids are transformers' (and SentencePiece's own) without the `</s>` they append (the

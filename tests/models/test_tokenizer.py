@@ -49,6 +49,9 @@ def theirs():
   return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
 
 
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.real_weights
 def test_special_ids(ours, theirs):
   assert (ours.bos_id, ours.eos_id, ours.pad_id) == (1, 2, 2)
   assert ours.vocab_size == len(theirs) == 49152
@@ -147,6 +150,7 @@ def test_from_hf_dir_matches(ours, theirs, tmp_path):
   assert hf.apply_chat_template(messages) == ours.apply_chat_template(messages)
 
 
+@pytest.mark.slow
 def test_builds_without_torch():
   code = (
       "import sys; sys.modules['torch'] = None\n"

@@ -102,6 +102,7 @@ def test_trains_with_the_multi_user_trainer(tiny):
   ) > 1e-3
 
 
+@pytest.mark.slow
 def test_scores_and_generates_per_user(tiny, table, forward):
   _, model = tiny
   stacked = UserAdapters.stack(VBias(), [_random(table, 1), _random(table, 2)])

@@ -72,6 +72,8 @@ CASES = {
 }
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 @pytest.mark.parametrize("case", list(CASES))
 def test_export_loads_in_hf_peft_with_equal_logits_and_reads_back(t5_dir, tmp_path, case):
   model, config = load.load_model(t5_dir)

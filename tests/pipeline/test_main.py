@@ -18,6 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
     ("--config.settings=oppu_k9", "error: config.settings: unknown setting(s) ['oppu_k9']"),
     ("--config.peft.method=adapterx", "error: config.peft.method: unknown 'adapterx'"),
 ])
+@pytest.mark.slow
 def test_a_bad_config_value_ends_in_one_line(tmp_path, override, line):
   out = subprocess.run([sys.executable, "-m", "oppu_jax.main", "--config=configs/lamp3.py",
                         f"--workdir={tmp_path}", override], cwd=REPO, capture_output=True,
@@ -36,6 +37,7 @@ def test_a_bad_config_value_ends_in_one_line(tmp_path, override, line):
     (["--config=configs/lamp3.py", "--config.model.path=/typo"],
      "error: config.model.path: '/typo' does not exist (an HF model directory or a .gguf file"),
 ])
+@pytest.mark.slow
 def test_a_config_file_or_path_that_cannot_work_ends_in_one_line(tmp_path, args, line):
   out = subprocess.run([sys.executable, "-m", "oppu_jax.main", f"--workdir={tmp_path}/w", *args],
                        cwd=REPO, capture_output=True, text=True, timeout=300)

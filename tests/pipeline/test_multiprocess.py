@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+pytestmark = pytest.mark.multiprocess  # every test here reads the module's jax.distributed runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAIN = os.path.join(ROOT, "tests", "pipeline", "audited_main.py")
 STAGE1 = ["--config.task_adapt.batch_size=4", "--config.task_adapt.epochs=3",

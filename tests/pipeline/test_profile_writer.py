@@ -32,6 +32,7 @@ def test_the_prompt_format_is_the_models_template_else_vicuna_for_a_profile_mode
     profile_writer.prompt_tokenizer(plain, "chat", given=True, name="p")
 
 
+@pytest.mark.slow
 def test_pag_on_a_base_without_a_chat_template_is_written_by_the_profile_model(
     tiny_model_dir, llama2_tokenizer_dir, tmp_path, monkeypatch):
   from tiny_run import save_tiny_llama

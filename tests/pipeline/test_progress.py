@@ -1,5 +1,7 @@
-"""progress: a bar over steps, one log line per ~10 % off a terminal, today's trainer callback."""
+"""progress: a bar over steps, one log line per ~10 % off a terminal, today's trainer callback;
+the stage summaries a recording run keeps (timings.json) and its trace windows."""
 
+import glob
 import logging
 import types
 
@@ -8,7 +10,8 @@ from oppu_jax.pipeline import progress
 
 def _report(done, total, tokens=100, users_done=0, users_total=2):
   return types.SimpleNamespace(steps_done=done, total_steps=total, tokens=tokens,
-                               users_done=users_done, users_total=users_total)
+                               users_done=users_done, users_total=users_total, computed=tokens,
+                               idle_slots=0)
 
 
 def test_off_a_terminal_it_logs_about_every_tenth(caplog, monkeypatch):
@@ -62,3 +65,28 @@ def test_evaluation_reports_each_batch(tiny_model_dir):
   decode.generate_for_rows(model, None, rows, Decoding(max_new_tokens=2, batch_size=4),
                            eos_id=2, pad_id=2, progress=seen.append)
   assert seen == [4, 1]
+
+
+def test_a_recording_keeps_each_stage_and_traces_its_window(tmp_path):
+  import jax
+  import jax.numpy as jnp
+
+  step = jax.jit(lambda x: jnp.sin(x) * 2.71828 + 0.5772)  # its own program: compiled here
+  with progress.recording(str(tmp_path), skip=1, steps=2) as stages:
+    with progress.bar("stage 2: x adapters", 4, "steps", enabled=False) as bar:
+      for n in range(1, 5):
+        step(jnp.full((3,), float(n))).block_until_ready()
+        bar(types.SimpleNamespace(steps_done=n, total_steps=4, tokens=6, users_done=0,
+                                  users_total=1, computed=8, idle_slots=1))
+    with progress.bar("stage 3: x", 2, "queries", enabled=False) as bar:
+      bar.update(2)
+  assert [s["stage"] for s in stages] == ["stage 2: x adapters", "stage 3: x"]
+  trained, scored = stages
+  assert trained["compiled_steps"] == 4 and trained["real_tokens"] == 24
+  assert trained["padding_share"] == 0.25 and trained["idle_slot_steps"] == 4
+  assert trained["compilations"] >= 1 and trained["traced"]["ticks"] == 2
+  assert glob.glob(str(tmp_path / "stage_2_x_adapters" / "**" / "*.json.gz"), recursive=True)
+  assert scored["queries"] == 2 and "compiled_steps" not in scored
+  with progress.bar("outside", 1, "steps", enabled=False) as bar:  # no recording: nothing kept
+    bar.update(1)
+  assert len(stages) == 2

@@ -55,6 +55,7 @@ def _independent_metrics(task_name, golds, preds):
           "rouge-L": sum(s["rougeL"].fmeasure for s in scores) / len(ids)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_name", sorted(TASK_CONFIGS))
 def test_every_task_config_runs_and_writes_valid_outputs(tiny_model_dir, tmp_path, config_name):
   task_name = TASK_CONFIGS[config_name]
@@ -90,6 +91,7 @@ def test_every_task_config_runs_and_writes_valid_outputs(tiny_model_dir, tmp_pat
   assert all(f"| {s} |" in table for s in settings.split(","))
 
 
+@pytest.mark.slow
 def test_a_split_released_without_golds_is_predicted_not_scored(tiny_model_dir, tmp_path):
   """LaMP ships its test split with no outputs file: every query gets a prediction (LaMP's
   outputs format, for the leaderboard), the metrics cover the queries that have golds, and the
@@ -137,6 +139,7 @@ def test_a_split_released_without_golds_is_predicted_not_scored(tiny_model_dir, 
   assert "have no gold" in (tmp_path / "w_test" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_whole_grid_runs_in_the_default_dtype_with_significance(tiny_model_dir, tmp_path):
   # bf16 weights and bf16 compute, the defaults: every setting, profiles (PAG) included.
   config = tiny_config("LaMP_3", tiny_model_dir, settings="all",
@@ -168,12 +171,23 @@ def test_the_whole_grid_runs_in_the_default_dtype_with_significance(tiny_model_d
     assert f"{results[setting]['mae']:.4f}{mark}" in table.split(f"| {setting} |")[1].split("|")[0]
 
 
+@pytest.mark.slow
 def test_rerun_after_completion_only_reports(tiny_model_dir, tmp_path):
   config = tiny_config("LaMP_3", tiny_model_dir)
   first = run.run(config, str(tmp_path))
   stamps = {p: os.stat(p).st_mtime_ns for p in _outputs(tmp_path)}
+  timings = json.loads((tmp_path / "timings.json").read_text())
+  assert [s["stage"] for s in timings["stages"]] == [
+      "stage 1: task adaptation (B)", "stage 3: non_personalized", "stage 2: oppu_k0 adapters",
+      "stage 3: oppu_k0"]
+  trained = timings["stages"][2]
+  assert trained["real_tokens"] > 0 and 0 <= trained["padding_share"] < 1
+  assert trained["compilations"] >= 1 and timings["seconds"] >= sum(
+      s["seconds"] for s in timings["stages"])
   assert run.run(config, str(tmp_path)) == first
   assert {p: os.stat(p).st_mtime_ns for p in _outputs(tmp_path)} == stamps
+  # timings.json is this invocation's: the rerun did no stage
+  assert json.loads((tmp_path / "timings.json").read_text())["stages"] == []
 
 
 def _outputs(root):
@@ -181,6 +195,7 @@ def _outputs(root):
       str(p) for p in (root / "predictions").iterdir()] + [str(root / "checkpoints")]
 
 
+@pytest.mark.slow
 def test_bad_inputs_fail_with_one_clear_line(tiny_model_dir, tmp_path):
   with pytest.raises(ConfigError, match="config.data.path: .* does not exist"):
     run.run(tiny_config("LaMP_3", tiny_model_dir, **{"data.path": str(tmp_path / "nope")}),
@@ -231,7 +246,8 @@ def test_work_is_ordered_by_base_variant_and_one_merged_model_lives_at_a_time(mo
                               profiles={"u1": "a profile"},  # PAG's profiles are there
                               config=tiny_config("LaMP_3", ""))
   config = types.SimpleNamespace(analysis=types.SimpleNamespace(name=""),
-                                 storage=types.SimpleNamespace(cache=str(tmp_path / "cache")))
+                                 storage=types.SimpleNamespace(cache=str(tmp_path / "cache")),
+                                 trace=types.SimpleNamespace(dir="", skip=1, steps=3))
   calls, alive = [], []
 
   def adapt_to_task(_, base):
@@ -254,6 +270,7 @@ def test_work_is_ordered_by_base_variant_and_one_merged_model_lives_at_a_time(mo
                    ("train", "oppu_k1"), ("eval", "oppu_k1")]
 
 
+@pytest.mark.slow
 def test_per_k_bases_are_trained_with_each_settings_k_in_order(tiny_model_dir, tmp_path,
                                                                  monkeypatch):
   """task_adapt.per_k: the paper's Θ^(R) with the top-k, one base per k (checkpoints/task_R<k>);
@@ -278,6 +295,7 @@ def test_per_k_bases_are_trained_with_each_settings_k_in_order(tiny_model_dir, t
   assert made == [("R", 1)] and os.listdir(tmp_path / "one" / "checkpoints") == ["task_R"]
 
 
+@pytest.mark.slow
 def test_a_llama2_style_tokenizer_starts_every_model_input_with_bos_once(
     tiny_model_dir, llama2_tokenizer_dir, tmp_path, monkeypatch):
   # Task adaptation, per-user training and evaluation prompts all see <s> (id 1) first, once.
@@ -305,6 +323,7 @@ def test_a_llama2_style_tokenizer_starts_every_model_input_with_bos_once(
     assert tokens[0] == 1 and 1 not in tokens[1:]
 
 
+@pytest.mark.slow
 def test_a_run_on_a_store_workdir_resumes_from_the_store_alone(tiny_model_dir, tmp_path,
                                                                  monkeypatch):
   """file:// stands for gs://: the same mirror, push and pull code. A second run with an empty

@@ -13,6 +13,7 @@ from oppu_jax.peft import hf_format
 from oppu_jax.pipeline import run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_name", ["LaMP_2M", "LaMP_5"])
 def test_a_t5_checkpoint_runs_every_stage(tiny_t5_dir, tmp_path, task_name):
   settings = "non_personalized,rag_k1,oppu_k0"

@@ -27,6 +27,7 @@ def test_the_study_grid_parses():
       "beam", 4, 512, 128)
 
 
+@pytest.mark.slow
 def test_the_study_grid_runs_and_reuses_each_ranks_adapters(tiny_model_dir, tmp_path,
                                                              monkeypatch):
   settings = "study:non_personalized,peft_r8,rag_bm25,rag_recency,rag_dense,rag_rspg,peft_rag_r8"

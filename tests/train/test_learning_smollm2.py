@@ -56,6 +56,8 @@ def _answer_logprob(model, peft, adapter, tokenizer, question, word):
     (ia3.IA3(), 1e-1),
     (prompt_tuning.PromptTuning(8), 1e-1),
 ], ids=["lora", "ia3", "prompt_tuning"])
+@pytest.mark.slow
+@pytest.mark.real_weights
 def test_each_user_learns_its_own_word(smollm2, tokenizer, peft, lr):
   model, _ = smollm2
   results = multi_user.train_users(

@@ -39,6 +39,7 @@ def _rel(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_user_adapter_bit_identical_when_other_users_data_changes(model):
   mine = su.plan(0, 9)
   others_a = [su.plan(i, 6 + i, seed=1) for i in range(1, 4)]
@@ -50,6 +51,7 @@ def test_user_adapter_bit_identical_when_other_users_data_changes(model):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_user_adapter_same_alone_in_batch_of_8_and_beside_other_sizes(model):
   mine = su.plan(0, 9)
   alone = _train(model, [mine], slots=1)["user0"].adapter
@@ -60,6 +62,7 @@ def test_user_adapter_same_alone_in_batch_of_8_and_beside_other_sizes(model):
   assert _rel(mixed["user0"].adapter, alone) <= 1e-5
 
 
+@pytest.mark.slow
 def test_slot_refill_gives_every_user_its_epochs_and_compiles_once(model):
   plans = [su.plan(i, n, epochs=e) for i, (n, e) in enumerate([(5, 2), (13, 1), (8, 3), (3, 2),
                                                                 (10, 2)])]
@@ -75,6 +78,7 @@ def test_slot_refill_gives_every_user_its_epochs_and_compiles_once(model):
   assert stats["steps"] >= sum(p.total_steps for p in plans) / 2
 
 
+@pytest.mark.slow
 def test_users_looped_or_vmapped_inside_the_step_give_the_same_adapters(model):
   plans = [su.plan(i, 5 + 2 * i, seed=6) for i in range(4)]
   runs = {n: _train(model, plans, slots=4, users_per_pass=n) for n in (1, 3, 4)}  # 3: remainder
@@ -83,6 +87,7 @@ def test_users_looped_or_vmapped_inside_the_step_give_the_same_adapters(model):
       assert _rel(runs[n][p.user_id].adapter, runs[4][p.user_id].adapter) <= 1e-5, (n, p.user_id)
 
 
+@pytest.mark.slow
 def test_remat_is_chosen_from_the_memory_budget_and_changes_nothing(model):
   plans = [su.plan(i, 6) for i in range(3)]
   runs = {}
@@ -109,6 +114,7 @@ def _long_plan(user_index: int, n: int, seed: int = 0):
                       seq_buckets=(16, 32), target_buckets=(2, 4, 8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("users_per_pass", [1, 3])  # looped (idle slots skip), vmapped
 def test_padded_up_user_matches_its_own_shape_and_ignores_other_users_data(model, users_per_pass):
   """Under "refill" short users fill a long user's free slots, their rows padded from T=16 to 32:
@@ -133,6 +139,7 @@ def test_padded_up_user_matches_its_own_shape_and_ignores_other_users_data(model
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_exact_schedule_compiles_each_bucket_and_keeps_shapes(model):
   mine = su.plan(0, 9)
   alone = _train(model, [mine], slots=1)["user0"].adapter
@@ -145,6 +152,7 @@ def test_exact_schedule_compiles_each_bucket_and_keeps_shapes(model):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_progress_reports_every_step_with_user_steps_and_tokens(model):
   plans = [su.plan(i, n) for i, n in enumerate((5, 13, 10))]  # 4, 8, 6 steps; 2 slots
   reports = []
@@ -181,6 +189,7 @@ def sharp_model():
   return m
 
 
+@pytest.mark.slow
 def test_lora_learns_each_users_answer_on_a_tiny_model(sharp_model):
   """The fast check; tests/train/test_learning_smollm2.py checks all three methods for real."""
   peft = lora.Lora(rank=4, alpha=8)
@@ -197,6 +206,7 @@ def test_lora_learns_each_users_answer_on_a_tiny_model(sharp_model):
       assert int(logits[0, -1].argmax()) == 40 + i
 
 
+@pytest.mark.slow
 def test_bf16_path_learns_like_f32_and_keeps_isolation(sharp_model):
   """bf16 weights and matmuls (frozen base carried as bits, bf16 backward): the first losses follow
   the f32 run's (later, at this learning rate, rounding makes the paths diverge), it learns, and a
@@ -265,11 +275,14 @@ _MESH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_isolation_and_equality_on_a_mesh_of_8_devices(tmp_path):
   run_script(tmp_path / "mesh_check.py", _MESH_SCRIPT.format(tests=os.path.dirname(__file__)),
              devices=8, done="MESH-OK")
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_batch_of_all_micro_batches_rows(model):
   """batch 2 x grad_accum 2 reads the rows of batch 4 (an epoch's last step has one row, then
   an all-padding micro-batch): the same adapter up to float summation order."""

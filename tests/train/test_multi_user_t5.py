@@ -53,6 +53,7 @@ def test_batches_carry_the_encoder_input():
   assert (batch["tokens"][:, 0] == 0).all()  # the decoder starts from the start token
 
 
+@pytest.mark.slow
 def test_users_are_isolated_and_learn(model):
   mine = _plan(0, 7)
   a = _train(model, [mine] + [_plan(i, 5, seed=1) for i in (1, 2)], slots=3)

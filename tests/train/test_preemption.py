@@ -28,6 +28,7 @@ def _train(model, plan, checkpoints=None, stop_after=None):
                                 progress=progress)[plan.user_id]
 
 
+@pytest.mark.slow
 def test_a_stopped_run_resumes_from_its_checkpoint_to_the_same_adapter(tmp_path):
   model = llama.Llama(llama.tiny_config(), rngs=nnx.Rngs(0))
   plan = su.plan(0, n=10, epochs=2, batch_size=2)  # 10 steps
@@ -43,6 +44,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint_to_the_same_adapter(tmp_path)
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_no_checkpoint_is_saved_when_every_is_zero(tmp_path):
   model = llama.Llama(llama.tiny_config(), rngs=nnx.Rngs(0))
   checkpoints = preemption.StageCheckpoints(str(tmp_path / "steps"), every=0)
