@@ -42,12 +42,12 @@ _PURPOSES = (
 _CONTAINERS = ("while", "conditional", "call", "async")
 
 
-def hlo_labels(dump_dir: str) -> dict[str, list[dict[str, str]]]:
-  """{module name: [{instruction name: "op_name @ file:function < ..."}, one per compiled
-  module of that name]} from an XLA HLO dump (a function compiled for several shapes dumps
-  several modules of one name; `_pick` finds the one a trace ran)."""
+def hlo_labels(dump_dir: str) -> dict[str, list[tuple[float, dict[str, str]]]]:
+  """{module name: [(when it was compiled, {instruction name: "op_name @ file:function < ..."}),
+  one per compiled module of that name]} from an XLA HLO dump (a function compiled for several
+  shapes dumps several modules of one name; `_pick` finds the one a trace ran)."""
   labels = collections.defaultdict(list)
-  for path in glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt")):
+  for path in sorted(glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt"))):
     with open(path) as f:
       text = f.read()
     module = re.match(r"HloModule (\S+?),", text).group(1)
@@ -58,13 +58,17 @@ def hlo_labels(dump_dir: str) -> dict[str, list[dict[str, str]]]:
       frame = re.search(r"stack_frame_id=(\d+)", meta)
       one[name] = (op.group(1) if op else "") + " @ " + _frames(
           tables, int(frame.group(1)) if frame else 0)
-    labels[module].append(one)
+    labels[module].append((os.path.getmtime(path), one))
   return labels
 
 
-def _pick(candidates: list[dict[str, str]], ops: set[str]) -> dict[str, str]:
-  """The module (of several of one name) holding the most of the instructions a trace ran."""
-  return max(candidates, key=lambda one: len(ops & one.keys()), default={})
+def _pick(candidates, ops: set[str], window: tuple[float, float]) -> dict[str, str]:
+  """The module (of several of one name) a trace ran: of those compiled during its stage
+  (`window`, epoch seconds), else of all, the one holding the most of the instructions it ran
+  (instruction names such as fusion.12 recur between modules: the stage narrows it down)."""
+  during = [one for when, one in candidates if window[0] <= when <= window[1]]
+  pool = during or [one for _, one in candidates]
+  return max(pool, key=lambda one: len(ops & one.keys()), default={})
 
 
 def _tables(text: str) -> dict[str, dict[int, str]]:
@@ -116,7 +120,8 @@ def trace_events(trace_dir: str) -> list[dict]:
   return events["traceEvents"] if isinstance(events, dict) else events
 
 
-def stage_breakdown(trace_dir: str, labels, ticks: int) -> dict | None:
+def stage_breakdown(trace_dir: str, labels, ticks: int,
+                    window: tuple[float, float] = (0.0, 0.0)) -> dict | None:
   """Per traced update: "wall" (the Python thread's span), "device" (the time any XLA thread
   runs a kernel: the union of their intervals), "host" (the rest: batches, uploads, dispatch,
   Python), and "purposes" ({purpose: seconds}, the device time split by each purpose's share of
@@ -135,7 +140,7 @@ def stage_breakdown(trace_dir: str, labels, ticks: int) -> dict | None:
       kernels.append((e["ts"], e["ts"] + e["dur"], args.get("hlo_module", ""), args["hlo_op"],
                       e["name"]))
       ran[args.get("hlo_module", "")].add(args["hlo_op"])
-  chosen = {m: _pick(labels.get(m, []), ops) for m, ops in ran.items()}
+  chosen = {m: _pick(labels.get(m, []), ops, window) for m, ops in ran.items()}
   by_purpose = collections.Counter()
   for a, b, module, op, thunk in kernels:
     by_purpose[purpose(chosen[module].get(op, ""), thunk)] += b - a
@@ -177,7 +182,9 @@ def breakdown_table(workdir: str, trace_dir: str, dump_dir: str) -> str:
     if "traced" not in stage:
       lines.append("  (no trace window: the stage had too few updates)")
       continue
-    b = stage_breakdown(os.path.join(trace_dir, slug), labels, stage["traced"]["ticks"])
+    start = stage.get("started_at", 0.0)
+    b = stage_breakdown(os.path.join(trace_dir, slug), labels, stage["traced"]["ticks"],
+                        (start, start + stage["seconds"]))
     what = "step" if "compiled_steps" in stage else "batch"
     if b is None:
       lines.append(f"  (the trace window holds no kernels: {stage['traced']})")

@@ -50,6 +50,7 @@ def run_reference(exp, threads: int, work) -> dict:
 
   c = exp.config
   task_lora = _lora_config(c.task_adapt)
+  torch.manual_seed(c.seed)  # the task LoRA's initialisation and dropout
   start = time.perf_counter()
   model = _wrap(hf, task_lora)
   tokens = _train(model, work.task_plan, c.task_adapt.learning_rate, c, torch)

@@ -50,6 +50,8 @@ RUNS = {
               "the cost model: measured steps at 1/2/4 devices, projected to TPU/GPU"),
     "pipeline_bench": (PIPELINE + ["--profile"],
                        "the default LaMP_3 run against the reference pattern, with the profile"),
+    "pipeline_profile": (PIPELINE + ["--profile", "--skip_reference"],
+                         "where the default LaMP_3 run's time goes, per stage"),
     "jax_versions": (["bash", "benchmarks/jax_versions.sh"],
                      "one training step under each jax minor release the range allowed"),
 }

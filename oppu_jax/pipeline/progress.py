@@ -38,7 +38,7 @@ class Bar:
     self.tqdm, self.desc, self.total, self.unit, self.enabled = tqdm_bar, desc, total, unit, enabled
     self.done, self.tokens, self.tenths, self.users = 0, 0, 0, ""
     self.computed, self.calls, self.idle_slot_steps = 0, 0, 0
-    self.start = time.perf_counter()
+    self.start, self.started_at = time.perf_counter(), time.time()
     self.compiles_before = dict(_compiles)
     self.ticks, self.tracing = 0, False  # updates so far; whether this bar's trace runs
 
@@ -94,7 +94,8 @@ class Bar:
 
   def summary(self) -> dict:
     seconds = time.perf_counter() - self.start
-    out = {"stage": self.desc, "seconds": round(seconds, 2), self.unit: self.done,
+    out = {"stage": self.desc, "started_at": round(self.started_at, 3),  # (epoch seconds)
+           "seconds": round(seconds, 2), self.unit: self.done,
            "compilations": _compiles["count"] - self.compiles_before["count"],
            "compile_seconds": round(_compiles["seconds"] - self.compiles_before["seconds"], 2)}
     if hasattr(self, "traced"):  # the trace window: how many updates, how long
