@@ -43,15 +43,6 @@ def pytest_collection_modifyitems(items):
     if (names & _SLOW or item.get_closest_marker("multiprocess")
         or item.get_closest_marker("real_weights")):
       item.add_marker(pytest.mark.slow)
-  # The workers take groups in order: the longest first, so none is left running alone at the
-  # end (multiprocess files, then files with slow tests; the order within a file is kept).
-  weight = {}
-  for item in items:
-    group = item.get_closest_marker("xdist_group").args[0]
-    heavy = (2 if item.get_closest_marker("multiprocess") else
-             1 if item.get_closest_marker("slow") else 0)
-    weight[group] = max(weight.get(group, 0), heavy)
-  items.sort(key=lambda item: -weight[item.get_closest_marker("xdist_group").args[0]])
 
 
 @pytest.fixture(scope="session")
