@@ -41,6 +41,7 @@ class Bar:
     self.start, self.started_at = time.perf_counter(), time.time()
     self.compiles_before = dict(_compiles)
     self.ticks, self.tracing = 0, False  # updates so far; whether this bar's trace runs
+    self.traced = None  # the trace window once it stopped: {ticks, seconds}
 
   def __call__(self, report) -> None:
     self.tokens += report.tokens
@@ -71,7 +72,6 @@ class Bar:
       logging.info("%s: %d/%d %s (%d %%), %s, ETA %dm%02ds", self.desc, self.done, self.total,
                    self.unit, 100 * self.done // max(self.total, 1), postfix or "-", m, s)
 
-
   def _trace_window(self) -> None:
     """Starts the stage's trace after `skip` updates (steps, batches) and stops it `steps` later."""
     self.ticks += 1
@@ -98,7 +98,7 @@ class Bar:
            "seconds": round(seconds, 2), self.unit: self.done,
            "compilations": _compiles["count"] - self.compiles_before["count"],
            "compile_seconds": round(_compiles["seconds"] - self.compiles_before["seconds"], 2)}
-    if hasattr(self, "traced"):  # the trace window: how many updates, how long
+    if self.traced:  # the trace window: how many updates, how long
       out["traced"] = self.traced
     if self.calls:  # a training stage: what its compiled steps computed
       out.update(compiled_steps=self.calls, real_tokens=self.tokens,
