@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded SmolLM2 loaded once per session, ours and transformers'."""
+"""Shared fixtures (the embedded SmolLM2 loaded once per session, ours and transformers'), the
+tiers' markers and workers' groups, and the session's XLA compilation cache."""
 
 import atexit
 import os
