@@ -9,7 +9,8 @@ HF PEFT, one user after another.
   prompt in a batch of its own (right-padded), its tokens' log-probabilities summed, the best
   label predicted; the personal setting under the user's adapter loaded from disk.
 
-It reads what our pipeline reads: the same plans and batches (`make_plan`, `batch_for_step`), the
+It reads what our pipeline reads: the same plans and batches (`training.task_adaptation_plan`,
+`training.user_plans`, `batch_for_step`), the
 same recipe (epochs, batch, lr, warm-up, clipping, weight decay), the same query and label ids.
 Only the framework and the schedule of the work differ. Weights: bf16 autocast over f32 weights,
 the reference's fastest mode on this CPU (benchmarks/README.md: train_bench's (c) rows).
@@ -25,8 +26,7 @@ import time
 import numpy as np
 
 from oppu_jax.models.load import embedded_gguf_path
-from oppu_jax.pipeline import examples
-from oppu_jax.pipeline.training import make_plan
+from oppu_jax.pipeline.training import task_adaptation_plan, user_plans
 from oppu_jax.train import user_batches
 from train_reference import _loss_mask
 
@@ -154,14 +154,7 @@ def _summary(stage, start, done, tokens, unit="steps") -> dict:
 
 
 def reference_plans(exp):
-  """(task plan, user plans, the personal setting) our pipeline makes for the default run."""
-  c = exp.config
-  pairs = examples.task_adaptation_pairs(exp.task, exp.other_users, "B", c.task_adapt.k,
-                                         exp.profiles, seed=c.seed)
-  task_plan = make_plan(exp, "task_B", pairs, c.task_adapt.batch_size, c.task_adapt.epochs)
+  """(task plan, user plans) our pipeline trains for the default run (base B, the personal
+  setting's adapters)."""
   personal = next(s for s in exp.settings if s.personal)
-  user_plans = [make_plan(exp, u.id, examples.user_training_pairs(
-      exp.task, u, personal, None, seed=c.seed,
-      history_mode=personal.history_mode or c.data.history_mode),
-      c.train.batch_size, c.train.epochs, c.train.grad_accum) for u in exp.test_users]
-  return task_plan, user_plans
+  return task_adaptation_plan(exp, "B"), user_plans(exp, personal, exp.test_users)

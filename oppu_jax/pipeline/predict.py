@@ -52,6 +52,17 @@ def evaluate(exp: Experiment, model, setting: Setting) -> None:
 def _predict_users(exp: Experiment, model, setting: Setting, users) -> dict[str, str]:
   """{query id: prediction} of `users`' queries, on this process's devices."""
   adapters = _load_adapters(exp, model, setting, users) if setting.personal else None
+  ids, rows = query_rows(exp, setting, users)
+  if not rows:
+    return {}
+  with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.show_progress) as b:
+    preds = _predict(exp, model, adapters, rows, b.update)
+  return dict(zip(ids, preds))
+
+
+def query_rows(exp: Experiment, setting: Setting, users) -> tuple[list[str], list]:
+  """(query ids, rows [(index of the user in `users`, prompt ids)]) of `users`' queries under
+  `setting`, as the model reads them."""
   retrievers = retrievers_for(exp, setting)
   profiles = profiles_for(exp, setting)
   # Table 1's random_history draws from every user's items (the paper's reading) or the user's.
@@ -64,11 +75,7 @@ def _predict_users(exp: Experiment, model, setting: Setting, users) -> dict[str,
                                               corpus=corpus):
       rows.append((index, _model_input(exp, prompt)))
       ids.append(qid)
-  if not rows:
-    return {}
-  with progress.bar(f"stage 3: {setting.name}", len(rows), "queries", exp.show_progress) as b:
-    preds = _predict(exp, model, adapters, rows, b.update)
-  return dict(zip(ids, preds))
+  return ids, rows
 
 
 def _load_adapters(exp: Experiment, model, setting: Setting, users) -> UserAdapters:

@@ -37,13 +37,7 @@ def adapt_to_task(exp: Experiment, base: str):
   if files.is_done(checkpoint):
     logging.info("task adaptation %s: restored from %s", base, checkpoint)
     return merge_task_lora(exp, checkpoint)
-  k = int(base[1:]) if base[1:] else ta.k
-  pairs = examples.task_adaptation_pairs(exp.task, exp.other_users, base[0], k, exp.profiles,
-                                         seed=exp.config.seed)
-  if not pairs:
-    raise DataError("task adaptation has no training pairs: the non-test users have no queries "
-                    "with golds (set config.task_adapt.enabled=False to skip it)")
-  plan = make_plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
+  plan = task_adaptation_plan(exp, base)
   # Preemption checkpoints beside the final one; a rerun resumes from the latest.
   steps = preemption.StageCheckpoints(f"{checkpoint}.steps", ta.checkpoint_every,
                                       on_saved=storage.push)
@@ -51,7 +45,8 @@ def adapt_to_task(exp: Experiment, base: str):
                   f"stage 1: task adaptation ({base})", mesh=exp.mesh, data_parallel=True,
                   checkpoints=steps)[plan.user_id]
   steps.close()
-  logging.info("task adaptation %s: %d pairs, %d steps, loss %.3f -> %.3f", base, len(pairs),
+  logging.info("task adaptation %s: %d pairs, %d steps, loss %.3f -> %.3f", base,
+               len(plan.examples),
                plan.total_steps, np.mean(result.losses[:3]), np.mean(result.losses[-3:]))
   model = merge_task_lora(exp, checkpoint, result.adapter)
   cluster.barrier(f"task_{base} saved")
@@ -83,12 +78,7 @@ def _train_adapters(exp: Experiment, model, setting: Setting, todo) -> None:
   if not todo:
     return
   c = exp.config
-  profiles = profiles_for(exp, setting)
-  plans = [make_plan(exp, u.id, examples.user_training_pairs(
-               exp.task, u, setting, profiles.get(u.id), seed=c.seed,
-               history_mode=setting.history_mode or c.data.history_mode), c.train.batch_size,
-                 c.train.epochs, c.train.grad_accum)
-           for u in todo]
+  plans = user_plans(exp, setting, todo)
   method = build_method(exp, model, setting)
   def save(result):
     directory = adapter_dir(exp, setting, result.user_id)
@@ -98,6 +88,29 @@ def _train_adapters(exp: Experiment, model, setting: Setting, todo) -> None:
 
   _train(exp, model, method, plans, c.train.learning_rate, c.train.slots,
          f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.local_mesh)
+
+
+def task_adaptation_plan(exp: Experiment, base: str):
+  """The trainer's plan of base variant `base`'s task adaptation: the other users' queries."""
+  ta = exp.config.task_adapt
+  k = int(base[1:]) if base[1:] else ta.k
+  pairs = examples.task_adaptation_pairs(exp.task, exp.other_users, base[0], k, exp.profiles,
+                                         seed=exp.config.seed)
+  if not pairs:
+    raise DataError("task adaptation has no training pairs: the non-test users have no queries "
+                    "with golds (set config.task_adapt.enabled=False to skip it)")
+  return make_plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
+
+
+def user_plans(exp: Experiment, setting: Setting, users) -> list:
+  """The trainer's plan of each of `users`: its own history under `setting`."""
+  c = exp.config
+  profiles = profiles_for(exp, setting)
+  return [make_plan(exp, u.id, examples.user_training_pairs(
+              exp.task, u, setting, profiles.get(u.id), seed=c.seed,
+              history_mode=setting.history_mode or c.data.history_mode), c.train.batch_size,
+              c.train.epochs, c.train.grad_accum)
+          for u in users]
 
 
 def build_method(exp: Experiment, model, setting: Setting):
