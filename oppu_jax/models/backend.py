@@ -132,6 +132,13 @@ def attention_dtype(compute_dtype, p: Policy):
   return jnp.float32 if p.f32_attention else compute_dtype
 
 
+def cache_dtype(model_config):
+  """The KV cache's dtype: what attention reads (f32 under "cpu"; the compute dtype under
+  "xla", where an f32 cache doubled the memory of beam search for nothing: attention casts it to
+  bf16 anyway, and a 7B model's 4-beam cache did not fit a v5e chip)."""
+  return attention_dtype(jnp.dtype(model_config.compute_dtype), policy(model_config.backend))
+
+
 def _on_one_cpu_device(w) -> bool:
   devices = getattr(w, "devices", lambda: set())()
   return len(devices) == 1 and next(iter(devices)).platform == "cpu"

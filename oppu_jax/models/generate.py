@@ -82,24 +82,18 @@ def generate(
     tokens, mask = _left_pad([prompts_tokens[i] for i in index], rows, bucket, pad_id)
     if place is not None:
       tokens, mask = place(tokens), place(mask)
-    cache_spec = _cache_spec(init_cache, rows, bucket + max_new_tokens)
-    special = jnp.int32(eos_id), jnp.int32(pad_id)
+    # Filler rows get a key too (an index no prompt has); their output is dropped.
+    key_ids = np.array(list(index) + [2**32 - 1] * (rows - len(index)), np.uint32)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.asarray(key_ids))
+    keys = keys if place is None else place(keys)
+    loop, args, static = _batch_program(forward, tokens, mask, keys, d, init_cache=init_cache,
+                                        eos_id=eos_id, pad_id=pad_id,
+                                        cache_batch_axis=cache_batch_axis)
+    out = loop(*args, **static)
     if d.method == "beam":
-      out = _beam_search(
-          forward, tokens, mask, *special, jnp.float32(d.length_penalty), cache_spec=cache_spec,
-          max_new_tokens=max_new_tokens, num_beams=d.num_beams, cache_batch_axis=cache_batch_axis,
-      )
       lps = None
     else:
-      # Filler rows get a key too (an index no prompt has); their output is dropped.
-      key_ids = np.array(list(index) + [2**32 - 1] * (rows - len(index)), np.uint32)
-      keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.asarray(key_ids))
-      keys = keys if place is None else place(keys)
-      out, lps = _sample_loop(
-          forward, tokens, mask, *special, keys, jnp.float32(d.temperature),
-          cache_spec=cache_spec, max_new_tokens=max_new_tokens, greedy=d.method == "greedy",
-          top_k=d.top_k, top_p=float(d.top_p),
-      )
+      out, lps = out
       lps = np.asarray(lps)
     out = np.asarray(out)
     for row, i in enumerate(index):
@@ -109,6 +103,35 @@ def generate(
       if lps is not None:
         logprobs[i] = lps[row, :end].tolist()
   return (outputs, logprobs) if return_logprobs else outputs
+
+
+def trace_batch(forward: Forward, tokens, mask, decoding: Decoding, *, init_cache, eos_id: int,
+                pad_id: int, cache_batch_axis: int = 1):
+  """The decoding program of one batch (tokens, mask [B, P] left-padded, as `generate` makes
+  them, or abstract), traced and not run: for `oppu_jax.compile_check`."""
+  rows = getattr(tokens, "sharding", None)  # the keys go where their rows go
+  if rows is not None:
+    rows = jax.sharding.NamedSharding(rows.mesh, jax.sharding.PartitionSpec(*rows.spec[:1]))
+  keys = jax.ShapeDtypeStruct((tokens.shape[0],), jax.random.key(0).dtype, sharding=rows)
+  loop, args, static = _batch_program(forward, tokens, mask, keys, decoding,
+                                      init_cache=init_cache, eos_id=eos_id, pad_id=pad_id,
+                                      cache_batch_axis=cache_batch_axis)
+  return loop.trace(*args, **static)
+
+
+def _batch_program(forward, tokens, mask, keys, d: Decoding, *, init_cache, eos_id, pad_id,
+                   cache_batch_axis):
+  """(jitted loop, its arguments, its static keywords) for one batch of `generate`."""
+  rows, bucket = tokens.shape
+  cache_spec = _cache_spec(init_cache, rows, bucket + d.max_new_tokens)
+  special = jnp.int32(eos_id), jnp.int32(pad_id)
+  if d.method == "beam":
+    return _beam_search, (forward, tokens, mask, *special, jnp.float32(d.length_penalty)), dict(
+        cache_spec=cache_spec, max_new_tokens=d.max_new_tokens, num_beams=d.num_beams,
+        cache_batch_axis=cache_batch_axis)
+  return _sample_loop, (forward, tokens, mask, *special, keys, jnp.float32(d.temperature)), dict(
+      cache_spec=cache_spec, max_new_tokens=d.max_new_tokens, greedy=d.method == "greedy",
+      top_k=d.top_k, top_p=float(d.top_p))
 
 
 def make_forward(model: LanguageModel, place_state: Callable[[Any], Any] | None = None) -> Forward:
@@ -284,9 +307,11 @@ def _beam_search(forward, tokens, mask, eos_id, pad_id, length_penalty, *, cache
     worst_filed = jnp.where(is_finished, finished_scores.min(axis=1, keepdims=True), neg)
     improvable = s["improvable"] & jnp.any(best_running > worst_filed, axis=-1, keepdims=True)
 
-    # Reorder the cache to the surviving beams and run their last tokens.
-    flat_src = (jnp.arange(b)[:, None] * nb + beam_src).reshape(-1)
-    cache = jax.tree.map(lambda c: jnp.take(c, flat_src, axis=cache_batch_axis), s["cache"])
+    # Reorder the cache to the surviving beams and run their last tokens. Each prompt's beams
+    # are picked among its own (a gather along the beam axis, batched over prompts), so a cache
+    # whose rows are split over devices stays where it is: a flat take over all rows made XLA
+    # gather the whole cache onto every device at every step (compile_check showed it).
+    cache = jax.tree.map(lambda c: _beams_from(c, beam_src, cache_batch_axis), s["cache"])
     last = jax.lax.dynamic_index_in_dim(running, step, axis=2, keepdims=False).reshape(-1)
     logits, cache = forward(last[:, None], (lengths + step)[:, None], slot_mask, cache, p + step)
     return dict(
@@ -297,6 +322,14 @@ def _beam_search(forward, tokens, mask, eos_id, pad_id, length_penalty, *, cache
 
   s = jax.lax.while_loop(cond, body, state)
   return s["finished"][:, 0]
+
+
+def _beams_from(c: jax.Array, beam_src: jax.Array, axis: int) -> jax.Array:
+  """c with rows [B * nb] on `axis`; row r*nb + j becomes row r*nb + beam_src[r, j]."""
+  b, nb = beam_src.shape
+  split = c.reshape(c.shape[:axis] + (b, nb) + c.shape[axis + 1:])
+  index = beam_src.reshape((1,) * axis + (b, nb) + (1,) * (c.ndim - axis - 1))
+  return jnp.take_along_axis(split, index, axis=axis + 1).reshape(c.shape)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,9 +57,12 @@ def _bf16_matmul(p, x, w):
 
 
 def _bf16_matmul_fwd(p, x, w):
+  # symbolic_zeros: a weight nothing differentiates (a frozen base under the "xla" policy) gets
+  # no weight-gradient GEMM at all, rather than one that XLA must find dead and remove.
+  x, w, w_trained = x.value, w.value, w.perturbed
   out = _dot_f32(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
   res = (backend.residual(x, p), backend.residual(w, p), jnp.zeros((0,), x.dtype),
-         jnp.zeros((0,), w.dtype))
+         jnp.zeros((0,), w.dtype) if w_trained else None)
   return out, res
 
 
@@ -67,10 +70,12 @@ def _bf16_matmul_bwd(p, res, g):
   x, w, x_like, w_like = res
   xb, wb, gb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), g.astype(jnp.bfloat16)
   dx = _dot_f32(gb, backend.transposed(wb, p)).astype(x_like.dtype)
+  if w_like is None:
+    return dx, None
   return dx, _weight_grad(xb, gb, wb.ndim).astype(w_like.dtype)
 
 
-_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd, symbolic_zeros=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -251,8 +251,9 @@ class Llama(nnx.Module):
     """How text becomes this model's inputs and targets, scored labels and decoding."""
     return self.config.conventions
 
-  def init_cache(self, batch: int, length: int, dtype=jnp.float32) -> dict[str, jax.Array]:
-    return init_cache(self.config, batch, length, dtype)
+  def init_cache(self, batch: int, length: int, dtype=None) -> dict[str, jax.Array]:
+    """An empty KV cache; dtype None: what attention reads (`backend.cache_dtype`)."""
+    return init_cache(self.config, batch, length, dtype or backend.cache_dtype(self.config))
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     """[batch, seq] int -> [batch, seq, hidden] f32."""

@@ -103,11 +103,13 @@ class T5(nnx.Module):
       return self.matmul(hidden, self.embed[...].T)
     return self.matmul(hidden, self.lm_head[...])
 
-  def init_cache(self, batch: int, length: int, dtype=jnp.float32, source_len: int = 0) -> dict:
+  def init_cache(self, batch: int, length: int, dtype=None, source_len: int = 0) -> dict:
     """The decoder's cache: self-attention keys/values [layers, batch, length, heads, d_kv]; with
     `source_len`, also the cross-attention keys/values of the encoder output and its mask
-    [1, batch, source_len] (every leaf has the batch on axis 1, so beam search can reorder it)."""
+    [1, batch, source_len] (every leaf has the batch on axis 1, so beam search can reorder it).
+    dtype None: what attention reads (`backend.cache_dtype`)."""
     cfg = self.config
+    dtype = dtype or backend.cache_dtype(cfg)
     shape = (cfg.num_decoder_layers, batch, length, cfg.num_heads, cfg.d_kv)
     cache = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
     if source_len:

@@ -101,8 +101,12 @@ def rows_placer(mesh: Mesh):
 def put(tree, sharding: NamedSharding):
   """Places host or local values, the same in every process, with `sharding`. A sharding that
   spans processes is built shard by shard: each process supplies only its own devices' pieces
-  (jax.make_array_from_callback), never a whole global array."""
+  (jax.make_array_from_callback), never a whole global array. An abstract value
+  (jax.ShapeDtypeStruct) stays abstract and gains the sharding: that is how a step is lowered for
+  devices this host does not have (`oppu_jax.compile_check`)."""
   def one(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
     if sharding.is_fully_addressable:
       return jax.device_put(x, sharding)
     x = np.asarray(x)

@@ -130,6 +130,25 @@ def train_users(
   return results
 
 
+def trace_step(model: LanguageModel, peft, config: TrainConfig, batches: dict, *, mesh,
+               max_steps: int, remat: bool, data_parallel: bool = False):
+  """The train step of `train_users` over `config.slots` slots, traced (`jax.stages.Traced`:
+  its jaxpr, `.lower().compile()`) for `batches` (the stacked [U, ...] batch of one step: arrays or jax.ShapeDtypeStructs) without
+  running it. `model` may be abstract (`nnx.eval_shape`) and `mesh` made of devices this host does
+  not have (a TPU topology): every input is placed abstractly with the shardings the trainer gives
+  it. For `oppu_jax.compile_check`."""
+  program = _StepProgram(model, peft, config, mesh, max_steps, data_parallel)
+  one = jax.eval_shape(lambda e: peft.init(program.table, jax.random.PRNGKey(0), e),
+                       program.embed)
+  slots = jax.eval_shape(lambda: Slots.empty(peft, one, program.tx.init(one), config.slots,
+                                             max_steps))
+  batches = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batches)
+  if mesh is not None:
+    slots = mesh_lib.put(slots, program._slots_sharding)
+    batches = program.placed(batches)
+  return program._jits[remat].trace(program.base, slots, batches)
+
+
 @dataclasses.dataclass
 class _Occupant:
   plan: UserPlan
@@ -203,7 +222,7 @@ class _StepProgram:
     # The base is never trained: on CPU its bf16 stacks go in as free uint16 views (backend.py).
     self.base = backend.frozen_base(self.base, model.config, model.weight_table())
     self.model_config, self.table = model.config, model.weight_table()
-    self.embed = self.local_embed = model.embed[...]  # prompt tuning initialises from it
+    self.embed = self.local_embed = model.embed.get_value()  # prompt tuning initialises from it
     self.peft, self.config, self.mesh, self.max_steps = peft, config, mesh, max_steps
     self.tx = optim.adamw_without_lr(config.weight_decay, config.clip_norm)
     self.steps, self._compiles = 0, 0  # host-side counts
@@ -239,11 +258,7 @@ class _StepProgram:
 
   def step(self, slots: Slots, batches: dict[str, np.ndarray]):
     """One step of every occupied slot -> (slots, losses [U]; 0 for idle slots)."""
-    if self.data_parallel:  # rows split over the users axis; [U, (A,) B, T]: rows are axis -2
-      batches = {k: mesh_lib.put(v, mesh_lib.rows_sharding(self.mesh, v.shape, v.ndim - 2))
-                 for k, v in batches.items()}
-    elif self.mesh is not None:
-      batches = jax.device_put(batches, self._slots_sharding)
+    batches = self.placed(batches)
     self.steps += 1
     args = (self.base, slots, batches)
     shape = tuple((k, v.shape) for k, v in sorted(batches.items()))
@@ -257,6 +272,16 @@ class _StepProgram:
       # executable was compiled for; jit reshards (at the price of compiling once more).
       self._compiled[shape] = executable if self.mesh is None else self._jits[remat]
     return self._compiled[shape](*args)
+
+  def placed(self, batches: dict) -> dict:
+    """A step's batches where the step reads them: under data parallelism each [U, (A,) B, T]
+    array's rows (axis -2) split over the users axis, else the slots' layout."""
+    if self.data_parallel:
+      return {k: mesh_lib.put(v, mesh_lib.rows_sharding(self.mesh, v.shape, v.ndim - 2))
+              for k, v in batches.items()}
+    if self.mesh is not None:
+      return mesh_lib.put(batches, self._slots_sharding)
+    return batches
 
   def compilations(self) -> int:
     """Compilations of the step: ours, plus (under a mesh) jit's on a changed input sharding."""
