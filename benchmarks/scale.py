@@ -30,9 +30,17 @@ Projection (the assumptions, all flags):
   - the model axis: v5e (16 GiB HBM) holds a 13.5 GB bf16 7B only split 4 ways (with activations
     and adapters), so 64 users train side by side on a v5e-256; an H100 (80 GB) holds it whole.
 
+From compilations (`--compiled=FILE`, the JSON `python -m oppu_jax.compile_check --json=FILE`
+wrote): per topology, the planner's mesh, users per step U and remat, and the compiled multi-user
+step's FLOPs and bytes per device, turned into predicted users per hour for the task's workload
+at --mfu. This replaces the projection's own FLOP model and its assumed model axis by what XLA
+compiled for that chip.
+
   .venv/bin/python benchmarks/scale.py            # ~4 min on the 2-core dev box, quiet
   .venv/bin/python benchmarks/scale.py --task=LaMP_5 --mfu=0.25
   .venv/bin/python benchmarks/scale.py --projection_only
+  .venv/bin/python benchmarks/scale.py \
+      --compiled=docs/results/compile_llama2_7b/compile_check.json --task=LaMP_3
 """
 
 from __future__ import annotations
@@ -83,6 +91,8 @@ def main():
   args = parse_args()
   if args.child:
     return child(args.child)
+  if args.compiled:
+    return print_compiled(args)
   mfu_cpu = None
   if not args.projection_only:
     rows = [measure(d) for d in args.devices]
@@ -96,6 +106,7 @@ def parse_args():
   p.add_argument("--task", default="LaMP_3", choices=sorted(LAMP))
   p.add_argument("--mfu", type=float, default=0.35)
   p.add_argument("--projection_only", action="store_true")
+  p.add_argument("--compiled", default="", help="compile_check's JSON: predict from it")
   p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
   return p.parse_args()
 
@@ -201,6 +212,34 @@ def print_projection(args, mfu_cpu: float | None) -> None:
       total = stage1 + stage2 + stage3
       print(f"| {users:,} | {name} | {chips} | {positions} | {_dur(stage1)} | "
             f"{_dur(stage2)} | {_dur(stage3)} | {_dur(total)} | {total * chips / 3600:,.0f} |")
+
+
+# P2P (arXiv 2510.16282) reports 20.44 s per user for an OPPU LoRA on a 7B model.
+P2P_SECONDS_PER_USER = 20.44
+
+
+def print_compiled(args) -> None:
+  """Users per hour per topology from the compiled multi-user step (compile_check's plan)."""
+  with open(args.compiled) as f:
+    checks = json.load(f)
+  t = LAMP[args.task]
+  print(f"\nPredicted from compilations ({args.compiled}): {args.task}'s most active users "
+        f"(OPPU Table 5: {t['history']:.0f} history items, {t['epochs']} epochs), MFU {args.mfu}")
+  print("| topology | chips | model | mesh (users x model) | U | remat | GiB / device | "
+        "TFLOP / step | s / step | steps / user | users / hour | chip-s / user | "
+        f"x P2P's {P2P_SECONDS_PER_USER} s |")
+  print("|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+  for c in checks:
+    step = next(p for p in c["programs"] if p["program"].startswith("users_step[lora]"))
+    steps_per_user = math.ceil(t["history"] / step["rows"]) * t["epochs"]
+    seconds = step["flops"] / c["devices"] / (c["peak_flops"] * args.mfu)
+    per_hour = 3600 * c["slots"] / (steps_per_user * seconds)
+    chip_seconds = c["devices"] * 3600 / per_hour
+    print(f"| {c['target']} | {c['devices']} | {c['model']} | {c['mesh'][0]} x {c['mesh'][1]} | "
+          f"{c['slots']} | {'yes' if c['remat'] else 'no'} | "
+          f"{step['bytes_per_device'] / 2**30:.1f} | {step['flops'] / 1e12:.0f} | "
+          f"{seconds:.3f} | {steps_per_user} | {per_hour:,.0f} | {chip_seconds:.0f} | "
+          f"{chip_seconds / P2P_SECONDS_PER_USER:.1f} |")
 
 
 def _dur(seconds: float) -> str:

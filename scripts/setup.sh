@@ -26,3 +26,9 @@ if [ ! -d ".venv/tpu/${libtpu/==/-}.dist-info" ]; then
   rm -rf .venv/tpu
   .venv/bin/python -m pip install -q --no-deps --target .venv/tpu "$libtpu"
 fi
+# The gpu-check extra (the CUDA plugin and ptxas, ~570 MB), apart in .venv/cuda for the same
+# reason: compile_check compiles for 8 x H100 without a GPU.
+if [ ! -d .venv/cuda/jax_plugins ]; then
+  .venv/bin/python -m pip install -q --no-deps -c scripts/constraints.txt --target .venv/cuda \
+    jax-cuda12-plugin jax-cuda12-pjrt nvidia-cuda-nvcc-cu12
+fi

@@ -89,6 +89,10 @@ def check(target) -> dict:
   if _SLOTS.value:
     users, model_axis = _mesh_shape(len(devices))
     slots, remat = _SLOTS.value, _REMAT.value == "always"
+    if slots % users:
+      raise ConfigError(f"--slots={slots}: the users axis of {target.name}'s {users} x "
+                        f"{model_axis} mesh splits the slots, so they must be a multiple of "
+                        f"{users} (or give --mesh)")
     plans_text = ""
   else:
     best, tried = planner.plan(model, recipe, target, devices, config.peft.method,
@@ -116,7 +120,8 @@ def check(target) -> dict:
         program = programs.build(name, model, recipe, slots=slots, mesh=mesh, remat=True)
         logging.info("%s: compiling %s with remat", target.name, name)
         cost = analysis.analyse(program.trace(), program.loop_trips)
-    rows.append(dict(program=name, batch=program.shape, users=program.users, remat=row_remat,
+    rows.append(dict(program=name, batch=program.shape, rows=program.rows, users=program.users,
+                     remat=row_remat,
                      **_cost_json(cost, target, len(devices), _MFU.value)))
   out.update(mesh=[users, model_axis], slots=slots, remat=remat, programs=rows)
   print(_header(target, len(devices), users, model_axis, slots, remat) + plans_text

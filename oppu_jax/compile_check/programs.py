@@ -50,6 +50,7 @@ class Program:
   loop_trips: int  # a while loop's iterations (decoding: at most max_new_tokens); 0: none
   users: int  # adapters the program holds (slots, or the rows' users)
   shape: str  # the batch, for the table
+  rows: int  # a step's rows per user (training: batch_size x grad_accum), or the batch's rows
 
 
 class _Words:
@@ -117,7 +118,8 @@ def users_step(model, recipe: Recipe, method: str, slots: int, mesh, remat: bool
       f"users_step[{method}]",
       lambda: multi_user.trace_step(model, peft, train_config(recipe, slots), batches, mesh=mesh,
                                     max_steps=recipe.max_steps, remat=remat),
-      0, slots, _shape(c.train.batch_size, shape, c.train.grad_accum))
+      0, slots, _shape(c.train.batch_size, shape, c.train.grad_accum),
+      c.train.batch_size * c.train.grad_accum)
 
 
 def task_adaptation(model, recipe: Recipe, mesh, remat: bool) -> Program:
@@ -130,7 +132,7 @@ def task_adaptation(model, recipe: Recipe, mesh, remat: bool) -> Program:
       lambda: multi_user.trace_step(model, lora, train_config(recipe, 1), batches, mesh=mesh,
                                     max_steps=recipe.max_steps, remat=remat,
                                     data_parallel=mesh is not None),
-      0, 1, _shape(c.task_adapt.batch_size, shape))
+      0, 1, _shape(c.task_adapt.batch_size, shape), c.task_adapt.batch_size)
 
 
 def scoring(model, recipe: Recipe, users: int, mesh) -> Program:
@@ -148,7 +150,7 @@ def scoring(model, recipe: Recipe, users: int, mesh) -> Program:
   adapters = _stacked(model, _method(c.peft, model), users)
   return Program("score", lambda: score.trace_batch(model, adapters, row_users, packed,
                                                     layout.shared, mesh),
-                 0, users, f"{rows_n} x {length}, {recipe.labels} labels")
+                 0, users, f"{rows_n} x {length}, {recipe.labels} labels", rows_n)
 
 
 def decoding(model, recipe: Recipe, users: int, mesh, method: str) -> Program:
@@ -184,7 +186,7 @@ def _decoding_program(model, name, adapters, prompt, rows_n, d: Decoding, users,
       lambda: decode.trace_batch(model, adapters, row_users, tokens, mask, d,
                                  eos_id=model.config.eos_id, pad_id=model.config.pad_id,
                                  mesh=mesh),
-      d.max_new_tokens, users, f"{rows_n} x {bucket} + {d.max_new_tokens} new{beams}")
+      d.max_new_tokens, users, f"{rows_n} x {bucket} + {d.max_new_tokens} new{beams}", rows_n)
 
 
 def _shape(batch_size: int, shape_key: tuple[int, ...], grad_accum: int = 1) -> str:

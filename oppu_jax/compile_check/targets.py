@@ -15,6 +15,7 @@ import sys
 from oppu_jax.errors import ConfigError
 
 GiB = 1 << 30
+H100 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "h100_sxm.textproto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,16 +48,21 @@ def get(name: str) -> Target:
 
 def prepare_environment(targets) -> None:
   """Before jax is imported: what deviceless compilation needs. TPU: no metadata-server query
-  (there is no TPU VM), and libtpu from `<venv>/tpu` when it was installed apart
+  (there is no TPU VM), no lock on libtpu, and libtpu from `<venv>/tpu` when it was installed apart
   (scripts/setup.sh does, so that everyday runs never load it). CUDA: the CPU as jax's platform
   (the plugin then compiles for the described GPU without initialising CUDA)."""
   if any(t.platform == "tpu" for t in targets):
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # Several checks may run at once (libtpu otherwise locks /tmp/libtpu_lockfile for one).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     apart = os.path.join(sys.prefix, "tpu")
     if os.path.isdir(os.path.join(apart, "libtpu")) and apart not in sys.path:
       sys.path.append(apart)
   if any(t.platform == "cuda" for t in targets):
     os.environ["JAX_PLATFORMS"] = "cpu"
+    apart = os.path.join(sys.prefix, "cuda")  # the gpu-check extra, if installed apart
+    if os.path.isdir(os.path.join(apart, "jax_plugins")) and apart not in sys.path:
+      sys.path.append(apart)
 
 
 def devices(target: Target, gpu_target_config: str = ""):
@@ -72,9 +78,7 @@ def devices(target: Target, gpu_target_config: str = ""):
                         "`pip install -e '.[tpu]'` (or scripts/setup.sh)") from None
     found = topologies.get_topology_desc(topology_name=target.topology, platform="tpu").devices
   else:
-    if not gpu_target_config:
-      raise ConfigError(f"--topology={target.name}: give --gpu_target_config=FILE (a "
-                        "GpuTargetConfigProto text, e.g. XLA's h100_sxm.txtpb)")
+    gpu_target_config = gpu_target_config or H100
     with open(gpu_target_config) as f:
       config = f.read()
     try:
