@@ -31,7 +31,7 @@ FLOORS = {
     "sharding": 4,
     "train": 5,
     "eval": 6,
-    "pipeline": 7,
+    "pipeline": 7, "compile_check": 7,
     "analysis": 8,
     "report": 9, "main": 9,
 }
