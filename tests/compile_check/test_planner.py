@@ -10,6 +10,8 @@ from oppu_jax.compile_check import analysis, planner, programs, shapes, targets
 from oppu_jax.errors import ConfigError
 from oppu_jax.sharding import mesh as mesh_lib
 
+pytestmark = pytest.mark.slow  # some ten compilations of the tiny step
+
 
 @pytest.fixture(scope="module")
 def setup():
