@@ -33,6 +33,8 @@ _PROGRAMS = flags.DEFINE_list("programs", None, "Programs to compile (default: a
 _SLOTS = flags.DEFINE_integer("slots", 0, "Users per multi-user step; 0: the planner's.")
 _MESH = flags.DEFINE_string("mesh", "", "users x model, e.g. 2x4; '': the planner's (or all "
                             "devices on the users axis with --slots).")
+_MODEL_AXES = flags.DEFINE_list("model_axes", None, "Model-axis sizes the planner tries "
+                                 "(default 1, 2, 4, 8, 16 where they divide the devices).")
 _REMAT = flags.DEFINE_enum("remat", "auto", ["auto", "never", "always"],
                            "Activation recomputation in the training steps; auto: the plan's.")
 _PROMPT = flags.DEFINE_integer("prompt_tokens", 0, "A training/query prompt's tokens; 0: "
@@ -95,8 +97,10 @@ def check(target) -> dict:
                         f"{users} (or give --mesh)")
     plans_text = ""
   else:
-    best, tried = planner.plan(model, recipe, target, devices, config.peft.method,
-                               axes=[_mesh_shape(len(devices))[1]] if _MESH.value else None)
+    axes = [int(m) for m in _MODEL_AXES.value or []] or None
+    if _MESH.value:
+      axes = [_mesh_shape(len(devices))[1]]
+    best, tried = planner.plan(model, recipe, target, devices, config.peft.method, axes=axes)
     users, model_axis, slots, remat = best.users_axis, best.model_axis, best.slots, best.remat
     if _REMAT.value != "auto":
       remat = _REMAT.value == "always"

@@ -43,7 +43,7 @@ def plan(model, recipe, target, devices, method: str = "lora", axes=None,
          log=logging.info) -> tuple[Plan, list[Plan]]:
   """(the best plan, every mesh's plan) for `method`'s multi-user step on `target`."""
   found = []  # per mesh: its plan, or (slots 0) why one user does not fit even with remat
-  for m in axes or model_axes(len(devices)):
+  for m in [m for m in axes if len(devices) % m == 0] if axes else model_axes(len(devices)):
     mesh = mesh_lib.make_mesh(len(devices) // m, m, devices)
     for remat in (False, True):
       p = _largest(model, recipe, target, mesh, method, remat, log)
