@@ -58,9 +58,15 @@ def main(argv) -> None:
     chosen = [targets_lib.get(name) for name in _TOPOLOGY.value]
     targets_lib.prepare_environment(chosen)
     print(_versions(chosen))
-    results = [check(target) for target in chosen]
+    results = []
+    for target in chosen:  # each target's figures are kept as soon as they are made
+      results.append(check(target))
+      _write_json(results)
   except OppuError as e:
     sys.exit(f"error: {e}")
+
+
+def _write_json(results) -> None:
   if _JSON.value:
     os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
     with open(_JSON.value, "w") as f:
@@ -165,7 +171,8 @@ def _cost_json(cost, target, devices: int, mfu: float) -> dict:
   step = cost.flops / devices / (target.peak_flops * mfu)
   return dict(arguments=cost.arguments, temps=cost.temps, outputs=cost.outputs, code=cost.code,
               bytes_per_device=cost.bytes_per_device,
-              fits=cost.fits(target.hbm_bytes), refused=cost.refused, flops=cost.flops,
+              fits=cost.fits(target.hbm_bytes), refused=cost.refused, failed=cost.failed,
+              flops=cost.flops,
               step_seconds=step, collectives=cost.collectives,
               compile_seconds=round(cost.compile_seconds, 1))
 
@@ -191,7 +198,7 @@ def _plans_table(tried, best, target) -> str:
            "| mesh (users x model) | remat | U | per device | fits | TFLOP / step | compilations |"
            " chosen |", "|---|---|---:|---:|---|---:|---:|---|"]
   for p in tried:
-    need = _size(p.cost.bytes_per_device)
+    need = _size(p.cost.bytes_per_device) if not p.cost.failed else "compiler error"
     lines.append(f"| {p.mesh_text} | {'yes' if p.remat else 'no'} | {p.slots or '1: none fit'} | "
                  f"{need if not p.cost.refused else 'temps alone ' + need} | "
                  f"{'yes' if p.cost.fits(target.hbm_bytes) else 'no'} | "
@@ -209,9 +216,12 @@ def _programs_table(rows) -> str:
     parts = " + ".join(_size(r[k]) for k in ("arguments", "temps", "outputs", "code"))
     if r["refused"]:
       parts = "refused by the compiler: its temporaries alone"
+    if r["failed"]:
+      parts = f"compiler error: {r['failed'][:160]}"
     remat = {None: "", True: "yes", False: "no"}[r["remat"]]
     lines.append(f"| {r['program']} | {r['batch']} | {r['users']} | {remat} | "
-                 f"{_size(r['bytes_per_device'])} ({parts}) | {'yes' if r['fits'] else 'NO'} | "
+                 f"{'?' if r['failed'] else _size(r['bytes_per_device'])} ({parts}) | "
+                 f"{'yes' if r['fits'] else 'NO'} | "
                  f"{r['flops'] / 1e12:.2f} | {r['step_seconds']:.3f} | "
                  f"{collectives_text(r['collectives'])} | {r['compile_seconds']} |")
   return "\n".join(lines) + "\n"

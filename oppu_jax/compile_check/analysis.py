@@ -40,13 +40,14 @@ class Cost:
   # its temporaries exceed the chip's HBM): then `temps` is what it said they need and the
   # other sizes are unknown (0).
   refused: str = ""
+  failed: str = ""  # the compiler's error, when it failed for another reason than memory
 
   @property
   def bytes_per_device(self) -> int:
     return self.arguments + self.outputs + self.temps + self.code
 
   def fits(self, hbm_bytes: int) -> bool:
-    return not self.refused and self.bytes_per_device <= hbm_bytes
+    return not (self.refused or self.failed) and self.bytes_per_device <= hbm_bytes
 
 
 def analyse(traced, loop_trips: int) -> Cost:
@@ -56,11 +57,13 @@ def analyse(traced, loop_trips: int) -> Cost:
   try:
     compiled = traced.lower().compile()
   except jax.errors.JaxRuntimeError as e:
+    seconds = time.perf_counter() - start
     need = _REFUSED.search(str(e))
-    if "RESOURCE_EXHAUSTED" not in str(e) or need is None:
-      raise
-    return Cost(0, 0, int(float(need.group(1)) * _UNITS[need.group(2)]), 0, flops, {},
-                time.perf_counter() - start, refused=str(e).splitlines()[0][:300])
+    if "RESOURCE_EXHAUSTED" in str(e) and need is not None:
+      return Cost(0, 0, int(float(need.group(1)) * _UNITS[need.group(2)]), 0, flops, {},
+                  seconds, refused=str(e).splitlines()[0][:300])
+    # Any other compiler failure is a finding too (and must not end a long check): kept.
+    return Cost(0, 0, 0, 0, flops, {}, seconds, failed=" ".join(str(e).split())[:300])
   seconds = time.perf_counter() - start
   m = compiled.memory_analysis()
   return Cost(
