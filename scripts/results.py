@@ -61,6 +61,11 @@ RUNS = {
                                    "--json=runs/results/compile_llama2_7b/compile_check.json"],
                           "Llama-2-7B's programs compiled for TPU slices and 8 H100s (OPPU recipe; "
                           "the planner tries model axes 4 and 8 only)"),
+    "compile_llama2_7b_eval64": (
+        CHECK + ["--model=llama-2-7b", "--config=configs/lamp3.py", "--topology=v5e-256",
+                 "--slots=64", "--mesh=64x4", "--programs=score,beam",
+                 "--config.eval.batch_size=64"],
+        "Llama-2-7B's evaluation on a v5e-256 with 64 rows per batch (one per users position)"),
     "compile_flan_t5_xxl": (CHECK + ["--model=flan-t5-xxl", "--config=configs/study.py:LaMP_5,study",
                                      "--answer_tokens=126", "--topology=v5e-8,v5p-128,v6e-8,8xH100",
                                      "--model_axes=4,8",
