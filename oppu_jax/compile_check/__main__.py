@@ -132,7 +132,8 @@ def check(target) -> dict:
         cost = analysis.analyse(program.trace(), program.loop_trips)
     rows.append(dict(program=name, batch=program.shape, rows=program.rows, users=program.users,
                      remat=row_remat,
-                     **_cost_json(cost, target, len(devices), _MFU.value)))
+                     devices_working=program.devices_working(mesh),
+                     **_cost_json(cost, target, program.devices_working(mesh), _MFU.value)))
   out.update(mesh=[users, model_axis], slots=slots, remat=remat, programs=rows)
   print(_header(target, len(devices), users, model_axis, slots, remat) + plans_text
         + _programs_table(rows))
@@ -168,6 +169,8 @@ def _mesh_shape(devices: int) -> tuple[int, int]:
 
 
 def _cost_json(cost, target, devices: int, mfu: float) -> dict:
+  """`devices`: those that share the program's FLOPs (a batch the users axis does not divide is
+  computed whole on every users position)."""
   step = cost.flops / devices / (target.peak_flops * mfu)
   return dict(arguments=cost.arguments, temps=cost.temps, outputs=cost.outputs, code=cost.code,
               bytes_per_device=cost.bytes_per_device,

@@ -51,6 +51,13 @@ class Program:
   users: int  # adapters the program holds (slots, or the rows' users)
   shape: str  # the batch, for the table
   rows: int  # a step's rows per user (training: batch_size x grad_accum), or the batch's rows
+  split: int  # what the users axis splits: the slots (users steps) or the batch's rows
+
+  def devices_working(self, mesh) -> int:
+    """Devices that share the work: the users axis splits `split` only where it divides it
+    (sharding/mesh.py keeps the rest whole on every users position, computed there again)."""
+    users, model = mesh.shape["users"], mesh.shape["model"]
+    return model * (users if self.split % users == 0 else 1)
 
 
 class _Words:
@@ -119,7 +126,7 @@ def users_step(model, recipe: Recipe, method: str, slots: int, mesh, remat: bool
       lambda: multi_user.trace_step(model, peft, train_config(recipe, slots), batches, mesh=mesh,
                                     max_steps=recipe.max_steps, remat=remat),
       0, slots, _shape(c.train.batch_size, shape, c.train.grad_accum),
-      c.train.batch_size * c.train.grad_accum)
+      c.train.batch_size * c.train.grad_accum, slots)
 
 
 def task_adaptation(model, recipe: Recipe, mesh, remat: bool) -> Program:
@@ -132,7 +139,8 @@ def task_adaptation(model, recipe: Recipe, mesh, remat: bool) -> Program:
       lambda: multi_user.trace_step(model, lora, train_config(recipe, 1), batches, mesh=mesh,
                                     max_steps=recipe.max_steps, remat=remat,
                                     data_parallel=mesh is not None),
-      0, 1, _shape(c.task_adapt.batch_size, shape), c.task_adapt.batch_size)
+      0, 1, _shape(c.task_adapt.batch_size, shape), c.task_adapt.batch_size,
+      c.task_adapt.batch_size)
 
 
 def scoring(model, recipe: Recipe, users: int, mesh) -> Program:
@@ -150,7 +158,7 @@ def scoring(model, recipe: Recipe, users: int, mesh) -> Program:
   adapters = _stacked(model, _method(c.peft, model), users)
   return Program("score", lambda: score.trace_batch(model, adapters, row_users, packed,
                                                     layout.shared, mesh),
-                 0, users, f"{rows_n} x {length}, {recipe.labels} labels", rows_n)
+                 0, users, f"{rows_n} x {length}, {recipe.labels} labels", rows_n, rows_n)
 
 
 def decoding(model, recipe: Recipe, users: int, mesh, method: str) -> Program:
@@ -186,7 +194,8 @@ def _decoding_program(model, name, adapters, prompt, rows_n, d: Decoding, users,
       lambda: decode.trace_batch(model, adapters, row_users, tokens, mask, d,
                                  eos_id=model.config.eos_id, pad_id=model.config.pad_id,
                                  mesh=mesh),
-      d.max_new_tokens, users, f"{rows_n} x {bucket} + {d.max_new_tokens} new{beams}", rows_n)
+      d.max_new_tokens, users, f"{rows_n} x {bucket} + {d.max_new_tokens} new{beams}", rows_n,
+      rows_n)
 
 
 def _shape(batch_size: int, shape_key: tuple[int, ...], grad_accum: int = 1) -> str:
