@@ -72,7 +72,7 @@ def devices(target: Target, gpu_target_config: str = ""):
 
   if target.platform == "tpu":
     try:
-      import libtpu  # noqa: F401
+      import libtpu  # noqa: F401 (only: is it there?)
     except ImportError:
       raise ConfigError(f"--topology={target.name}: libtpu is not installed; "
                         "`pip install -e '.[tpu]'` (or scripts/setup.sh)") from None

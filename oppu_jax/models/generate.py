@@ -67,7 +67,6 @@ def generate(
   """
   _check_args(prompts_tokens, decoding, return_logprobs)
   d = decoding
-  max_new_tokens = d.max_new_tokens
   if not isinstance(forward, jax.tree_util.Partial):
     forward = jax.tree_util.Partial(forward)
 
