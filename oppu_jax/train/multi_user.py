@@ -133,10 +133,10 @@ def train_users(
 def trace_step(model: LanguageModel, peft, config: TrainConfig, batches: dict, *, mesh,
                max_steps: int, remat: bool, data_parallel: bool = False):
   """The train step of `train_users` over `config.slots` slots, traced (`jax.stages.Traced`:
-  its jaxpr, `.lower().compile()`) for `batches` (the stacked [U, ...] batch of one step: arrays or jax.ShapeDtypeStructs) without
-  running it. `model` may be abstract (`nnx.eval_shape`) and `mesh` made of devices this host does
-  not have (a TPU topology): every input is placed abstractly with the shardings the trainer gives
-  it. For `oppu_jax.compile_check`."""
+  its jaxpr, `.lower().compile()`) for `batches` (the stacked [U, ...] batch of one step: arrays
+  or jax.ShapeDtypeStructs) without running it. `model` may be abstract (`nnx.eval_shape`) and
+  `mesh` made of devices this host does not have (a TPU topology): every input is placed
+  abstractly with the shardings the trainer gives it. For `oppu_jax.compile_check`."""
   program = _StepProgram(model, peft, config, mesh, max_steps, data_parallel)
   one = jax.eval_shape(lambda e: peft.init(program.table, jax.random.PRNGKey(0), e),
                        program.embed)
