@@ -72,9 +72,10 @@ RUNS = {
     "scale_compiled_t5": ([sys.executable, "benchmarks/scale.py", "--task=LaMP_5",
                            "--compiled=docs/results/compile_flan_t5_xxl/compile_check.json"],
                           "users per hour from FlanT5-XXL's compiled multi-user step"),
-    "compile_flan_t5_xxl": (CHECK + ["--model=flan-t5-xxl", "--config=configs/study.py:LaMP_5,study",
-                                     "--answer_tokens=126", "--topology=v5e-8,v5p-128,v6e-8,8xH100",
-                                     "--model_axes=4,8",
+    "compile_flan_t5_xxl": (CHECK + ["--model=flan-t5-xxl",
+                                     "--config=configs/study.py:LaMP_5,study",
+                                     "--answer_tokens=126",
+                                     "--topology=v5e-8,v5p-128,v6e-8,8xH100", "--model_axes=4,8",
                                      "--json=runs/results/compile_flan_t5_xxl/compile_check.json"],
                             "FlanT5-XXL's programs compiled for TPU slices and 8 H100s (the "
                             "study's recipe; the planner tries model axes 4 and 8 only)"),
