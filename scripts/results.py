@@ -61,6 +61,11 @@ RUNS = {
                                    "--json=runs/results/compile_llama2_7b/compile_check.json"],
                           "Llama-2-7B's programs compiled for TPU slices and 8 H100s (OPPU recipe; "
                           "the planner tries model axes 4 and 8 only)"),
+    "compile_llama2_7b_more": (
+        CHECK + ["--model=llama-2-7b", "--config=configs/lamp3.py", "--topology=v4-32,v6e-8",
+                 "--model_axes=4,8",
+                 "--json=runs/results/compile_llama2_7b_more/compile_check.json"],
+        "Llama-2-7B's programs compiled for the other TPU slices (v4-32, v6e-8)"),
     "compile_llama2_7b_eval64": (
         CHECK + ["--model=llama-2-7b", "--config=configs/lamp3.py", "--topology=v5e-256",
                  "--slots=64", "--mesh=64x4", "--programs=score,beam",
