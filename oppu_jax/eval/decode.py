@@ -60,10 +60,10 @@ def generate_for_rows(
   """
   base_state.check_users(adapters, rows)
   graphdef, base, adapters, place = base_state.prepare(model, adapters, mesh)
-  n_virtual = _n_virtual(adapters)
+  virtual = n_virtual(adapters)
   # Equal for equal graphs, so generate's jitted loops find their compiled programs again.
-  rows_forward = _RowsForward(graphdef)
-  cache = functools.partial(model.conventions.decode_cache, model, n_virtual,
+  rows_forward = RowsForward(graphdef)
+  cache = functools.partial(model.conventions.decode_cache, model, virtual,
                             decoding.max_new_tokens)
   n = len(rows)
   size = min(decoding.batch_size, 1 << max(n - 1, 0).bit_length())
@@ -99,42 +99,50 @@ def trace_batch(model: LanguageModel, adapters: UserAdapters | None, users: np.n
   host may not have: for `oppu_jax.compile_check`."""
   graphdef, base, adapters, (users, tokens, mask), _ = base_state.trace_inputs(
       model, adapters, (users, tokens, mask), None, mesh)
-  cache = functools.partial(model.conventions.decode_cache, model, _n_virtual(adapters),
+  cache = functools.partial(model.conventions.decode_cache, model, n_virtual(adapters),
                             decoding.max_new_tokens)
-  forward = jax.tree_util.Partial(_RowsForward(graphdef), base, adapters, users)
+  forward = jax.tree_util.Partial(RowsForward(graphdef), base, adapters, users)
   return gen.trace_batch(forward, tokens, mask, decoding, init_cache=cache, eos_id=eos_id,
                          pad_id=pad_id, cache_batch_axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
-class _RowsForward:
+class RowsForward:
   """generate's forward for rows of mixed users. A value (equal for equal graphs), not a fresh
-  closure, because the jitted generation loops key their compiled programs on it."""
+  closure, because the jitted generation loops key their compiled programs on it. The server's
+  continuous batching (`oppu_jax/serve/engine.py`) runs it too, with a cache_index per row."""
 
   graphdef: Any
 
   def __call__(self, base, adapters, users, tokens, positions, attention_mask, cache,
                cache_index):
     """tokens, positions [B, T]; attention_mask [B, slots]; cache leaves [layers, B, ...];
-    users [B or B / num_beams] -> (logits [B, V] at the last position, cache)."""
+    users [B or B / num_beams]; cache_index: shared (an int, or a scalar) or per row [B]
+    -> (logits [B, V] at the last position, cache)."""
     rows = tokens.shape[0]
     if rows != users.shape[0]:  # beam search: row r is now rows r*num_beams ..
       users = jnp.repeat(users, rows // users.shape[0])
     method = None if adapters is None else adapters.method
     picked = None if adapters is None else adapters.gather(users)
 
-    def one_row(adapter, toks, pos, mask, row_cache):
+    def one_row(adapter, toks, pos, mask, row_cache, index):
       model = nnx.merge(self.graphdef, base)
       row_cache = jax.tree.map(lambda c: c[:, None], row_cache)
       logits, row_cache = model.conventions.decode_step(
-          model, method, adapter, toks[None], pos[None], mask[None], row_cache, cache_index)
+          model, method, adapter, toks[None], pos[None], mask[None], row_cache, index)
       return logits, jax.tree.map(lambda c: c[:, 0], row_cache)
 
-    return jax.vmap(one_row, in_axes=(0, 0, 0, 0, 1), out_axes=(0, 1))(
-        picked, tokens, positions, attention_mask, cache)
+    if jnp.ndim(cache_index) == 1:  # rows at different lengths (the server's decode step)
+      return jax.vmap(one_row, in_axes=(0, 0, 0, 0, 1, 0), out_axes=(0, 1))(
+          picked, tokens, positions, attention_mask, cache, cache_index)
+    # A shared index is closed over, not mapped: a family may read a literal 0 as the prefill.
+    return jax.vmap(functools.partial(one_row, index=cache_index), in_axes=(0, 0, 0, 0, 1),
+                    out_axes=(0, 1))(picked, tokens, positions, attention_mask, cache)
 
 
-def _n_virtual(adapters: UserAdapters | None) -> int:
+def n_virtual(adapters: UserAdapters | None) -> int:
+  """Cache slots the method's prefix takes in front of the prompt (prompt tuning's virtual
+  tokens; 0 for the others and for the bare base)."""
   if adapters is None:
     return 0
   one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), adapters.tree)

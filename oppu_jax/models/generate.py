@@ -78,7 +78,7 @@ def generate(
   rows = min(d.batch_size, 1 << max(n - 1, 0).bit_length())
   lengths = [len(p) for p in prompts_tokens]
   for index, bucket in _plan_batches(lengths, rows, d.prompt_buckets, keep_order):
-    tokens, mask = _left_pad([prompts_tokens[i] for i in index], rows, bucket, pad_id)
+    tokens, mask = left_pad([prompts_tokens[i] for i in index], rows, bucket, pad_id)
     if place is not None:
       tokens, mask = place(tokens), place(mask)
     # Filler rows get a key too (an index no prompt has); their output is dropped.
@@ -122,7 +122,7 @@ def _batch_program(forward, tokens, mask, keys, d: Decoding, *, init_cache, eos_
                    cache_batch_axis):
   """(jitted loop, its arguments, its static keywords) for one batch of `generate`."""
   rows, bucket = tokens.shape
-  cache_spec = _cache_spec(init_cache, rows, bucket + d.max_new_tokens)
+  cache_spec = cache_spec_of(init_cache, rows, bucket + d.max_new_tokens)
   special = jnp.int32(eos_id), jnp.int32(pad_id)
   if d.method == "beam":
     return _beam_search, (forward, tokens, mask, *special, jnp.float32(d.length_penalty)), dict(
@@ -167,14 +167,14 @@ def _sample_loop(forward, tokens, mask, eos_id, pad_id, keys, temperature, *, ca
   """tokens, mask: [B, P] left-padded; keys: [B] -> (ids [B, N], logprobs [B, N]); rows that
   hit EOS emit pad_id (log-prob 0) afterwards."""
   b, p = tokens.shape
-  cache = _empty_cache(cache_spec)
+  cache = empty_cache(cache_spec)
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
   lengths = mask.sum(axis=1)
   # Slots of tokens yet to come are open from the start: the causal rule hides them until written.
   slot_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), bool)], axis=1)
 
   def choose(logits, step):
-    logits = _last(logits)
+    logits = last_logits(logits)
     logp = jax.nn.log_softmax(logits, axis=-1)
     if greedy:
       tok = jnp.argmax(logits, axis=-1)
@@ -248,8 +248,8 @@ def _beam_search(forward, tokens, mask, eos_id, pad_id, length_penalty, *, cache
   slot_mask = jnp.repeat(jnp.concatenate([mask, jnp.ones((b, n), bool)], axis=1), nb, axis=0)
 
   # Prefill once per prompt, then copy the cache to each beam.
-  logits, cache = forward(tokens, positions, slot_mask[::nb], _empty_cache(cache_spec), 0)
-  logits = jnp.repeat(_last(logits), nb, axis=0)
+  logits, cache = forward(tokens, positions, slot_mask[::nb], empty_cache(cache_spec), 0)
+  logits = jnp.repeat(last_logits(logits), nb, axis=0)
   cache = jax.tree.map(lambda c: jnp.repeat(c, nb, axis=cache_batch_axis), cache)
 
   neg = jnp.float32(-1e9)
@@ -314,7 +314,7 @@ def _beam_search(forward, tokens, mask, eos_id, pad_id, length_penalty, *, cache
     last = jax.lax.dynamic_index_in_dim(running, step, axis=2, keepdims=False).reshape(-1)
     logits, cache = forward(last[:, None], (lengths + step)[:, None], slot_mask, cache, p + step)
     return dict(
-        step=step + 1, logits=_last(logits), cache=cache, running=running,
+        step=step + 1, logits=last_logits(logits), cache=cache, running=running,
         running_scores=running_scores, finished=finished, finished_scores=finished_scores,
         is_finished=is_finished, improvable=improvable, all_hit=jnp.all(hits),
     )
@@ -335,7 +335,7 @@ def _beams_from(c: jax.Array, beam_src: jax.Array, axis: int) -> jax.Array:
 # Host-side helpers
 
 
-def _cache_spec(init_cache, batch: int, length: int):
+def cache_spec_of(init_cache, batch: int, length: int):
   """A hashable description of the empty cache, so the program builds it itself (no host
   allocation, no input buffer copied into the loop)."""
   shapes = jax.eval_shape(lambda: init_cache(batch, length))
@@ -343,12 +343,12 @@ def _cache_spec(init_cache, batch: int, length: int):
   return treedef, tuple((leaf.shape, jnp.dtype(leaf.dtype).name) for leaf in leaves)
 
 
-def _empty_cache(spec):
+def empty_cache(spec):
   treedef, leaves = spec
   return jax.tree.unflatten(treedef, [jnp.zeros(shape, dtype) for shape, dtype in leaves])
 
 
-def _last(logits: jax.Array) -> jax.Array:
+def last_logits(logits: jax.Array) -> jax.Array:
   """[B, V] or [B, T, V] -> [B, V] f32 at the last position."""
   return (logits[:, -1] if logits.ndim == 3 else logits).astype(jnp.float32)
 
@@ -372,7 +372,7 @@ def _plan_batches(lengths: list[int], rows: int, buckets: Sequence[int], keep_or
     yield index, fits[0]
 
 
-def _left_pad(prompts: list[Sequence[int]], rows: int, length: int, pad_id: int):
+def left_pad(prompts: list[Sequence[int]], rows: int, length: int, pad_id: int):
   """-> tokens [rows, length] int32, mask [rows, length] bool. Filler rows (beyond the prompts)
   hold one real pad token, so no row is fully masked."""
   tokens = np.full((rows, length), pad_id, np.int32)

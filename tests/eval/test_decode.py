@@ -85,8 +85,8 @@ def test_rows_forward_is_equal_for_equal_graphs(model):
   architecture must hand them equal (and equally hashed) functions, or every call recompiles."""
   from flax import nnx
 
-  from oppu_jax.eval.decode import _RowsForward
+  from oppu_jax.eval.decode import RowsForward
 
-  a, b = _RowsForward(nnx.split(model)[0]), _RowsForward(nnx.split(ef.tiny_model())[0])
+  a, b = RowsForward(nnx.split(model)[0]), RowsForward(nnx.split(ef.tiny_model())[0])
   assert a == b and hash(a) == hash(b)
-  assert a != _RowsForward(nnx.split(ef.tiny_model(num_layers=3))[0])
+  assert a != RowsForward(nnx.split(ef.tiny_model(num_layers=3))[0])

@@ -1,0 +1,460 @@
+"""Continuous batching of personal models: requests of different users decode in one compiled
+step, each row under its own user's adapter, a row freed the step its request ends.
+
+The engine owns one thread. Each turn it admits waiting requests whose adapters are on device
+(`residency.AdapterTiers`; a request whose adapter is still being read waits without holding
+anyone up), prefills each admitted prompt alone (its first token chosen there), scores the
+waiting label-scoring requests in one batch, and runs one decode step per pool of rows.
+
+Pools: rows whose prompts fit the same bucket share a cache [layers, rows, bucket + max_new,
+...] and one compiled step; a row's prompt is left-padded to its pool's bucket as `generate`
+does it, so a row decodes exactly as it would in a batch of its own. Rows sit at different
+lengths: the step takes a cache index per row (`decode.RowsForward`).
+
+A prompt is prefilled alone (batch 1) and every step runs all of a pool's rows, used or not: a
+row's arithmetic never depends on which other requests share its step (the tests check that a
+mixed batch gives each request its single-request output). Sampling draws depend only on the
+request's seed and the token's index.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from oppu_jax.eval import base_state, decode, score
+from oppu_jax.models import generate as gen
+from oppu_jax.serve.residency import AdapterTiers
+
+
+class Overloaded(Exception):
+  """Too many requests wait; `retry_after` seconds is a hint."""
+
+  def __init__(self, waiting: int, retry_after: float):
+    super().__init__(f"{waiting} requests are waiting; retry in {retry_after:.0f} s")
+    self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+  """The engine finishes what it has and takes nothing new."""
+
+
+@dataclasses.dataclass
+class Generate:
+  """A completion: prompt ids (as the model reads them) under `user`'s adapter."""
+
+  user: str
+  prompt: Sequence[int]
+  max_new_tokens: int
+  temperature: float = 0.0  # 0: greedy
+  top_p: float = 1.0
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class Score:
+  """Summed log-probabilities of each choice's ids after the prompt, under `user`'s adapter."""
+
+  user: str
+  prompt: Sequence[int]
+  choices: tuple[tuple[int, ...], ...]
+
+
+class Ticket:
+  """A request in the engine. `listener(ticket, new ids or None when it ends)` is called from the
+  engine's thread (keep it short); `wait` blocks until the request ends."""
+
+  def __init__(self, request: Generate | Score, listener: Callable | None = None):
+    self.request = request
+    self.tokens: list[int] = []
+    self.logprobs: list[float] = []
+    self.scores: np.ndarray | None = None
+    self.finish_reason: str | None = None  # stop, length, cancelled, error
+    self.error: BaseException | None = None
+    self.submitted = time.perf_counter()
+    self._listener = listener
+    self._done = threading.Event()
+    self._cancelled = False
+
+  @property
+  def done(self) -> bool:
+    return self._done.is_set()
+
+  def wait(self, timeout: float | None = None) -> "Ticket":
+    if not self._done.wait(timeout):
+      raise TimeoutError(f"request not finished after {timeout} s")
+    return self
+
+  def _emit(self, ids):
+    if self._listener is not None:
+      self._listener(self, ids)
+
+  def _finish(self, reason: str, error: BaseException | None = None):
+    self.finish_reason, self.error = reason, error
+    self._done.set()
+    self._emit(None)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+  """slots: rows per pool (one decode step runs them all); buckets: prompt lengths a pool pads to
+  (a longer prompt is refused); max_new_tokens: the most a request may generate; max_waiting:
+  requests waiting for a row before new ones are refused; prefills_per_turn: prompts prefilled
+  between two decode steps (running requests keep moving while a burst arrives);
+  one_user_per_step: admit only the user whose requests are running (the baseline that batches
+  a user's own requests only); score_batch: rows per scoring batch."""
+
+  slots: int = 8
+  buckets: tuple[int, ...] = (64, 256, 512)
+  max_new_tokens: int = 128
+  max_waiting: int = 256
+  prefills_per_turn: int = 2
+  one_user_per_step: bool = False
+  score_batch: int = 16
+
+
+class Engine:
+  """The serving loop over one base model and the users' adapters in `tiers`."""
+
+  def __init__(self, model, tiers: AdapterTiers, config: EngineConfig, *, eos_id: int,
+               pad_id: int):
+    self.model, self.tiers, self.config = model, tiers, config
+    self.eos_id, self.pad_id = eos_id, pad_id
+    self._graphdef, self._base, _, _ = base_state.prepare(model, None)
+    self._forward = decode.RowsForward(self._graphdef)
+    self._n_virtual = decode.n_virtual(tiers.stack)
+    self._pools: dict[int, _Pool] = {}
+    self._score_programs = score.Programs()
+    self._inbox: collections.deque[Ticket] = collections.deque()
+    self._waiting: collections.deque[Ticket] = collections.deque()
+    self._wake = threading.Condition()
+    self._stopping = False
+    self._thread: threading.Thread | None = None
+    self.stats = collections.Counter()  # steps, prefills, tokens, score_rows, finished
+
+  # -- called from any thread ------------------------------------------------------------------
+
+  def start(self) -> "Engine":
+    self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+    self._thread.start()
+    return self
+
+  def submit(self, request: Generate | Score, listener: Callable | None = None) -> Ticket:
+    """Queues a request; raises ValueError for one that can never run, Overloaded when too many
+    wait, ShuttingDown after `stop`."""
+    self._check(request)
+    ticket = Ticket(request, listener)
+    with self._wake:
+      if self._stopping:
+        raise ShuttingDown("the server is shutting down")
+      waiting = len(self._inbox) + len(self._waiting)
+      if waiting >= self.config.max_waiting:
+        raise Overloaded(waiting, retry_after=1 + waiting / max(self.config.slots, 1))
+      self._inbox.append(ticket)
+      self._wake.notify()
+    return ticket
+
+  def cancel(self, ticket: Ticket) -> None:
+    """Ends the request at the next turn; its row and adapter pin are freed."""
+    with self._wake:
+      ticket._cancelled = True
+      self._wake.notify()
+
+  def stop(self, timeout: float | None = None) -> None:
+    """Takes no new requests, finishes those it has, then ends its thread."""
+    with self._wake:
+      self._stopping = True
+      self._wake.notify()
+    if self._thread is not None:
+      self._thread.join(timeout)
+    self.tiers.close()
+
+  def load(self) -> dict:
+    """Rows in use, requests waiting, adapters pinned: what /v1/models and the stats show."""
+    return {"running": sum(p.used() for p in self._pools.values()),
+            "waiting": len(self._inbox) + len(self._waiting),
+            "pinned_adapters": self.tiers.pinned()}
+
+  def bucket_for(self, length: int) -> int:
+    fits = [b for b in self.config.buckets if b >= length]
+    if not fits:
+      raise ValueError(f"the prompt has {length} tokens; this server takes at most "
+                       f"{max(self.config.buckets)}")
+    return fits[0]
+
+  def _check(self, request):
+    if not request.prompt:
+      raise ValueError("the prompt is empty")
+    if isinstance(request, Generate):
+      self.bucket_for(len(request.prompt))
+      if not 1 <= request.max_new_tokens <= self.config.max_new_tokens:
+        raise ValueError(f"max_tokens must be 1..{self.config.max_new_tokens}, got "
+                         f"{request.max_new_tokens}")
+      if request.temperature < 0 or not 0 < request.top_p <= 1:
+        raise ValueError("need temperature >= 0 and 0 < top_p <= 1")
+    elif not request.choices or not all(request.choices):
+      raise ValueError("every choice needs at least one token")
+
+  # -- the engine's thread ---------------------------------------------------------------------
+
+  def _run(self):
+    while True:
+      with self._wake:
+        while self._inbox:
+          self._waiting.append(self._inbox.popleft())
+        stopping = self._stopping
+      self._drop_cancelled()
+      admitted = self._admit()
+      scored = self._score()
+      stepped = self._step()
+      if stopping and not self._waiting and not any(p.used() for p in self._pools.values()):
+        return
+      if not (admitted or scored or stepped):
+        with self._wake:  # nothing ran: wait for a request, a cancel, or an adapter read
+          if not self._inbox and self._stopping == stopping:
+            self._wake.wait(0.005 if self._waiting else 0.5)
+
+  def _drop_cancelled(self):
+    for ticket in [t for t in self._waiting if t._cancelled]:
+      self._waiting.remove(ticket)
+      ticket._finish("cancelled")
+    for pool in self._pools.values():
+      for row, ticket in enumerate(pool.tickets):
+        if ticket is not None and ticket._cancelled:
+          self._end_row(pool, row, "cancelled")
+
+  def _admit(self) -> bool:
+    """Prefills waiting completions whose adapter is on device and whose pool has a free row."""
+    prefilled = 0
+    for ticket in list(self._waiting):
+      if prefilled >= self.config.prefills_per_turn:
+        break
+      request = ticket.request
+      if not isinstance(request, Generate) or not self._may_run(request.user):
+        continue
+      pool = self._pool(self.bucket_for(len(request.prompt)))
+      row = pool.free_row()
+      if row is None:
+        continue
+      slot = self._acquire(ticket)
+      if slot is None:
+        continue
+      self._waiting.remove(ticket)
+      self._prefill(pool, row, ticket, slot)
+      prefilled += 1
+    return prefilled > 0
+
+  def _may_run(self, user: str) -> bool:
+    if not self.config.one_user_per_step:
+      return True
+    running = {t.request.user for p in self._pools.values() for t in p.tickets if t is not None}
+    return not running or running == {user}
+
+  def _acquire(self, ticket: Ticket) -> int | None:
+    """The ticket's adapter slot, pinned; a read error ends the ticket."""
+    try:
+      return self.tiers.acquire(ticket.request.user)
+    except Exception as e:  # a broken adapter file: that request fails, the server goes on
+      self._waiting.remove(ticket)
+      ticket._finish("error", e)
+      return None
+
+  def _prefill(self, pool: "_Pool", row: int, ticket: Ticket, slot: int):
+    r = ticket.request
+    tokens, mask = gen.left_pad([list(r.prompt)], 1, pool.bucket, self.pad_id)
+    users = jnp.asarray([slot], jnp.int32)
+    forward = jax.tree_util.Partial(self._forward, self._base, self.tiers.stack, users)
+    tok, lp, row_cache = _prefill(forward, tokens, mask, _sampling(r, 1),
+                                  cache_spec=pool.cache_spec, max_new=self.config.max_new_tokens)
+    pool.cache = _insert(pool.cache, row_cache, jnp.int32(row))
+    pool.start(row, ticket, slot, len(r.prompt), np.asarray(mask[0]))
+    self.stats["prefills"] += 1
+    self._emit_tokens(pool, {row: (int(tok[0]), float(lp[0]))})
+
+  def _step(self) -> bool:
+    """One decode step per pool that has rows running."""
+    stepped = False
+    for pool in self._pools.values():
+      if not pool.used():
+        continue
+      users = jnp.asarray(pool.slots)
+      forward = jax.tree_util.Partial(self._forward, self._base, self.tiers.stack, users)
+      tok, lp, pool.cache = _decode(forward, *pool.step_inputs(), cache=pool.cache)
+      tok, lp = np.asarray(tok), np.asarray(lp)
+      self.stats["steps"] += 1
+      self._emit_tokens(pool, {row: (int(tok[row]), float(lp[row]))
+                               for row, t in enumerate(pool.tickets) if t is not None})
+      stepped = True
+    return stepped
+
+  def _emit_tokens(self, pool: "_Pool", new: dict[int, tuple[int, float]]):
+    """Appends each row's new token (or ends the row on EOS / its length)."""
+    for row, (tok, lp) in new.items():
+      ticket = pool.tickets[row]
+      if tok == self.eos_id:
+        self._end_row(pool, row, "stop")
+        continue
+      ticket.tokens.append(tok)
+      ticket.logprobs.append(lp)
+      pool.steps[row] += 1
+      self.stats["tokens"] += 1
+      ticket._emit([tok])
+      if len(ticket.tokens) >= ticket.request.max_new_tokens:
+        self._end_row(pool, row, "length")
+
+  def _end_row(self, pool: "_Pool", row: int, reason: str):
+    ticket = pool.tickets[row]
+    self.tiers.release(pool.slots[row])
+    pool.free(row)
+    self.stats["finished"] += 1
+    ticket._finish(reason)
+
+  def _score(self) -> bool:
+    """Scores waiting label-scoring requests whose adapters are on device, in one batch per set
+    of choices."""
+    taken: dict[tuple, list[tuple[Ticket, int]]] = collections.defaultdict(list)
+    for ticket in list(self._waiting):
+      if not isinstance(ticket.request, Score) or not self._may_run(ticket.request.user):
+        continue
+      if sum(map(len, taken.values())) >= self.config.score_batch:
+        break
+      slot = self._acquire(ticket)
+      if slot is not None:
+        self._waiting.remove(ticket)
+        taken[ticket.request.choices].append((ticket, slot))
+    for choices, group in taken.items():
+      rows = [(slot, list(t.request.prompt)) for t, slot in group]
+      try:
+        scores = score.score_choices(self.model, self.tiers.stack, rows, choices,
+                                     batch_size=self.config.score_batch,
+                                     programs=self._score_programs)
+      except Exception as e:  # e.g. a prompt too long for the scoring buckets
+        scores = e
+      for i, (ticket, slot) in enumerate(group):
+        self.tiers.release(slot)
+        self.stats["score_rows"] += 1
+        if isinstance(scores, Exception):
+          ticket._finish("error", scores)
+        else:
+          ticket.scores = scores[i]
+          ticket._finish("stop")
+    return bool(taken)
+
+  def _pool(self, bucket: int) -> "_Pool":
+    if bucket not in self._pools:
+      c = self.config
+      init = functools.partial(self.model.conventions.decode_cache, self.model, self._n_virtual,
+                               c.max_new_tokens)
+      self._pools[bucket] = _Pool(bucket, c.slots, c.max_new_tokens,
+                                  gen.cache_spec_of(init, 1, bucket + c.max_new_tokens),
+                                  gen.cache_spec_of(init, c.slots, bucket + c.max_new_tokens))
+    return self._pools[bucket]
+
+
+class _Pool:
+  """The rows of one prompt bucket: their cache on device, their state on host."""
+
+  def __init__(self, bucket: int, rows: int, max_new: int, cache_spec, pool_spec):
+    self.bucket, self.max_new, self.cache_spec = bucket, max_new, cache_spec
+    self.cache = gen.empty_cache(pool_spec)
+    self.tickets: list[Ticket | None] = [None] * rows
+    self.slots = np.zeros(rows, np.int32)  # device adapter slot of each row
+    self.lengths = np.ones(rows, np.int32)  # real prompt tokens
+    self.steps = np.zeros(rows, np.int32)  # tokens generated so far
+    self.last = np.zeros(rows, np.int32)  # the last token generated
+    self.mask = np.zeros((rows, bucket + max_new), bool)  # slots a row attends to
+    self.mask[:, -1] = True  # an idle row attends to something (no all-masked softmax)
+    self.seeds = np.zeros(rows, np.uint32)
+    self.temperature = np.zeros(rows, np.float32)
+    self.top_p = np.ones(rows, np.float32)
+
+  def used(self) -> int:
+    return sum(t is not None for t in self.tickets)
+
+  def free_row(self) -> int | None:
+    return next((r for r, t in enumerate(self.tickets) if t is None), None)
+
+  def start(self, row: int, ticket: Ticket, slot: int, length: int, prompt_mask: np.ndarray):
+    r = ticket.request
+    self.tickets[row], self.slots[row], self.lengths[row], self.steps[row] = ticket, slot, length, 0
+    self.mask[row] = np.concatenate([prompt_mask, np.ones(self.max_new, bool)])
+    self.seeds[row], self.temperature[row], self.top_p[row] = r.seed, r.temperature, r.top_p
+
+  def free(self, row: int):
+    self.tickets[row] = None
+
+  def step_inputs(self):
+    """(last tokens, positions, mask, cache index, seeds, draw index, temperature, top_p) [rows]:
+    as `generate`'s loop at this row's step, each row at its own."""
+    for row, ticket in enumerate(self.tickets):
+      if ticket is not None:
+        self.last[row] = ticket.tokens[-1]
+    steps = np.where([t is not None for t in self.tickets], self.steps, 1)
+    positions = self.lengths + steps - 1
+    index = np.minimum(self.bucket + steps - 1, self.bucket + self.max_new - 1)
+    return (jnp.asarray(self.last), jnp.asarray(positions), jnp.asarray(self.mask),
+            jnp.asarray(index), jnp.asarray(self.seeds), jnp.asarray(steps),
+            jnp.asarray(self.temperature), jnp.asarray(self.top_p))
+
+
+def _sampling(r: Generate, rows: int):
+  """(seeds, draw index, temperature, top_p) [rows] of a prefill: draw 0."""
+  return (jnp.full((rows,), r.seed, jnp.uint32), jnp.zeros((rows,), jnp.int32),
+          jnp.full((rows,), r.temperature, jnp.float32), jnp.full((rows,), r.top_p, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("cache_spec", "max_new"))
+def _prefill(forward, tokens, mask, sampling, *, cache_spec, max_new):
+  """tokens, mask [1, P] left-padded -> (first token [1], its log-prob [1], the row's cache)."""
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  slot_mask = jnp.concatenate([mask, jnp.ones((mask.shape[0], max_new), bool)], axis=1)
+  logits, cache = forward(tokens, positions, slot_mask, gen.empty_cache(cache_spec), 0)
+  tok, lp = _choose(gen.last_logits(logits), *sampling)
+  return tok, lp, cache
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",))
+def _decode(forward, last, positions, mask, index, seeds, steps, temperature, top_p, *, cache):
+  """One step of every row: last, positions, index [rows] -> (tokens, log-probs, cache)."""
+  logits, cache = forward(last[:, None], positions[:, None], mask, cache, index)
+  tok, lp = _choose(gen.last_logits(logits), seeds, steps, temperature, top_p)
+  return tok, lp, cache
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _insert(cache, row_cache, row):
+  """The pool's cache with row `row` (cache batch axis 1) replaced by a prefilled row's."""
+  return jax.tree.map(lambda c, r: jax.lax.dynamic_update_slice_in_dim(c, r, row, axis=1),
+                      cache, row_cache)
+
+
+def _choose(logits, seeds, steps, temperature, top_p):
+  """logits [rows, V] f32 -> (token, its log-prob under the model) [rows]: argmax where the
+  temperature is 0, else a draw after temperature and nucleus top_p, keyed by (seed, step)."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  greedy = jnp.argmax(logits, axis=-1)
+
+  def draw(_):
+    def one(seed, step, row, t, p):
+      key = jax.random.fold_in(jax.random.key(seed), step)
+      scaled = row / jnp.maximum(t, 1e-6)
+      order = jnp.argsort(-scaled)
+      ranked = scaled[order]
+      probs = jax.nn.softmax(ranked)
+      keep = (jnp.cumsum(probs) - probs) < p  # the smallest head reaching top_p
+      return order[jax.random.categorical(key, jnp.where(keep, ranked, -jnp.inf))]
+
+    sampled = jax.vmap(one)(seeds, steps, logits, temperature, top_p)
+    return jnp.where(temperature > 0, sampled, greedy)
+
+  # The sort over the vocabulary runs only when some row samples.
+  tok = jax.lax.cond(jnp.any(temperature > 0), draw, lambda _: greedy, None).astype(jnp.int32)
+  return tok, jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
