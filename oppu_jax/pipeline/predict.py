@@ -63,19 +63,22 @@ def _predict_users(exp: Experiment, model, setting: Setting, users) -> dict[str,
 def query_rows(exp: Experiment, setting: Setting, users) -> tuple[list[str], list]:
   """(query ids, rows [(index of the user in `users`, prompt ids)]) of `users`' queries under
   `setting`, as the model reads them."""
+  queries = query_texts(exp, setting, users)
+  return [q for _, q, _ in queries], [(i, _model_input(exp, text)) for i, _, text in queries]
+
+
+def query_texts(exp: Experiment, setting: Setting, users) -> list[tuple[int, str, str]]:
+  """(index of the user in `users`, query id, prompt text) of `users`' queries under `setting`:
+  what a client of the server sends for them (oppu_jax/serve/check.py)."""
   retrievers = retrievers_for(exp, setting)
   profiles = profiles_for(exp, setting)
   # Table 1's random_history draws from every user's items (the paper's reading) or the user's.
   corpus = (examples.random_history_corpus(exp.data.users, exp.config.data.random_history)
             if setting.retrieval == "random" else None)
-  rows, ids = [], []
-  for index, user in enumerate(users):
-    for qid, prompt in examples.query_prompts(exp.task, user, setting, profiles.get(user.id),
-                                              seed=exp.config.seed, retrievers=retrievers,
-                                              corpus=corpus):
-      rows.append((index, _model_input(exp, prompt)))
-      ids.append(qid)
-  return ids, rows
+  return [(index, qid, prompt) for index, user in enumerate(users)
+          for qid, prompt in examples.query_prompts(
+              exp.task, user, setting, profiles.get(user.id), seed=exp.config.seed,
+              retrievers=retrievers, corpus=corpus)]
 
 
 def _load_adapters(exp: Experiment, model, setting: Setting, users) -> UserAdapters:

@@ -36,15 +36,17 @@ _ONE_USER = flags.DEFINE_boolean("one_user_per_step", False, "Batch only the req
 
 def main(argv) -> None:
   del argv
-  logging.getLogger().setLevel(logging.INFO)
   if _WORKDIR.value is None:
     sys.exit("error: --workdir is required")
   import uvicorn
+
+  from oppu_jax import logs
 
   from oppu_jax.errors import OppuError
   from oppu_jax.serve import app as app_lib, source
   from oppu_jax.serve.engine import EngineConfig
 
+  logs.quiet_libraries()
   try:
     buckets = tuple(sorted(int(b) for b in _BUCKETS.value))
   except ValueError:

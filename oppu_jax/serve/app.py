@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 import uuid
 from typing import Any, Callable
@@ -71,6 +72,8 @@ def make_app(service: Service) -> Starlette:
       yield
     finally:
       await asyncio.to_thread(service.engine.stop)
+      logging.info("stopped after %d finished requests", service.engine.stats["finished"]
+                   + service.engine.stats["score_rows"])
 
   def route(handler):
     async def endpoint(request: Request):

@@ -27,7 +27,7 @@ NO_LIMIT = 1 << 30  # prompts are not cut to the run's cutoff: a prompt too long
 def open_workdir(workdir: str, setting_name: str, engine_config: EngineConfig, *,
                  device_slots: int, host_capacity: int) -> Service:
   """The service of `setting_name`'s personal models in a finished run's workdir (not started)."""
-  config = _run_config(workdir)
+  config = run_config(workdir)
   settings = parse_settings(setting_name)
   if len(settings) != 1 or not settings[0].personal:
     raise ConfigError(f"--setting={setting_name}: name one personalized setting (e.g. oppu_k0)")
@@ -63,7 +63,8 @@ def open_workdir(workdir: str, setting_name: str, engine_config: EngineConfig, *
       labels=tuple(task.labels or ()))
 
 
-def _run_config(workdir: str) -> ml_collections.ConfigDict:
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a finished run was made with (its config.json), checked."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise WorkdirError(f"{workdir}: no config.json; serve the workdir of a finished run")
