@@ -54,6 +54,10 @@ RUNS = {
                        "the default LaMP_3 run against the reference pattern, with the profile"),
     "pipeline_profile": (PIPELINE + ["--profile", "--skip_reference"],
                          "where the default LaMP_3 run's time goes, per stage"),
+    "serve_bench": ([sys.executable, "benchmarks/serve_bench.py", "--workdir=runs/lamp3",
+                     "--json=runs/results/serve_bench/serve_bench.json"],
+                    "the server under 1/8/32 clients over 8 and 1,000 adapters, against one user "
+                    "per step and HF PEFT (needs the default run's runs/lamp3)"),
     "jax_versions": (["bash", "benchmarks/jax_versions.sh"],
                      "one training step under each jax minor release the range allowed"),
     "compile_llama2_7b": (CHECK + ["--model=llama-2-7b", "--config=configs/lamp3.py",
@@ -86,9 +90,9 @@ RUNS = {
                             "study's recipe; the planner tries model axes 4 and 8 only)"),
 }
 FILES = ("results.md", "results.json", "significance.json", "timings.json", "analysis",
-         "compile_check.json")
+         "compile_check.json", "serve_bench.json")
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "transformers",
-             "tokenizers", "torch", "peft")
+             "tokenizers", "torch", "peft", "starlette", "uvicorn", "httpx")
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
 _SLOTS = flags.DEFINE_integer("slots", 8, "Requests decoding together per prompt bucket (rows "
                               "of one compiled step).")
-_BUCKETS = flags.DEFINE_list("prompt_buckets", ["64", "256", "512"],
+_BUCKETS = flags.DEFINE_list("prompt_buckets", ["32", "64", "128", "256", "512"],
                              "Prompt lengths (tokens) rows are padded to; the largest is the "
                              "longest prompt taken.")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 128, "The most tokens a request may generate.")

@@ -2,7 +2,7 @@
 "<setting>/<user_id>", as vLLM names a LoRA adapter a model.
 
   POST /v1/completions        {"model", "prompt", "max_tokens", "temperature", "top_p", "seed",
-                               "stream"}
+                               "stream", "ignore_eos" (vLLM's extension: run to max_tokens)}
   POST /v1/chat/completions   {"model", "messages", ...}: the prompt is the tokenizer's chat
                                template of the messages
   POST /v1/score              {"model", "prompt", "choices"?}: each choice's summed log-prob after
@@ -166,7 +166,8 @@ async def _generate(service: Service, request: Request, body: dict, ids: list[in
   default = cap if chat else min(DEFAULT_MAX_TOKENS, cap)  # chat: as long as the server allows
   req = Generate(user, ids, max_new_tokens=_int(limit, "max_tokens", default),
                  temperature=_number(body, "temperature", 1.0), top_p=_number(body, "top_p", 1.0),
-                 seed=_int(body.get("seed"), "seed", 0) % 2**32)
+                 seed=_int(body.get("seed"), "seed", 0) % 2**32,
+                 ignore_eos=bool(body.get("ignore_eos", False)))
   if _int(body.get("n"), "n", 1) != 1:
     raise ApiError(400, "n: this server returns one choice per request")
   if body.get("stop") not in (None, [], ""):

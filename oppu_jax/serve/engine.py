@@ -57,6 +57,7 @@ class Generate:
   temperature: float = 0.0  # 0: greedy
   top_p: float = 1.0
   seed: int = 0
+  ignore_eos: bool = False  # run to max_new_tokens (load tests: a fixed length per request)
 
 
 @dataclasses.dataclass
@@ -113,7 +114,7 @@ class EngineConfig:
   a user's own requests only); score_batch: rows per scoring batch."""
 
   slots: int = 8
-  buckets: tuple[int, ...] = (64, 256, 512)
+  buckets: tuple[int, ...] = (32, 64, 128, 256, 512)
   max_new_tokens: int = 128
   max_waiting: int = 256
   prefills_per_turn: int = 2
@@ -299,7 +300,7 @@ class Engine:
     """Appends each row's new token (or ends the row on EOS / its length)."""
     for row, (tok, lp) in new.items():
       ticket = pool.tickets[row]
-      if tok == self.eos_id:
+      if tok == self.eos_id and not ticket.request.ignore_eos:
         self._end_row(pool, row, "stop")
         continue
       ticket.tokens.append(tok)
