@@ -24,7 +24,7 @@ PACKAGE = "oppu_jax"
 
 # The one table of floors, lowest first. A room imports only from its floor or below.
 FLOORS = {
-    "errors": 0, "storage": 0, "files": 0,
+    "errors": 0, "storage": 0, "files": 0, "logs": 0,
     "data": 1,
     "models": 2, "config": 2,
     "peft": 3,
@@ -32,7 +32,7 @@ FLOORS = {
     "train": 5,
     "eval": 6,
     "pipeline": 7, "compile_check": 7,
-    "analysis": 8,
+    "analysis": 8, "serve": 8,
     "report": 9, "main": 9,
 }
 

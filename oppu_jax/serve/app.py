@@ -227,7 +227,7 @@ async def _stream(service: Service, request: Request, req: Generate, head: dict,
   async def events():
     sent = ""
     try:
-      while (ids := await queue.get()) is not None:
+      while await queue.get() is not None:
         text = service.decode(ticket.tokens)
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
           continue

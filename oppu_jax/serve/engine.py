@@ -6,15 +6,11 @@ The engine owns one thread. Each turn it admits waiting requests whose adapters 
 anyone up), prefills each admitted prompt alone (its first token chosen there), scores the
 waiting label-scoring requests in one batch, and runs one decode step per pool of rows.
 
-Pools: rows whose prompts fit the same bucket share a cache [layers, rows, bucket + max_new,
-...] and one compiled step; a row's prompt is left-padded to its pool's bucket as `generate`
-does it, so a row decodes exactly as it would in a batch of its own. Rows sit at different
-lengths: the step takes a cache index per row (`decode.RowsForward`).
-
-A prompt is prefilled alone (batch 1) and every step runs all of a pool's rows, used or not: a
-row's arithmetic never depends on which other requests share its step (the tests check that a
-mixed batch gives each request its single-request output). Sampling draws depend only on the
-request's seed and the token's index.
+Pools (`pool.py`): rows whose prompts fit the same bucket share a cache and compiled programs;
+a row decodes as it would in a batch of its own, at its own length. A prompt is prefilled alone
+(batch 1), and a row's arithmetic depends on the width of its step, not on the other requests
+in it (the tests check that a mixed batch gives each request its single-request output).
+Sampling draws depend only on the request's seed and the token's index.
 """
 
 from __future__ import annotations
@@ -24,14 +20,13 @@ import dataclasses
 import functools
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from oppu_jax.eval import base_state, decode, score
-from oppu_jax.models import generate as gen
+from oppu_jax.serve.pool import Pool
 from oppu_jax.serve.residency import AdapterTiers
 
 
@@ -132,7 +127,7 @@ class Engine:
     self._graphdef, self._base, _, _ = base_state.prepare(model, None)
     self._forward = decode.RowsForward(self._graphdef)
     self._n_virtual = decode.n_virtual(tiers.stack)
-    self._pools: dict[int, _Pool] = {}
+    self._pools: dict[int, Pool] = {}
     self._score_programs = score.Programs()
     self._inbox: collections.deque[Ticket] = collections.deque()
     self._waiting: collections.deque[Ticket] = collections.deque()
@@ -268,35 +263,26 @@ class Engine:
       ticket._finish("error", e)
       return None
 
-  def _prefill(self, pool: "_Pool", row: int, ticket: Ticket, slot: int):
-    r = ticket.request
-    tokens, mask = gen.left_pad([list(r.prompt)], 1, pool.bucket, self.pad_id)
-    users = jnp.asarray([slot], jnp.int32)
-    forward = jax.tree_util.Partial(self._forward, self._base, self.tiers.stack, users)
-    tok, lp, row_cache = _prefill(forward, tokens, mask, _sampling(r, 1),
-                                  cache_spec=pool.cache_spec, max_new=self.config.max_new_tokens)
-    pool.cache = _insert(pool.cache, row_cache, jnp.int32(row))
-    pool.start(row, ticket, slot, len(r.prompt), np.asarray(mask[0]))
+  def _prefill(self, pool: Pool, row: int, ticket: Ticket, slot: int):
     self.stats["prefills"] += 1
-    self._emit_tokens(pool, {row: (int(tok[0]), float(lp[0]))})
+    tok = pool.prefill(self._rows_forward, row, ticket, slot, self.pad_id)
+    self._emit_tokens(pool, {row: tok})
 
   def _step(self) -> bool:
     """One decode step per pool that has rows running."""
     stepped = False
     for pool in self._pools.values():
-      if not pool.used():
-        continue
-      users = jnp.asarray(pool.slots)
-      forward = jax.tree_util.Partial(self._forward, self._base, self.tiers.stack, users)
-      tok, lp, pool.cache = _decode(forward, *pool.step_inputs(), cache=pool.cache)
-      tok, lp = np.asarray(tok), np.asarray(lp)
-      self.stats["steps"] += 1
-      self._emit_tokens(pool, {row: (int(tok[row]), float(lp[row]))
-                               for row, t in enumerate(pool.tickets) if t is not None})
-      stepped = True
+      if pool.used():
+        self.stats["steps"] += 1
+        self._emit_tokens(pool, pool.step(self._rows_forward))
+        stepped = True
     return stepped
 
-  def _emit_tokens(self, pool: "_Pool", new: dict[int, tuple[int, float]]):
+  def _rows_forward(self, users: jax.Array):
+    """generate's forward for rows under the device slots `users` (the stack as it is now)."""
+    return jax.tree_util.Partial(self._forward, self._base, self.tiers.stack, users)
+
+  def _emit_tokens(self, pool: Pool, new: dict[int, tuple[int, float]]):
     """Appends each row's new token (or ends the row on EOS / its length)."""
     for row, (tok, lp) in new.items():
       ticket = pool.tickets[row]
@@ -311,7 +297,7 @@ class Engine:
       if len(ticket.tokens) >= ticket.request.max_new_tokens:
         self._end_row(pool, row, "length")
 
-  def _end_row(self, pool: "_Pool", row: int, reason: str):
+  def _end_row(self, pool: Pool, row: int, reason: str):
     ticket = pool.tickets[row]
     self.tiers.release(pool.slots[row])
     pool.free(row)
@@ -349,113 +335,10 @@ class Engine:
           ticket._finish("stop")
     return bool(taken)
 
-  def _pool(self, bucket: int) -> "_Pool":
+  def _pool(self, bucket: int) -> Pool:
     if bucket not in self._pools:
       c = self.config
       init = functools.partial(self.model.conventions.decode_cache, self.model, self._n_virtual,
                                c.max_new_tokens)
-      self._pools[bucket] = _Pool(bucket, c.slots, c.max_new_tokens,
-                                  gen.cache_spec_of(init, 1, bucket + c.max_new_tokens),
-                                  gen.cache_spec_of(init, c.slots, bucket + c.max_new_tokens))
+      self._pools[bucket] = Pool(bucket, c.slots, c.max_new_tokens, init)
     return self._pools[bucket]
-
-
-class _Pool:
-  """The rows of one prompt bucket: their cache on device, their state on host."""
-
-  def __init__(self, bucket: int, rows: int, max_new: int, cache_spec, pool_spec):
-    self.bucket, self.max_new, self.cache_spec = bucket, max_new, cache_spec
-    self.cache = gen.empty_cache(pool_spec)
-    self.tickets: list[Ticket | None] = [None] * rows
-    self.slots = np.zeros(rows, np.int32)  # device adapter slot of each row
-    self.lengths = np.ones(rows, np.int32)  # real prompt tokens
-    self.steps = np.zeros(rows, np.int32)  # tokens generated so far
-    self.last = np.zeros(rows, np.int32)  # the last token generated
-    self.mask = np.zeros((rows, bucket + max_new), bool)  # slots a row attends to
-    self.mask[:, -1] = True  # an idle row attends to something (no all-masked softmax)
-    self.seeds = np.zeros(rows, np.uint32)
-    self.temperature = np.zeros(rows, np.float32)
-    self.top_p = np.ones(rows, np.float32)
-
-  def used(self) -> int:
-    return sum(t is not None for t in self.tickets)
-
-  def free_row(self) -> int | None:
-    return next((r for r, t in enumerate(self.tickets) if t is None), None)
-
-  def start(self, row: int, ticket: Ticket, slot: int, length: int, prompt_mask: np.ndarray):
-    r = ticket.request
-    self.tickets[row], self.slots[row], self.lengths[row], self.steps[row] = ticket, slot, length, 0
-    self.mask[row] = np.concatenate([prompt_mask, np.ones(self.max_new, bool)])
-    self.seeds[row], self.temperature[row], self.top_p[row] = r.seed, r.temperature, r.top_p
-
-  def free(self, row: int):
-    self.tickets[row] = None
-
-  def step_inputs(self):
-    """(last tokens, positions, mask, cache index, seeds, draw index, temperature, top_p) [rows]:
-    as `generate`'s loop at this row's step, each row at its own."""
-    for row, ticket in enumerate(self.tickets):
-      if ticket is not None:
-        self.last[row] = ticket.tokens[-1]
-    steps = np.where([t is not None for t in self.tickets], self.steps, 1)
-    positions = self.lengths + steps - 1
-    index = np.minimum(self.bucket + steps - 1, self.bucket + self.max_new - 1)
-    return (jnp.asarray(self.last), jnp.asarray(positions), jnp.asarray(self.mask),
-            jnp.asarray(index), jnp.asarray(self.seeds), jnp.asarray(steps),
-            jnp.asarray(self.temperature), jnp.asarray(self.top_p))
-
-
-def _sampling(r: Generate, rows: int):
-  """(seeds, draw index, temperature, top_p) [rows] of a prefill: draw 0."""
-  return (jnp.full((rows,), r.seed, jnp.uint32), jnp.zeros((rows,), jnp.int32),
-          jnp.full((rows,), r.temperature, jnp.float32), jnp.full((rows,), r.top_p, jnp.float32))
-
-
-@functools.partial(jax.jit, static_argnames=("cache_spec", "max_new"))
-def _prefill(forward, tokens, mask, sampling, *, cache_spec, max_new):
-  """tokens, mask [1, P] left-padded -> (first token [1], its log-prob [1], the row's cache)."""
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  slot_mask = jnp.concatenate([mask, jnp.ones((mask.shape[0], max_new), bool)], axis=1)
-  logits, cache = forward(tokens, positions, slot_mask, gen.empty_cache(cache_spec), 0)
-  tok, lp = _choose(gen.last_logits(logits), *sampling)
-  return tok, lp, cache
-
-
-@functools.partial(jax.jit, donate_argnames=("cache",))
-def _decode(forward, last, positions, mask, index, seeds, steps, temperature, top_p, *, cache):
-  """One step of every row: last, positions, index [rows] -> (tokens, log-probs, cache)."""
-  logits, cache = forward(last[:, None], positions[:, None], mask, cache, index)
-  tok, lp = _choose(gen.last_logits(logits), seeds, steps, temperature, top_p)
-  return tok, lp, cache
-
-
-@functools.partial(jax.jit, donate_argnums=0)
-def _insert(cache, row_cache, row):
-  """The pool's cache with row `row` (cache batch axis 1) replaced by a prefilled row's."""
-  return jax.tree.map(lambda c, r: jax.lax.dynamic_update_slice_in_dim(c, r, row, axis=1),
-                      cache, row_cache)
-
-
-def _choose(logits, seeds, steps, temperature, top_p):
-  """logits [rows, V] f32 -> (token, its log-prob under the model) [rows]: argmax where the
-  temperature is 0, else a draw after temperature and nucleus top_p, keyed by (seed, step)."""
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  greedy = jnp.argmax(logits, axis=-1)
-
-  def draw(_):
-    def one(seed, step, row, t, p):
-      key = jax.random.fold_in(jax.random.key(seed), step)
-      scaled = row / jnp.maximum(t, 1e-6)
-      order = jnp.argsort(-scaled)
-      ranked = scaled[order]
-      probs = jax.nn.softmax(ranked)
-      keep = (jnp.cumsum(probs) - probs) < p  # the smallest head reaching top_p
-      return order[jax.random.categorical(key, jnp.where(keep, ranked, -jnp.inf))]
-
-    sampled = jax.vmap(one)(seeds, steps, logits, temperature, top_p)
-    return jnp.where(temperature > 0, sampled, greedy)
-
-  # The sort over the vocabulary runs only when some row samples.
-  tok = jax.lax.cond(jnp.any(temperature > 0), draw, lambda _: greedy, None).astype(jnp.int32)
-  return tok, jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
