@@ -54,6 +54,9 @@ RUNS = {
                        "the default LaMP_3 run against the reference pattern, with the profile"),
     "pipeline_profile": (PIPELINE + ["--profile", "--skip_reference"],
                          "where the default LaMP_3 run's time goes, per stage"),
+    "serve_check": ([sys.executable, "-m", "oppu_jax.serve.check", "--workdir=runs/lamp3"],
+                    "the server's answers to every test query of the default run against its "
+                    "predictions (needs runs/lamp3)"),
     "serve_bench": ([sys.executable, "benchmarks/serve_bench.py", "--workdir=runs/lamp3",
                      "--json=runs/results/serve_bench/serve_bench.json"],
                     "the server under 1/8/32 clients over 8 and 1,000 adapters, against one user "

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from oppu_jax.errors import AdapterFormatError
 from oppu_jax.serve.engine import Engine, Generate, Overloaded, Score, ShuttingDown, Ticket
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -206,9 +207,10 @@ async def _run(service: Service, request: Request, req) -> Ticket:
     watch.cancel()
   if not finished.done():
     raise ApiError(499, "the client closed the request", code="client_closed_request")
-  if ticket.finish_reason == "error":
+  if ticket.finish_reason == "error":  # the user's adapter file, or a bug: the server goes on
+    unreadable = isinstance(ticket.error, AdapterFormatError)
     raise ApiError(500, f"{req.user}: {ticket.error}", kind="server_error",
-                   code="adapter_unreadable")
+                   code="adapter_unreadable" if unreadable else None)
   return ticket
 
 

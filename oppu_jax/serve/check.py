@@ -3,6 +3,7 @@ text, the user's model name), and compares its answers with the run's prediction
 
   python -m oppu_jax.serve --workdir=runs/lamp3 &
   python -m oppu_jax.serve.check --workdir=runs/lamp3 --url=http://127.0.0.1:8000/v1
+  python -m oppu_jax.serve.check --workdir=runs/lamp3     # starts a server of its own, then stops it
 
 A classification task's queries go to /v1/score (httpx), a generation task's to
 /v1/completions through the `openai` client at temperature 0 (the run must have decoded
@@ -11,24 +12,27 @@ greedily). Prints how many answers equal the predictions and exits 1 if any diff
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import socket
+import subprocess
 import sys
+import time
 
 from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The served run's workdir.")
 _SETTING = flags.DEFINE_string("setting", "oppu_k0", "The served setting.")
-_URL = flags.DEFINE_string("url", "http://127.0.0.1:8000/v1", "The server's API base URL.")
+_URL = flags.DEFINE_string("url", "", "The server's API base URL (empty: start `python -m "
+                           "oppu_jax.serve` on the workdir on a free port, and stop it after).")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Ask only the first N queries (0: all).")
 
 
 def main(argv) -> None:
   del argv
-  import httpx
-  import openai
-
-  from oppu_jax.errors import OppuError
   from oppu_jax import logs
+  from oppu_jax.errors import OppuError
   from oppu_jax.pipeline import experiment, predict
   from oppu_jax.pipeline.settings import parse_settings
   from oppu_jax.serve import source
@@ -47,12 +51,24 @@ def main(argv) -> None:
   scored = bool(exp.task.labels) and config.eval.classification == "score"
   if not scored and config.eval.decoding != "greedy":
     sys.exit(f"error: the run decoded with {config.eval.decoding}; the check asks greedily")
-  client = openai.OpenAI(base_url=_URL.value, api_key="unused")
+  with _server(_WORKDIR.value, _SETTING.value, _URL.value) as url:
+    equal = _ask(url, exp, setting, queries, want, scored, config)
+  print(f"{equal}/{len(queries)} answers equal predictions/{setting.name}.json "
+        f"({'/v1/score' if scored else '/v1/completions'})")
+  sys.exit(0 if equal == len(queries) else 1)
+
+
+def _ask(url, exp, setting, queries, want, scored, config) -> int:
+  """Asks every query; prints each answer that differs; the number equal."""
+  import httpx
+  import openai
+
+  client = openai.OpenAI(base_url=url, api_key="unused")
   equal = 0
   for index, qid, prompt in queries:
     model = f"{setting.name}/{exp.test_users[index].id}"
     if scored:
-      r = httpx.post(f"{_URL.value}/score", json={"model": model, "prompt": prompt},
+      r = httpx.post(f"{url}/score", json={"model": model, "prompt": prompt},
                      timeout=600)
       r.raise_for_status()
       got = r.json()["best"]
@@ -62,9 +78,37 @@ def main(argv) -> None:
     equal += got.strip() == want[qid]
     if got.strip() != want[qid]:
       print(f"{qid} ({model}): server {got.strip()!r}, predictions {want[qid]!r}")
-  print(f"{equal}/{len(queries)} answers equal predictions/{setting.name}.json "
-        f"({'/v1/score' if scored else '/v1/completions'})")
-  sys.exit(0 if equal == len(queries) else 1)
+  return equal
+
+
+@contextlib.contextmanager
+def _server(workdir: str, setting: str, url: str):
+  """`url`, or the URL of a server started here on `workdir` (stopped on the way out)."""
+  if url:
+    yield url
+    return
+  import httpx
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, "-m", "oppu_jax.serve", f"--workdir={workdir}",
+                           f"--setting={setting}", f"--port={port}"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    while True:
+      try:
+        if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+          break
+      except httpx.TransportError:
+        pass
+      if proc.poll() is not None:
+        sys.exit(f"error: the server did not start:\n{proc.stderr.read()[-2000:]}")
+      time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/v1"
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(300)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ class Ticket:
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-  """slots: rows per pool (one decode step runs them all); buckets: prompt lengths a pool pads to
+  """slots: rows per pool (a decode step runs up to all of them); buckets: prompt lengths a pool pads to
   (a longer prompt is refused); max_new_tokens: the most a request may generate; max_waiting:
   requests waiting for a row before new ones are refused; prefills_per_turn: prompts prefilled
   between two decode steps (running requests keep moving while a burst arrives);
@@ -174,7 +174,7 @@ class Engine:
     self.tiers.close()
 
   def load(self) -> dict:
-    """Rows in use, requests waiting, adapters pinned: what /v1/models and the stats show."""
+    """Rows in use, requests waiting, adapters pinned (GET /health shows them)."""
     return {"running": sum(p.used() for p in self._pools.values()),
             "waiting": len(self._inbox) + len(self._waiting),
             "pinned_adapters": self.tiers.pinned()}
@@ -189,8 +189,8 @@ class Engine:
   def _check(self, request):
     if not request.prompt:
       raise ValueError("the prompt is empty")
+    self.bucket_for(len(request.prompt))
     if isinstance(request, Generate):
-      self.bucket_for(len(request.prompt))
       if not 1 <= request.max_new_tokens <= self.config.max_new_tokens:
         raise ValueError(f"max_tokens must be 1..{self.config.max_new_tokens}, got "
                          f"{request.max_new_tokens}")

@@ -7,6 +7,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from eval import eval_fixtures as ef
+from oppu_jax.errors import AdapterFormatError
 from oppu_jax.serve.app import Service, make_app
 from oppu_jax.serve.engine import Engine, EngineConfig, Generate
 from oppu_jax.serve.residency import AdapterTiers
@@ -25,9 +26,18 @@ def adapters(model):
   return ef.stacked_adapters(model, ef.METHODS["lora"])
 
 
-def _service(model, adapters, **config):
-  tiers = AdapterTiers(adapters.method, adapters.user(0), lambda u: adapters.user(int(u[1:])),
-                       device_slots=2, host_capacity=4)
+def _read(adapters):
+  def read(user):
+    if user == "u2":
+      raise AdapterFormatError("adapters/oppu_k0/u2/adapter_model.safetensors: not a readable "
+                               "safetensors file")
+    return adapters.user(int(user[1:]))
+  return read
+
+
+def _service(model, adapters, broken_u2=False, **config):
+  read = _read(adapters) if broken_u2 else (lambda u: adapters.user(int(u[1:])))
+  tiers = AdapterTiers(adapters.method, adapters.user(0), read, device_slots=2, host_capacity=4)
   config = EngineConfig(**{"slots": 4, "buckets": (16,), "max_new_tokens": 8, **config})
   engine = Engine(model, tiers, config, eos_id=-1, pad_id=0)
   ids = lambda text: [int(w) for w in text.split()]
@@ -105,6 +115,8 @@ def test_score_ranks_the_task_labels(client):
     ("/v1/completions", {"model": "oppu_k0/u0", "prompt": ["a", "b"]}, 400, None),
     ("/v1/chat/completions", {"model": "oppu_k0/u0", "messages": [{"role": "user"}]}, 400, None),
     ("/v1/score", {"model": "oppu_k0/u0", "prompt": "5", "choices": []}, 400, None),
+    ("/v1/score", {"model": "oppu_k0/u0", "prompt": " ".join(["5"] * 17)}, 400,
+     "context_length_exceeded"),
 ])
 def test_bad_requests_get_json_errors(client, path, body, status, code):
   r = client.post(path, json=body)
@@ -124,3 +136,12 @@ def test_overload_is_a_429_with_a_retry_hint(model, adapters):
     r = c.post("/v1/completions", json={"model": "oppu_k0/u0", "prompt": "5"})
   assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
   assert r.json()["error"]["code"] == "overloaded"
+
+
+def test_an_unreadable_adapter_is_a_500_for_its_user_only(model, adapters):
+  with TestClient(make_app(_service(model, adapters, broken_u2=True))) as c:
+    bad = c.post("/v1/completions", json={"model": "oppu_k0/u2", "prompt": "5", "max_tokens": 2})
+    good = c.post("/v1/completions", json={"model": "oppu_k0/u1", "prompt": "5", "max_tokens": 2})
+  assert bad.status_code == 500 and bad.json()["error"]["code"] == "adapter_unreadable"
+  assert "u2/adapter_model.safetensors" in bad.json()["error"]["message"]
+  assert good.status_code == 200
