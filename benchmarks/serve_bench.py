@@ -20,12 +20,10 @@ one-at-a-time server builds: computed from its measured service times, not from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +41,8 @@ _CLIENTS = flags.DEFINE_list("clients", ["1", "8", "32"], "concurrent clients pe
 _ADAPTERS = flags.DEFINE_list("adapters", ["8", "1000"], "users' adapters the requests spread over")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 32, "new tokens per request (EOS ignored, as "
                                    "vLLM's benchmarks do: every request the same length)")
-_SLOTS = flags.DEFINE_integer("slots", 8, "rows of the server's decode step")
-_DEVICE_ADAPTERS = flags.DEFINE_integer("device_adapters", 16, "adapters resident on device")
+_SLOTS = flags.DEFINE_integer("slots", 32, "rows of the server's decode step")
+_DEVICE_ADAPTERS = flags.DEFINE_integer("device_adapters", 64, "adapters resident on device")
 _THREADS = flags.DEFINE_integer("threads", 2, "cores for each side")
 _SKIP_REFERENCE = flags.DEFINE_bool("skip_reference", False, "time our servers only")
 _JSON = flags.DEFINE_string("json", "", "also write every cell's figures here")
@@ -142,43 +140,21 @@ def _plan(n: int, adapters: int, n_prompts: int) -> list[tuple[int, int]]:
 # Our server
 
 
-class _server:
-  """`python -m oppu_jax.serve` on the copy, as a context: yields its URL, stops it with
-  SIGTERM."""
+@contextlib.contextmanager
+def _server(workdir: str, extra: list[str]):
+  """Our server on the copy (oppu_jax.serve.spawn): yields its URL, stops it with SIGTERM."""
+  from oppu_jax.serve.spawn import running_server
 
-  def __init__(self, workdir: str, extra: list[str]):
-    with socket.socket() as s:
-      s.bind(("127.0.0.1", 0))
-      self.port = s.getsockname()[1]
-    self.cmd = [sys.executable, "-m", "oppu_jax.serve", f"--workdir={workdir}",
-                f"--setting={_SETTING.value}", f"--port={self.port}", f"--slots={_SLOTS.value}",
-                f"--device_adapters={_DEVICE_ADAPTERS.value}",
-                f"--max_tokens={_MAX_TOKENS.value}",
-                f"--prompt_buckets={','.join(map(str, BUCKETS))}", *extra]
-
-  def __enter__(self) -> str:
-    import httpx
-
-    self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{self.port}"
-    while True:
-      try:
-        if httpx.get(f"{url}/health").status_code == 200:
-          return url
-      except httpx.TransportError:
-        pass
-      if self.proc.poll() is not None:
-        sys.exit(f"error: the server did not start:\n{self.proc.stderr.read()[-3000:]}")
-      time.sleep(0.5)
-
-  def __exit__(self, *exc):
-    self.proc.send_signal(signal.SIGTERM)
-    self.proc.wait(300)
+  with running_server(workdir, f"--setting={_SETTING.value}", f"--slots={_SLOTS.value}",
+                      f"--device_adapters={_DEVICE_ADAPTERS.value}",
+                      f"--max_tokens={_MAX_TOKENS.value}",
+                      f"--prompt_buckets={','.join(map(str, BUCKETS))}", *extra,
+                      cwd=REPO, timeout=1200) as (_, url):
+    yield url
 
 
 def _warm_up(url: str, users: list[str], prompts: list[str], prompt_ids) -> None:
-  """A prompt of each bucket (its prefill and decode step compiled), then a full step."""
+  """A prompt of each bucket (its prefill and decode step compiled), then a full pool."""
   import httpx
 
   first = {}
@@ -189,7 +165,8 @@ def _warm_up(url: str, users: list[str], prompts: list[str], prompt_ids) -> None
     async with httpx.AsyncClient(timeout=1200) as client:
       for i in first.values():
         await _complete(client, url, users[0], prompts[i])
-      await asyncio.gather(*[_complete(client, url, users[i % 8], prompts[i % len(prompts)])
+      # One user, so that either server fills every row: every step width gets compiled.
+      await asyncio.gather(*[_complete(client, url, users[0], prompts[i % len(prompts)])
                              for i in range(_SLOTS.value)])
   asyncio.run(go())
 

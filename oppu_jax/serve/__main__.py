@@ -19,13 +19,16 @@ _SETTING = flags.DEFINE_string("setting", "oppu_k0", "The personalized setting w
                                "adapters are served (adapters/<setting>/<user_id>).")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
-_SLOTS = flags.DEFINE_integer("slots", 8, "Requests decoding together per prompt bucket (rows "
-                              "of one compiled step).")
+_SLOTS = flags.DEFINE_integer("slots", 32, "Requests decoding together per prompt bucket (rows "
+                              "of one compiled step; a step runs as many as are in use, rounded "
+                              "up to a power of two).")
 _BUCKETS = flags.DEFINE_list("prompt_buckets", ["32", "64", "128", "256", "512"],
                              "Prompt lengths (tokens) rows are padded to; the largest is the "
                              "longest prompt taken.")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 128, "The most tokens a request may generate.")
-_DEVICE_ADAPTERS = flags.DEFINE_integer("device_adapters", 16, "Adapters resident on device.")
+_DEVICE_ADAPTERS = flags.DEFINE_integer("device_adapters", 64, "Adapters resident on device (at "
+                                        "least --slots, so that every row can hold another "
+                                        "user).")
 _HOST_ADAPTERS = flags.DEFINE_integer("host_adapters", 1024, "Adapters kept in host memory "
                                       "(least recently used ones are dropped).")
 _MAX_WAITING = flags.DEFINE_integer("max_waiting", 256, "Waiting requests before new ones get "
@@ -51,6 +54,9 @@ def main(argv) -> None:
     buckets = tuple(sorted(int(b) for b in _BUCKETS.value))
   except ValueError:
     sys.exit(f"error: --prompt_buckets: integers, got {','.join(_BUCKETS.value)}")
+  for flag in (_SLOTS, _DEVICE_ADAPTERS, _HOST_ADAPTERS, _MAX_TOKENS, _MAX_WAITING):
+    if flag.value < (0 if flag is _MAX_WAITING else 1):
+      sys.exit(f"error: --{flag.name} must be positive, got {flag.value}")
   config = EngineConfig(slots=_SLOTS.value, buckets=buckets, max_new_tokens=_MAX_TOKENS.value,
                         max_waiting=_MAX_WAITING.value, one_user_per_step=_ONE_USER.value)
   try:

@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
-import socket
-import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -58,6 +54,18 @@ def main(argv) -> None:
   sys.exit(0 if equal == len(queries) else 1)
 
 
+@contextlib.contextmanager
+def _server(workdir: str, setting: str, url: str):
+  """`url`, or the API URL of a server started here on `workdir` (stopped on the way out)."""
+  if url:
+    yield url
+    return
+  from oppu_jax.serve.spawn import running_server
+
+  with running_server(workdir, f"--setting={setting}") as (_, base):
+    yield f"{base}/v1"
+
+
 def _ask(url, exp, setting, queries, want, scored, config) -> int:
   """Asks every query; prints each answer that differs; the number equal."""
   import httpx
@@ -79,36 +87,6 @@ def _ask(url, exp, setting, queries, want, scored, config) -> int:
     if got.strip() != want[qid]:
       print(f"{qid} ({model}): server {got.strip()!r}, predictions {want[qid]!r}")
   return equal
-
-
-@contextlib.contextmanager
-def _server(workdir: str, setting: str, url: str):
-  """`url`, or the URL of a server started here on `workdir` (stopped on the way out)."""
-  if url:
-    yield url
-    return
-  import httpx
-
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  proc = subprocess.Popen([sys.executable, "-m", "oppu_jax.serve", f"--workdir={workdir}",
-                           f"--setting={setting}", f"--port={port}"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  try:
-    while True:
-      try:
-        if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-          break
-      except httpx.TransportError:
-        pass
-      if proc.poll() is not None:
-        sys.exit(f"error: the server did not start:\n{proc.stderr.read()[-2000:]}")
-      time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/v1"
-  finally:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(300)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ class EngineConfig:
   one_user_per_step: admit only the user whose requests are running (the baseline that batches
   a user's own requests only); score_batch: rows per scoring batch."""
 
-  slots: int = 8
+  slots: int = 32
   buckets: tuple[int, ...] = (32, 64, 128, 256, 512)
   max_new_tokens: int = 128
   max_waiting: int = 256

@@ -6,7 +6,6 @@ requests in flight."""
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from tiny_run import tiny_config
 from oppu_jax.pipeline import run
+from oppu_jax.serve.spawn import running_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -30,27 +30,10 @@ def workdir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture()
 def server(workdir):
-  port = _free_port()
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "oppu_jax.serve", f"--workdir={workdir}", f"--port={port}",
-       "--slots=4", "--prompt_buckets=512", "--max_tokens=64", "--device_adapters=2"],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  url = f"http://127.0.0.1:{port}"
-  deadline = time.time() + 300
-  while True:
-    try:
-      if httpx.get(f"{url}/health").status_code == 200:
-        break
-    except httpx.TransportError:
-      pass
-    if proc.poll() is not None or time.time() > deadline:
-      proc.kill()
-      pytest.fail(f"the server did not start:\n{proc.stdout.read()[-3000:]}")
-    time.sleep(0.5)
-  yield proc, url
-  if proc.poll() is None:
-    proc.kill()
-  proc.wait()
+  with running_server(workdir, "--slots=4", "--prompt_buckets=512", "--max_tokens=64",
+                      "--device_adapters=2", cwd=REPO, timeout=300,
+                      stdout=subprocess.PIPE) as (proc, url):
+    yield proc, url
 
 
 def test_answers_equal_the_runs_predictions(workdir):
@@ -100,9 +83,3 @@ def test_sigterm_finishes_the_requests_in_flight(server):
   assert proc.wait(120) in (0, -signal.SIGTERM)
   log = proc.stdout.read()
   assert "stopped after" in log and "Traceback" not in log, log[-3000:]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
