@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import logging
 import threading
 import time
 from typing import Callable, Sequence
@@ -244,7 +245,11 @@ class Engine:
       if slot is None:
         continue
       self._waiting.remove(ticket)
-      self._prefill(pool, row, ticket, slot)
+      try:
+        self._prefill(pool, row, ticket, slot)
+      except Exception as e:  # a bug or a device error: this request fails, the server goes on
+        logging.exception("prefill failed for a request of %s", request.user)
+        self._fail_pool(pool, e, also=(ticket, slot))
       prefilled += 1
     return prefilled > 0
 
@@ -271,12 +276,30 @@ class Engine:
   def _step(self) -> bool:
     """One decode step per pool that has rows running."""
     stepped = False
-    for pool in self._pools.values():
+    for pool in list(self._pools.values()):
       if pool.used():
         self.stats["steps"] += 1
-        self._emit_tokens(pool, pool.step(self._rows_forward))
+        try:
+          self._emit_tokens(pool, pool.step(self._rows_forward))
+        except Exception as e:  # its requests fail; the other pools and new requests go on
+          logging.exception("a decode step failed; its %d requests end with an error",
+                            pool.used())
+          self._fail_pool(pool, e)
         stepped = True
     return stepped
+
+  def _fail_pool(self, pool: Pool, error: Exception, also=None):
+    """Ends every request of `pool` (and `also`, a (ticket, slot) not yet in a row) with `error`
+    and drops the pool: its cache may have been donated to the failed program."""
+    for row, ticket in enumerate(pool.tickets):
+      if ticket is not None:
+        self.tiers.release(pool.slots[row])
+        pool.free(row)
+        ticket._finish("error", error)
+    if also is not None and not also[0].done:
+      self.tiers.release(also[1])
+      also[0]._finish("error", error)
+    self._pools = {b: p for b, p in self._pools.items() if p is not pool}
 
   def _rows_forward(self, users: jax.Array):
     """generate's forward for rows under the device slots `users` (the stack as it is now)."""

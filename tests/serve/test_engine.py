@@ -164,3 +164,26 @@ def test_bad_requests_overload_and_shutdown_are_refused(model, adapters):
   waiting.submit(Generate("u0", PROMPTS[0], 2))
   with pytest.raises(Overloaded, match="retry"):
     waiting.submit(Generate("u0", PROMPTS[0], 2))
+
+
+def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(model, adapters, monkeypatch):
+  from oppu_jax.serve import pool as pool_lib
+
+  engine = _engine(model, adapters)
+  real_step, calls = pool_lib.Pool.step, []
+
+  def step_once_broken(self, forward):
+    calls.append(1)
+    if len(calls) == 2:
+      raise RuntimeError("device lost")
+    return real_step(self, forward)
+
+  monkeypatch.setattr(pool_lib.Pool, "step", step_once_broken)
+  try:
+    broken = _generate(engine, 0, PROMPTS[0]).wait(120)
+    assert broken.finish_reason == "error" and "device lost" in str(broken.error)
+    after = _generate(engine, 1, PROMPTS[1]).wait(120)
+    assert after.finish_reason == "length" and len(after.tokens) == N
+    assert engine.load() == {"running": 0, "waiting": 0, "pinned_adapters": 0}
+  finally:
+    engine.stop()
