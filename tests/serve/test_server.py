@@ -30,7 +30,7 @@ def workdir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture()
 def server(workdir):
-  with running_server(workdir, "--slots=4", "--prompt_buckets=512", "--max_tokens=64",
+  with running_server(workdir, "--slots=4", "--prompt_buckets=512", "--max_tokens=4096",
                       "--device_adapters=2", cwd=REPO, timeout=300,
                       stdout=subprocess.PIPE) as (proc, url):
     yield proc, url
@@ -57,8 +57,11 @@ def test_a_burst_loses_no_request_and_a_gone_client_frees_its_row(server):
   assert all(a.json()["usage"]["completion_tokens"] >= 1 for a in answers)
   # A client that gives up: its request is cancelled and its row freed.
   with pytest.raises(httpx.ReadTimeout):
-    httpx.post(f"{url}/v1/completions", json={**bodies[0], "max_tokens": 64, "temperature": 0},
-               timeout=httpx.Timeout(5, read=0.5))
+    # 4,096 tokens, EOS ignored: seconds of work even for the tiny model (64 tokens, ended at
+    # EOS or not, sometimes came back before the client gave up).
+    httpx.post(f"{url}/v1/completions", json={**bodies[0], "max_tokens": 4096, "temperature": 0,
+                                              "ignore_eos": True},
+               timeout=httpx.Timeout(5, read=0.1))
   deadline = time.time() + 60
   while (health := httpx.get(f"{url}/health").json())["running"] and time.time() < deadline:
     time.sleep(0.2)
