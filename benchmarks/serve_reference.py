@@ -21,7 +21,6 @@ import types
 from absl import app, flags
 
 from oppu_jax.models.load import embedded_gguf_path
-from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax.pipeline import experiment
 from oppu_jax.pipeline.settings import parse_settings
 from oppu_jax.serve.source import run_config
@@ -56,7 +55,7 @@ def run_reference(workdir: str, setting: str, requests: list[dict], threads: int
     with tempfile.TemporaryDirectory() as tmp:
       _task_lora_as_hf(config, checkpoint, tmp)
       hf = hf_peft.PeftModel.from_pretrained(hf, tmp).merge_and_unload()
-  tokenizer = run_tokenizer(config)
+  tokenizer = experiment.load_tokenizer(config)
   eos, pad = tokenizer.eos_id, tokenizer.pad_id
   load_seconds = time.perf_counter() - start
 
@@ -89,12 +88,6 @@ def run_reference(workdir: str, setting: str, requests: list[dict], threads: int
   return {"load_seconds": load_seconds, "results": results}
 
 
-def run_tokenizer(config) -> Tokenizer:
-  """The run's tokenizer, as experiment.setup builds it."""
-  return Tokenizer.for_model(experiment.input_path(config, config.model.path),
-                             experiment.input_path(config, config.model.tokenizer))
-
-
 def _task_lora_as_hf(config, checkpoint: str, directory: str) -> None:
   """The task LoRA checkpoint (our pytree, orbax) written to `directory` as an HF PEFT adapter,
   restored as training.merge_task_lora restores it."""
@@ -123,7 +116,7 @@ def main(argv):
   root = os.path.join(f.workdir, "adapters", f.setting)
   users = sorted(u for u in os.listdir(root)
                  if os.path.exists(os.path.join(root, u, "adapter_config.json")))
-  prompt = run_tokenizer(run_config(f.workdir)).encode("Rate this review: great product")
+  prompt = experiment.load_tokenizer(run_config(f.workdir)).encode("Rate this review: great product")
   requests = [{"user": users[i % len(users)], "prompt_ids": prompt, "max_tokens": f.max_tokens}
               for i in range(f.n)]
   out = run_reference(f.workdir, f.setting, requests, threads=f.threads)

@@ -60,8 +60,7 @@ def setup(config, workdir: str) -> Experiment:
   settings = parse_settings(config.settings)
   task = tasks_lib.get_task(config.task)
   given = _given_data(config, task)
-  tokenizer = Tokenizer.for_model(input_path(config, config.model.path),
-                                  input_path(config, config.model.tokenizer))
+  tokenizer = load_tokenizer(config)
   base_model = load_model(config)
   if needs_profiles(settings) and not (
       given is not None and all(u.id in given.profiles for u in given.users)):
@@ -154,6 +153,12 @@ def _load_data(config, path: str, task):
 def input_path(config, path: str) -> str:
   """A data or model path as a local path (a store URL is fetched once into the cache)."""
   return storage.local_copy(path, config.storage.cache)
+
+
+def load_tokenizer(config) -> Tokenizer:
+  """The run's tokenizer: config.model.tokenizer, else the model's own."""
+  return Tokenizer.for_model(input_path(config, config.model.path),
+                             input_path(config, config.model.tokenizer))
 
 
 def load_model(config, path: str | None = None):

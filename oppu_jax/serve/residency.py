@@ -28,8 +28,8 @@ class AdapterTiers:
   """device slots <- host LRU <- files, for users whose adapters share one method and shape.
 
   read(user) -> the user's adapter as a host pytree (it raises for a broken file; the error goes
-  to the requests of that user). like: one adapter of the right structure (the zeros the free
-  slots hold).
+  to the requests of that user). like: one adapter of the right structure and dtypes (only its
+  shapes are read: the free slots hold zeros).
   """
 
   def __init__(self, method, like: Any, read: Callable[[str], Any], *, device_slots: int,
@@ -37,7 +37,7 @@ class AdapterTiers:
     if device_slots < 1 or host_capacity < 1:
       raise ValueError(f"need device_slots >= 1 and host_capacity >= 1, got {device_slots}, "
                        f"{host_capacity}")
-    self.stack = UserAdapters.like(method, jax.tree.map(jnp.asarray, like), device_slots)
+    self.stack = UserAdapters.like(method, like, device_slots)
     self._read = read
     # Several readers: one slow file does not queue the reads of other users behind it.
     self._reader = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="adapter-read")

@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import ml_collections
 
 from oppu_jax import config as config_lib, files
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.errors import ConfigError, WorkdirError
-from oppu_jax.models.tokenizer import Tokenizer
 from oppu_jax.peft import hf_format
 from oppu_jax.pipeline import experiment, training
 from oppu_jax.pipeline.settings import parse_settings
@@ -33,8 +31,7 @@ def open_workdir(workdir: str, setting_name: str, engine_config: EngineConfig, *
     raise ConfigError(f"--setting={setting_name}: name one personalized setting (e.g. oppu_k0)")
   setting = settings[0]
   task = tasks_lib.get_task(config.task)
-  tokenizer = Tokenizer.for_model(experiment.input_path(config, config.model.path),
-                                  experiment.input_path(config, config.model.tokenizer))
+  tokenizer = experiment.load_tokenizer(config)
   exp = experiment.Experiment(config, workdir, task, settings, (), (), tokenizer,
                               experiment.load_model(config), {})
   model = _task_adapted(exp, setting)
@@ -47,7 +44,7 @@ def open_workdir(workdir: str, setting_name: str, engine_config: EngineConfig, *
   read = lambda user: host_adapter(hf_format.load_adapter(os.path.join(root, user), table,
                                                           model.config)[1])
   method, first = hf_format.load_adapter(os.path.join(root, users[0]), table, model.config)
-  tiers = AdapterTiers(method, jax.tree.map(lambda x: x * 0, host_adapter(first)), read,
+  tiers = AdapterTiers(method, host_adapter(first), read,
                        device_slots=device_slots, host_capacity=host_capacity)
   engine = Engine(model, tiers, engine_config, eos_id=tokenizer.eos_id,
                   pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id)

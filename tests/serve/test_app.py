@@ -6,7 +6,6 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from eval import eval_fixtures as ef
 from oppu_jax.errors import AdapterFormatError
 from oppu_jax.serve.app import Service, make_app
 from oppu_jax.serve.engine import Engine, EngineConfig, Generate
@@ -14,16 +13,6 @@ from oppu_jax.serve.residency import AdapterTiers
 
 USERS = ("u0", "u1", "u2")
 LABELS = ("1", "2", "3")
-
-
-@pytest.fixture(scope="module")
-def model():
-  return ef.tiny_model(scale=0.15)
-
-
-@pytest.fixture(scope="module")
-def adapters(model):
-  return ef.stacked_adapters(model, ef.METHODS["lora"])
 
 
 def _read(adapters):

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from eval import eval_fixtures as ef
 from oppu_jax.eval import score
 from oppu_jax.eval.decode import generate_for_rows
 from oppu_jax.models.decoding import Decoding
@@ -22,16 +21,6 @@ USERS = [2, 0, 1, 2, 1]
 N = 6
 EOS = -1  # no token ends a row early: every request runs its full length
 CONFIG = EngineConfig(slots=4, buckets=(16,), max_new_tokens=N)
-
-
-@pytest.fixture(scope="module")
-def model():
-  return ef.tiny_model(scale=0.15)
-
-
-@pytest.fixture(scope="module")
-def adapters(model):
-  return ef.stacked_adapters(model, ef.METHODS["lora"])
 
 
 def _engine(model, adapters, config=CONFIG, read=None, device_slots=2, **kw):
