@@ -279,6 +279,19 @@ def get_config() -> ml_collections.ConfigDict:
   # padding costs more than a compile; refill where they are vmapped and idle slots cost time).
   c.train.schedule = "auto"
 
+  # Hypernetwork adapters (settings hyper_k0, oppu_warm_k0; oppu_jax/pipeline/hyper.py): a small
+  # network maps a user's embedding (the mean of the embedded MiniLM's embeddings of its history
+  # items) to its adapter, trained once per run on the other users' histories, through the
+  # task-adapted base, and applied to test users it never saw.
+  c.hyper = ml_collections.ConfigDict()
+  c.hyper.hidden = 64  # units between the embedding and the mixing weights
+  c.hyper.rank = 16  # basis adapters mixed per user (the output heads' rank)
+  c.hyper.epochs = 3  # passes over every training user's batches
+  c.hyper.learning_rate = 1e-3
+  c.hyper.users_per_step = 8  # users whose adapters one step generates and trains through
+  c.hyper.max_users = 0  # training users (the non-test users with a history); 0 = all
+  c.hyper.warm_epochs = 0  # oppu_warm_k0's epochs; 0 = config.train.epochs (cold OPPU's)
+
   # Stage 3: evaluation.
   c.eval = ml_collections.ConfigDict()
   c.eval.classification = "score"  # score (label strings) | generate (free text + exact match)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 
@@ -50,7 +51,7 @@ def write_report(exp: Experiment) -> dict:
            else report.markdown_table)
   files.write_text(exp.path("results.md"), table(
       exp.task.name, results, tests=tests, num_queries=len(golds), num_users=users)
-      + (f"\n{unscored}\n" if unscored else "") + _figure_links(exp))
+      + (f"\n{unscored}\n" if unscored else "") + _cost_table(exp) + _figure_links(exp))
   return results
 
 
@@ -77,3 +78,37 @@ def _figure_links(exp: Experiment) -> str:
     return ""
   return "\nAnalyses: " + ", ".join(
       f"[{n}](analysis/{n}.md) ([figure](analysis/{n}.png))" for n in found) + "\n"
+
+
+def _cost_table(exp: Experiment) -> str:
+  """results.md's cost of each setting's adapters per user (costs.json: training, or for
+  hyper_k0 generation) and the hypernetwork's one-time training (hyper_<base>.json), with the
+  number of users after which it has paid for itself against OPPU's training."""
+  costs = {}
+  for path in [exp.path("costs.json")] + sorted(glob.glob(exp.path("costs.json.part-*"))):
+    if files.is_done(path):
+      with open(path) as f:
+        for name, c in json.load(f).items():  # processes work side by side: the slowest counts
+          old = costs.get(name, {"seconds": 0.0, "users": 0})
+          costs[name] = {"seconds": max(old["seconds"], c["seconds"]),
+                         "users": old["users"] + c["users"]}
+  if not costs:
+    return ""
+  lines = ["", "| adapters of | users | seconds | seconds per user |", "|---|---:|---:|---:|"]
+  for name, c in costs.items():
+    lines.append(f"| {name} | {c['users']} | {c['seconds']:.1f} | "
+                 f"{c['seconds'] / c['users']:.2f} |")
+  for path in sorted(glob.glob(exp.path("hyper_*.json"))):
+    with open(path) as f:
+      h = json.load(f)
+    base = os.path.basename(path)[len("hyper_"):-len(".json")]
+    line = (f"\nThe hypernetwork (base {base}) trained once on {h['training_users']} other "
+            f"users in {h['seconds']:.1f} s.")
+    oppu, gen = costs.get("oppu_k0"), costs.get("hyper_k0")
+    if oppu and gen:
+      saved = oppu["seconds"] / oppu["users"] - gen["seconds"] / gen["users"]
+      line += (f" Against oppu_k0's training it pays off after {h['seconds'] / saved:,.0f} new "
+               "users." if saved > 0 else " It saves no time per user against oppu_k0.")
+    lines.append(line)
+  lines.append("")
+  return "\n".join(lines)

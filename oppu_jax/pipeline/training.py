@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from oppu_jax.errors import DataError
 from oppu_jax.peft import hf_format, method as method_lib
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge
-from oppu_jax.pipeline import cluster, examples, progress
+from oppu_jax.pipeline import cluster, examples, hyper, progress
 from oppu_jax.pipeline.experiment import Experiment, adapter_dir, peft_config
 from oppu_jax.pipeline.pag import profiles_for
 from oppu_jax.pipeline.settings import Setting
@@ -70,7 +71,12 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   mine = cluster.share(todo, cost=lambda u: len(u.history))
   if cluster.count() > 1:
     cluster.log_share(f"{setting.name}: trains the adapters of", [u.id for u in mine])
-  _train_adapters(exp, model, setting, mine)
+  if setting.adapter_source == "hyper":
+    hyper.generate_user_adapters(exp, model, setting, mine)
+  else:
+    start = time.perf_counter()
+    _train_adapters(exp, model, setting, mine)
+    hyper.record_cost(exp, setting, time.perf_counter() - start, len(mine))
   cluster.barrier(f"{setting.name} adapters")
 
 
@@ -80,6 +86,11 @@ def _train_adapters(exp: Experiment, model, setting: Setting, todo) -> None:
   c = exp.config
   plans = user_plans(exp, setting, todo)
   method = build_method(exp, model, setting)
+  initial, epochs = None, c.train.epochs
+  if setting.adapter_source == "warm":  # each user starts from its generated adapter
+    initial = hyper.generated_adapters(exp, model, setting, todo).get
+    epochs = c.hyper.warm_epochs or epochs
+    plans = user_plans(exp, setting, todo, epochs=epochs)
   def save(result):
     directory = adapter_dir(exp, setting, result.user_id)
     hf_format.save_adapter(directory, method, result.adapter, model.weight_table(),
@@ -87,7 +98,8 @@ def _train_adapters(exp: Experiment, model, setting: Setting, todo) -> None:
     storage.push(directory)
 
   _train(exp, model, method, plans, c.train.learning_rate, c.train.slots,
-         f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.local_mesh)
+         f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.local_mesh,
+         initial=initial)
 
 
 def task_adaptation_plan(exp: Experiment, base: str):
@@ -102,14 +114,15 @@ def task_adaptation_plan(exp: Experiment, base: str):
   return make_plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
 
 
-def user_plans(exp: Experiment, setting: Setting, users) -> list:
-  """The trainer's plan of each of `users`: its own history under `setting`."""
+def user_plans(exp: Experiment, setting: Setting, users, epochs: int = 0) -> list:
+  """The trainer's plan of each of `users`: its own history under `setting` (`epochs`, else
+  config.train.epochs)."""
   c = exp.config
   profiles = profiles_for(exp, setting)
   return [make_plan(exp, u.id, examples.user_training_pairs(
               exp.task, u, setting, profiles.get(u.id), seed=c.seed,
               history_mode=setting.history_mode or c.data.history_mode), c.train.batch_size,
-              c.train.epochs, c.train.grad_accum)
+              epochs or c.train.epochs, c.train.grad_accum)
           for u in users]
 
 

@@ -100,6 +100,7 @@ def train_users(
     stats: dict | None = None,
     data_parallel: bool = False,
     checkpoints=None,
+    initial: Callable[[str], Any] | None = None,
 ) -> dict[str, UserResult]:
   """Trains one adapter per plan; returns user id -> UserResult (also passed to on_user_done).
 
@@ -107,6 +108,7 @@ def train_users(
   (compilations of the step), "steps" and "remat" (batch shape -> whether that step recomputes
   activations). data_parallel: one plan, its rows split over the mesh's users axis.
   checkpoints: a `preemption.StageCheckpoints` to resume from and save to (one plan only).
+  initial(user id): the adapter a user starts from (a warm start); None: the method's fresh one.
   """
   plans = list(plans)
   if (data_parallel or checkpoints is not None) and len(plans) != 1:
@@ -123,7 +125,7 @@ def train_users(
     logging.info("training %d users with batch shape (T, K[, S]) = %s", len(group.plans),
                  group.shape)
     report = _train_group(program, group, config, report, results, on_user_done, progress,
-                          checkpoints)
+                          checkpoints, initial)
   if stats is not None:
     stats.update(step_compilations=program.compilations(), steps=program.steps,
                  remat=dict(program.remat_used))
@@ -156,12 +158,13 @@ class _Occupant:
   losses: list[float] = dataclasses.field(default_factory=list)
 
 
-def _train_group(program, group, config, report, results, on_user_done, progress, checkpoints):
+def _train_group(program, group, config, report, results, on_user_done, progress, checkpoints,
+                 initial):
   queue = list(group.plans)
   occupants: list[_Occupant | None] = [None] * group.slots
   slots = program.fresh_slots(group.slots)
   for slot in range(group.slots):  # the first users enter together
-    slots = _fill(program, slots, occupants, slot, queue, group, config)
+    slots = _fill(program, slots, occupants, slot, queue, group, config, initial)
   restored = checkpoints.restore(slots) if checkpoints is not None else None
   if restored is not None:  # one occupant: its state and losses at the checkpoint's step
     slots, occupants[0].losses = restored
@@ -190,7 +193,7 @@ def _train_group(program, group, config, report, results, on_user_done, progress
         if on_user_done is not None:
           on_user_done(result)
         users_done += 1
-        slots = _fill(program, slots, occupants, slot, queue, group, config)
+        slots = _fill(program, slots, occupants, slot, queue, group, config, initial)
     report = dataclasses.replace(report, steps_done=steps_done, tokens=tokens,
                                  users_done=users_done, computed=computed, idle_slots=idle_slots)
     if checkpoints is not None and occupants[0] is not None:  # (none after the last step)
@@ -200,8 +203,9 @@ def _train_group(program, group, config, report, results, on_user_done, progress
   return report
 
 
-def _fill(program, slots, occupants, slot, queue, group, config):
-  """The next queued user (if any) enters `slot`: fresh adapter, optimizer state and schedule."""
+def _fill(program, slots, occupants, slot, queue, group, config, initial=None):
+  """The next queued user (if any) enters `slot`: its starting adapter (fresh, or
+  `initial(user id)`), a fresh optimizer state and its schedule."""
   occupants[slot] = None
   if not queue:
     return slots  # the slot's step counter has reached its total: the step leaves it idle
@@ -210,7 +214,8 @@ def _fill(program, slots, occupants, slot, queue, group, config):
   lrs = learning_rates(plan.total_steps, config.warmup_ratio, config.learning_rate,
                        program.max_steps)
   key = np.asarray(jax.random.PRNGKey(user_seed(config.seed, plan.user_id)))
-  return program.enter(slots, slot, key, plan.total_steps, lrs)
+  start = initial(plan.user_id) if initial is not None else None
+  return program.enter(slots, slot, key, plan.total_steps, lrs, start)
 
 
 class _StepProgram:
@@ -237,6 +242,7 @@ class _StepProgram:
     }
     self._compiled = {}
     self._enter = jax.jit(self._enter_impl, donate_argnums=(0,), **out)
+    self._enter_from = jax.jit(self._enter_from_impl, donate_argnums=(0,), **out)
     if mesh is not None:
       self.base = mesh_lib.shard_base(self.base, mesh, self.table)
       self._slots_sharding = (mesh_lib.replicated(mesh) if self.data_parallel
@@ -249,12 +255,20 @@ class _StepProgram:
     slots = Slots.empty(self.peft, one, self.tx.init(one), n, self.max_steps)
     return slots if self.mesh is None else mesh_lib.put(slots, self._slots_sharding)
 
-  def enter(self, slots: Slots, slot: int, key, total: int, lrs) -> Slots:
+  def enter(self, slots: Slots, slot: int, key, total: int, lrs, adapter=None) -> Slots:
+    if adapter is not None:
+      return self._enter_from(slots, slot, key, total, lrs, adapter)
     return self._enter(slots, slot, key, total, lrs, self.embed)
 
   def _enter_impl(self, slots, slot, key, total, lrs, embed):
     fresh = self.peft.init(self.table, key, embed)
     return slots.enter(slot, fresh, self.tx.init(fresh), key, total, lrs)
+
+  def _enter_from_impl(self, slots, slot, key, total, lrs, adapter):
+    # (the slots' dtypes: a generated adapter may come in another float type)
+    adapter = jax.tree.map(lambda a, like: jnp.asarray(a, like.dtype), adapter,
+                           slots.adapters.tree)
+    return slots.enter(slot, adapter, self.tx.init(adapter), key, total, lrs)
 
   def step(self, slots: Slots, batches: dict[str, np.ndarray]):
     """One step of every occupied slot -> (slots, losses [U]; 0 for idle slots)."""
@@ -355,16 +369,22 @@ class _StepProgram:
     return total / weight, jax.tree.map(lambda g: g / weight, grads)
 
   def _loss_terms(self, adapter, base, batch, key, remat=False):
-    """(summed cross-entropy over the batch's target tokens, their summed weight)."""
-    model = nnx.merge(self.graphdef, base)
-    if remat:
-      model.config = model.config.replace(remat=True)
-    hidden = forward(model, self.peft, adapter, **model.conventions.inputs(batch), rng=key,
-                     return_hidden=True)  # [B, T, D]
-    at_targets = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)  # [B,K,D]
-    with jax.named_scope("vocab_head"):  # the LM head and log-softmax over the whole vocabulary
-      logits = model.logits(at_targets)  # [B, K, V]
-      log_z = jax.nn.logsumexp(logits, axis=-1)
-      gold = jnp.take_along_axis(logits, batch["target_ids"][..., None], axis=-1)[..., 0]
-    weight = batch["target_weight"]
-    return jnp.sum((log_z - gold) * weight), jnp.sum(weight)
+    return loss_terms(self.graphdef, self.peft, adapter, base, batch, key, remat)
+
+
+def loss_terms(graphdef, peft, adapter, base, batch, key, remat=False):
+  """(summed cross-entropy over the batch's target tokens, their summed weight) of the model
+  (`graphdef` merged with the frozen `base` state) under `peft`'s `adapter`. Shared with the
+  hypernetwork's trainer (train/hyper.py), which generates `adapter` inside its step."""
+  model = nnx.merge(graphdef, base)
+  if remat:
+    model.config = model.config.replace(remat=True)
+  hidden = forward(model, peft, adapter, **model.conventions.inputs(batch), rng=key,
+                   return_hidden=True)  # [B, T, D]
+  at_targets = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)  # [B,K,D]
+  with jax.named_scope("vocab_head"):  # the LM head and log-softmax over the whole vocabulary
+    logits = model.logits(at_targets)  # [B, K, V]
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    gold = jnp.take_along_axis(logits, batch["target_ids"][..., None], axis=-1)[..., 0]
+  weight = batch["target_weight"]
+  return jnp.sum((log_z - gold) * weight), jnp.sum(weight)
