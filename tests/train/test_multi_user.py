@@ -310,3 +310,22 @@ def test_gradient_accumulation_below_one_is_a_config_error():
   with pytest.raises(ConfigError, match="grad_accum"):
     ub.plan_user("u", su.user_examples(0, 3, 0), batch_size=2, epochs=1, seq_buckets=(16,),
                  target_buckets=(2,), grad_accum=0)
+
+
+def test_a_warm_start_begins_from_the_given_adapter(model):
+  """`initial`: a user enters its slot with the given adapter (at learning rate 0 it leaves with
+  it unchanged); the others start fresh as before."""
+  peft = lora.Lora(rank=4, alpha=8)
+  plans = [su.plan(0, 6, epochs=1), su.plan(1, 6, epochs=1)]
+  rng = np.random.default_rng(0)
+  one = peft.init(model.weight_table(), jax.random.PRNGKey(0))
+  start = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), one)
+  config = multi_user.TrainConfig(learning_rate=0.0, slots=2)
+  got = multi_user.train_users(model, peft, plans, config,
+                               initial={"user0": start}.get)
+  cold = multi_user.train_users(model, peft, plans, config)
+  for a, b in zip(jax.tree.leaves(got["user0"].adapter), jax.tree.leaves(start)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(got["user1"].adapter), jax.tree.leaves(cold["user1"].adapter)):
+    np.testing.assert_array_equal(a, b)
+  assert got["user0"].losses[0] != cold["user0"].losses[0]  # it trained from there
