@@ -27,6 +27,9 @@ def main() -> None:
   parser.add_argument("--config", default="configs/lamp3.py")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--versus", default="",
+                      help="pairs 'a:b,...' to test against each other, pooled over the seeds' "
+                           "queries (paired t-test), e.g. hyper_k0:oppu_k0")
   args, extra = parser.parse_known_args()
   extra = [a for a in extra if a != "--"]
   seeds = [int(s) for s in args.seeds.split(",")]
@@ -40,6 +43,10 @@ def main() -> None:
       tests = json.load(f)
     runs[seed] = (results, tests, wall)
   _print_table(runs)
+  workdirs = {seed: os.path.join(args.workdir, f"seed{seed}") for seed in seeds}
+  _print_costs(workdirs)
+  if args.versus:
+    _print_pooled_tests(workdirs, [tuple(p.split(":")) for p in args.versus.split(",")])
 
 
 def _run(config: str, workdir: str, seed: int, extra: list[str]) -> float | None:
@@ -81,6 +88,69 @@ def _print_table(runs: dict) -> None:
                for _, tests, _ in runs.values() for s in settings)
   print(f"\n* = significantly better than non_personalized (paired t-test over queries, "
         f"p < 0.05); {better} marked cells in column {metrics[0]}.")
+
+
+def _print_costs(workdirs: dict) -> None:
+  """Seconds per user of each setting's adapters (costs.json) and the hypernetwork's one-time
+  training (hyper_B.json), with the users after which it pays for itself against oppu_k0."""
+  costs = {}
+  for seed, w in workdirs.items():
+    path = os.path.join(w, "costs.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        costs[seed] = json.load(f)
+  if not costs:
+    return
+  names = list(next(iter(costs.values())))
+  print("\nseconds per user of the adapters (training; hyper_k0: generation), per seed:\n")
+  print("| setting | " + " | ".join(f"seed {s}" for s in costs) + " | mean |")
+  print("|---|" + "---:|" * (len(costs) + 1))
+  for name in names:
+    per = [c[name]["seconds"] / c[name]["users"] for c in costs.values() if name in c]
+    print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in per) + f" | {statistics.mean(per):.2f} |")
+  for seed, w in workdirs.items():
+    path = os.path.join(w, "hyper_B.json")
+    if not os.path.exists(path) or seed not in costs:
+      continue
+    with open(path) as f:
+      h = json.load(f)
+    c = costs[seed]
+    line = (f"seed {seed}: hypernetwork trained on {h['training_users']} users in "
+            f"{h['seconds']:.1f} s (loss {h['loss_first_steps']:.3f} -> {h['loss_last_steps']:.3f})")
+    if "oppu_k0" in c and "hyper_k0" in c:
+      saved = (c["oppu_k0"]["seconds"] / c["oppu_k0"]["users"]
+               - c["hyper_k0"]["seconds"] / c["hyper_k0"]["users"])
+      line += f"; break-even vs oppu_k0 after {h['seconds'] / saved:.0f} new users"
+    print(line)
+
+
+def _print_pooled_tests(workdirs: dict, pairs) -> None:
+  """a vs b on every seed's test queries together (ids prefixed by the seed): the paired test
+  of results.md, on 3x the queries."""
+  sys.path.insert(0, REPO)
+  from oppu_jax.data import lamp
+  from oppu_jax.eval import metrics, significance
+
+  task = None
+  golds, preds = {}, {}
+  for seed, w in workdirs.items():
+    with open(os.path.join(w, "config.json")) as f:
+      task = json.load(f)["task"]
+    data_golds = {}
+    for name in ("train_outputs.json", "dev_outputs.json", "test_outputs.json"):
+      path = os.path.join(w, "data", name)
+      if os.path.exists(path):
+        data_golds.update(lamp.read_outputs(path))
+    for setting in {s for pair in pairs for s in pair}:
+      out = lamp.read_outputs(os.path.join(w, "predictions", f"{setting}.json"))
+      preds.setdefault(setting, {}).update({f"{seed}/{i}": p for i, p in out.items()})
+      golds.update({f"{seed}/{i}": data_golds[i] for i in out if i in data_golds})
+  print(f"\npooled over seeds {', '.join(map(str, workdirs))} ({len(golds)} queries), paired:\n")
+  for a, b in pairs:
+    tests = significance.compare(task, golds, preds[a], preds[b])
+    ma, mb = metrics.evaluate(task, golds, preds[a]), metrics.evaluate(task, golds, preds[b])
+    cells = [f"{m} {ma[m]:.4f} vs {mb[m]:.4f} (p = {t.p:.3g})" for m, t in tests.items()]
+    print(f"- {a} vs {b}: " + "; ".join(cells))
 
 
 if __name__ == "__main__":

@@ -178,6 +178,17 @@ def check(c: ml_collections.ConfigDict) -> None:
   for key in CHOICES:
     section, leaf = key.split(".")
     check_choice(key, c[section][leaf])
+  _check_continual(c.continual)
+
+
+def _check_continual(u: ml_collections.ConfigDict) -> None:
+  from oppu_jax.data.types import date_key
+
+  if u.since and date_key(u.since) is None:
+    raise ConfigError(f"config.continual.since: {u.since!r} is no date (e.g. 2018-06-01)")
+  if u.last_items < 0 or (u.since and u.last_items):
+    raise ConfigError(f"config.continual.last_items: {u.last_items}; a count of items >= 0, and not "
+                      "together with config.continual.since (one way to say which items are new)")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -291,6 +302,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.hyper.users_per_step = 8  # users whose adapters one step generates and trains through
   c.hyper.max_users = 0  # training users (the non-test users with a history); 0 = all
   c.hyper.warm_epochs = 0  # oppu_warm_k0's epochs; 0 = config.train.epochs (cold OPPU's)
+
+  # Continual updates (oppu_jax/pipeline/update.py): with a date, each OPPU adapter is trained on
+  # the history before it (version 1), then continued on the items from that date on (version 2,
+  # adapters/<setting>/<user>/v2, what the predictions use), keeping its optimizer state.
+  c.continual = ml_collections.ConfigDict()
+  c.continual.since = ""  # "" = no update; an ISO date such as 2018-06-01
+  # Or, without a date, each user's last N history items are the new ones (generated users live
+  # in different years, so no one date splits them all).
+  c.continual.last_items = 0
+  c.continual.epochs = 0  # version 2's epochs over the new items; 0 = config.train.epochs
+  # Version 2's warm-up share. The schedule's first step has lr 0 under warm-up, so a user with
+  # one new batch and one epoch would not move at all; version 1's Adam moments are warm anyway.
+  c.continual.warmup_ratio = 0.0
 
   # Stage 3: evaluation.
   c.eval = ml_collections.ConfigDict()

@@ -5,6 +5,7 @@ checkpoints/task_<base>."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any
@@ -20,6 +21,7 @@ from oppu_jax.pipeline import cluster, examples, profile_writer, workdir as wd
 from oppu_jax.pipeline.settings import STUDY, Setting, parse_settings
 
 BASE_VARIANTS = ("B", "R", "P")  # the order of the work; see settings.py
+UPDATED_VERSION = "v2"  # adapters/<setting>/<user>/v2: the update of config.continual.since
 
 
 @dataclasses.dataclass
@@ -107,7 +109,13 @@ def predictions_path(exp: Experiment, setting: Setting) -> str:
 
 
 def adapter_dir(exp: Experiment, setting: Setting, user_id: str) -> str:
-  return exp.path("adapters", setting.adapter_setting, user_id)
+  """The directory of the adapter `setting` plugs in for `user_id`: under config.continual.since, an
+  OPPU-trained adapter's updated version (pipeline/update.py), inside the original's directory."""
+  path = exp.path("adapters", setting.adapter_setting, user_id)
+  updating = exp.config.continual.since or exp.config.continual.last_items
+  if updating and adapter_owner(setting).adapter_source == "train":
+    path = os.path.join(path, UPDATED_VERSION)
+  return path
 
 
 def adapter_owner(setting: Setting) -> Setting:
@@ -169,3 +177,20 @@ def load_model(config, path: str | None = None):
                              param_dtype=config.model.param_dtype,
                              compute_dtype=config.model.compute_dtype, remat=config.model.remat)
   return model
+
+
+def record_cost(exp: Experiment, name: str, seconds: float, users: int) -> None:
+  """costs.json: {name: {seconds, users, seconds_per_user}} of the adapters this process made
+  in this invocation (a resumed run records the users it made then); `name` is the adapter
+  setting's, or for an update (pipeline/update.py) "<setting> v1" / "<setting> update"."""
+  if not users:
+    return
+  path = exp.path("costs.json")
+  path = path if cluster.count() == 1 else cluster.part_path(path)
+  costs = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      costs = json.load(f)
+  costs[name] = {"seconds": round(seconds, 2), "users": users,
+                 "seconds_per_user": round(seconds / users, 3)}
+  files.write_json(path, costs)

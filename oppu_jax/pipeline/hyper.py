@@ -6,12 +6,12 @@ other users, never on a test user's, and saved to checkpoints/hyper_<base>; a te
 is a function of that network and of the user's own embedding only (the mean of the embedded
 MiniLM's embeddings of its formatted history items, "review: ... score: 4"). A user without
 history (cold start) gets the training users' mean embedding: the average user's adapter.
-costs.json records what each adapter source cost per user (hyper.json the network's training).
+experiment.record_cost keeps what each adapter source cost per user (costs.json), hyper_<base>.json
+the network's one-time training.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -65,7 +65,9 @@ def network(exp: Experiment, model, setting: Setting):
   c = exp.config
   hyper = Hypernetwork.from_config(c.hyper)
   method = training.build_method(exp, model, setting)
-  users = [u for u in exp.other_users if u.history]
+  # Every non-test user with a history (config.data.max_task_users caps task adaptation only).
+  test = {u.id for u in exp.test_users}
+  users = [u for u in exp.data.users if u.id not in test and u.history]
   if c.hyper.max_users:
     users = users[:c.hyper.max_users]
   if len(users) < 2:
@@ -121,7 +123,6 @@ def generated_adapters(exp: Experiment, model, setting: Setting, users) -> dict:
 def generate_user_adapters(exp: Experiment, model, setting: Setting, users) -> None:
   """hyper_k0: each of `users` gets the network's adapter, saved as HF PEFT files."""
   _, _, method = network(exp, model, setting)
-  start = time.perf_counter()
   with progress.bar(f"stage 2: {setting.name} adapters", len(users), "users",
                     exp.show_progress) as bar:
     for user in users:  # one at a time: the seconds per user are those of one new user
@@ -131,20 +132,3 @@ def generate_user_adapters(exp: Experiment, model, setting: Setting, users) -> N
                              model_config=model.config)
       storage.push(directory)
       bar.update(1)
-  record_cost(exp, setting, time.perf_counter() - start, len(users))
-
-
-def record_cost(exp: Experiment, setting: Setting, seconds: float, users: int) -> None:
-  """costs.json: {setting: {seconds, users, seconds_per_user}} of the adapters this process made
-  in this invocation (a resumed run records the users it made then)."""
-  if not users:
-    return
-  path = exp.path("costs.json")
-  path = path if cluster.count() == 1 else cluster.part_path(path)
-  costs = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      costs = json.load(f)
-  costs[setting.adapter_setting] = {"seconds": round(seconds, 2), "users": users,
-                                    "seconds_per_user": round(seconds / users, 3)}
-  files.write_json(path, costs)

@@ -18,8 +18,8 @@ from oppu_jax.errors import DataError
 from oppu_jax.peft import hf_format, method as method_lib
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge
-from oppu_jax.pipeline import cluster, examples, hyper, progress
-from oppu_jax.pipeline.experiment import Experiment, adapter_dir, peft_config
+from oppu_jax.pipeline import cluster, examples, hyper, progress, update
+from oppu_jax.pipeline.experiment import Experiment, adapter_dir, peft_config, record_cost
 from oppu_jax.pipeline.pag import profiles_for
 from oppu_jax.pipeline.settings import Setting
 from oppu_jax.pipeline.shift import users_of
@@ -71,35 +71,54 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   mine = cluster.share(todo, cost=lambda u: len(u.history))
   if cluster.count() > 1:
     cluster.log_share(f"{setting.name}: trains the adapters of", [u.id for u in mine])
+  if setting.adapter_source in ("hyper", "warm"):
+    hyper.network(exp, model, setting)  # its one-time training is not a user's cost
+  start = time.perf_counter()
   if setting.adapter_source == "hyper":
     hyper.generate_user_adapters(exp, model, setting, mine)
+  elif update.enabled(exp, setting):  # (its versions record their own costs)
+    update.train_updated_adapters(exp, model, setting, mine)
   else:
-    start = time.perf_counter()
     _train_adapters(exp, model, setting, mine)
-    hyper.record_cost(exp, setting, time.perf_counter() - start, len(mine))
+  if not update.enabled(exp, setting):
+    record_cost(exp, setting.adapter_setting, time.perf_counter() - start, len(mine))
   cluster.barrier(f"{setting.name} adapters")
 
 
 def _train_adapters(exp: Experiment, model, setting: Setting, todo) -> None:
   if not todo:
     return
-  c = exp.config
-  plans = user_plans(exp, setting, todo)
-  method = build_method(exp, model, setting)
-  initial, epochs = None, c.train.epochs
+  initial, epochs = None, 0
   if setting.adapter_source == "warm":  # each user starts from its generated adapter
-    initial = hyper.generated_adapters(exp, model, setting, todo).get
-    epochs = c.hyper.warm_epochs or epochs
-    plans = user_plans(exp, setting, todo, epochs=epochs)
+    generated = hyper.generated_adapters(exp, model, setting, todo)
+    initial = lambda user_id: multi_user.Start(generated[user_id])
+    epochs = exp.config.hyper.warm_epochs
+  train_and_save(exp, model, setting, user_plans(exp, setting, todo, epochs=epochs),
+                 lambda user_id: adapter_dir(exp, setting, user_id), initial=initial)
+
+
+def train_and_save(exp: Experiment, model, setting: Setting, plans, directory_of, *,
+                   initial=None, keep_optimizer: bool = False, desc: str = "",
+                   config_changes: dict | None = None) -> None:
+  """Trains `plans` (one per user) and saves each adapter to `directory_of(user id)` as soon as it
+  is done (with `keep_optimizer`, its optimizer state beside it: update.py continues from it);
+  `config_changes` change the trainer's config (update.py's warm-up)."""
+  if not plans:
+    return
+  c = exp.config
+  method = build_method(exp, model, setting)
+
   def save(result):
-    directory = adapter_dir(exp, setting, result.user_id)
+    directory = directory_of(result.user_id)
     hf_format.save_adapter(directory, method, result.adapter, model.weight_table(),
                            model_config=model.config)
+    if keep_optimizer:
+      update.save_optimizer(directory, result.opt_state)
     storage.push(directory)
 
   _train(exp, model, method, plans, c.train.learning_rate, c.train.slots,
-         f"stage 2: {setting.name} adapters", on_user_done=save, mesh=exp.local_mesh,
-         initial=initial)
+         desc or f"stage 2: {setting.name} adapters", config_changes, on_user_done=save,
+         mesh=exp.local_mesh, initial=initial)
 
 
 def task_adaptation_plan(exp: Experiment, base: str):
@@ -176,9 +195,10 @@ def train_config(exp: Experiment, learning_rate: float, slots: int,
 
 
 def _train(exp: Experiment, model, method, plans, learning_rate: float, slots: int, desc: str,
-           **kw):
-  """Both training stages: config.train at the stage's rate and slots, with a progress bar."""
+           config_changes: dict | None = None, **kw):
+  """Both training stages: config.train at the stage's rate and slots (and `config_changes`),
+  with a progress bar."""
   total = sum(p.total_steps for p in plans)
+  config = train_config(exp, learning_rate, slots, **(config_changes or {}))
   with progress.bar(desc, total, "steps", exp.show_progress) as bar:
-    return multi_user.train_users(model, method, plans, train_config(exp, learning_rate, slots),
-                                  progress=bar, **kw)
+    return multi_user.train_users(model, method, plans, config, progress=bar, **kw)

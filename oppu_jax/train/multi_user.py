@@ -73,6 +73,17 @@ class UserResult:
   adapter: Any  # host (numpy) pytree
   losses: list[float]  # one per step, the user's own batch loss
   steps: int
+  opt_state: Any = None  # host (numpy) pytree: the optimizer's state after the last step
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """Where a user's training starts instead of a fresh adapter: a warm start (`opt_state` None:
+  a fresh optimizer) or the continuation of an earlier training (its optimizer state: the tree,
+  or its leaves in tree order as pipeline/update.py saves them)."""
+
+  adapter: Any
+  opt_state: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +111,7 @@ def train_users(
     stats: dict | None = None,
     data_parallel: bool = False,
     checkpoints=None,
-    initial: Callable[[str], Any] | None = None,
+    initial: Callable[[str], Start | None] | None = None,
 ) -> dict[str, UserResult]:
   """Trains one adapter per plan; returns user id -> UserResult (also passed to on_user_done).
 
@@ -108,7 +119,7 @@ def train_users(
   (compilations of the step), "steps" and "remat" (batch shape -> whether that step recomputes
   activations). data_parallel: one plan, its rows split over the mesh's users axis.
   checkpoints: a `preemption.StageCheckpoints` to resume from and save to (one plan only).
-  initial(user id): the adapter a user starts from (a warm start); None: the method's fresh one.
+  initial(user id): the `Start` of a user (None, or no `initial`: a fresh adapter and optimizer).
   """
   plans = list(plans)
   if (data_parallel or checkpoints is not None) and len(plans) != 1:
@@ -188,7 +199,8 @@ def _train_group(program, group, config, report, results, on_user_done, progress
       steps_done += 1
       if len(occupant.losses) == occupant.plan.total_steps:
         result = UserResult(occupant.plan.user_id, slots.adapters.user(slot), occupant.losses,
-                            len(occupant.losses))
+                            len(occupant.losses),
+                            jax.tree.map(lambda x: np.asarray(x[slot]), slots.opt_states))
         results[result.user_id] = result
         if on_user_done is not None:
           on_user_done(result)
@@ -255,20 +267,30 @@ class _StepProgram:
     slots = Slots.empty(self.peft, one, self.tx.init(one), n, self.max_steps)
     return slots if self.mesh is None else mesh_lib.put(slots, self._slots_sharding)
 
-  def enter(self, slots: Slots, slot: int, key, total: int, lrs, adapter=None) -> Slots:
-    if adapter is not None:
-      return self._enter_from(slots, slot, key, total, lrs, adapter)
+  def enter(self, slots: Slots, slot: int, key, total: int, lrs, start: Start | None = None
+            ) -> Slots:
+    if start is not None:
+      opt_state = start.opt_state
+      if isinstance(opt_state, list):  # saved leaves (pipeline/update.py): our optimizer's tree
+        structure = jax.tree.structure(jax.eval_shape(self.tx.init, start.adapter))
+        if structure.num_leaves != len(opt_state):
+          raise ValueError(f"a saved optimizer state has {len(opt_state)} arrays; this "
+                           f"optimizer has {structure.num_leaves}")
+        opt_state = jax.tree.unflatten(structure, opt_state)
+      return self._enter_from(slots, slot, key, total, lrs, start.adapter, opt_state)
     return self._enter(slots, slot, key, total, lrs, self.embed)
 
   def _enter_impl(self, slots, slot, key, total, lrs, embed):
     fresh = self.peft.init(self.table, key, embed)
     return slots.enter(slot, fresh, self.tx.init(fresh), key, total, lrs)
 
-  def _enter_from_impl(self, slots, slot, key, total, lrs, adapter):
-    # (the slots' dtypes: a generated adapter may come in another float type)
+  def _enter_from_impl(self, slots, slot, key, total, lrs, adapter, opt_state):
+    # (in the slots' dtypes: a generated adapter may come in another float type)
     adapter = jax.tree.map(lambda a, like: jnp.asarray(a, like.dtype), adapter,
                            slots.adapters.tree)
-    return slots.enter(slot, adapter, self.tx.init(adapter), key, total, lrs)
+    if opt_state is None:
+      opt_state = self.tx.init(adapter)
+    return slots.enter(slot, adapter, opt_state, key, total, lrs)
 
   def step(self, slots: Slots, batches: dict[str, np.ndarray]):
     """One step of every occupied slot -> (slots, losses [U]; 0 for idle slots)."""

@@ -44,7 +44,7 @@ def test_hyper_and_warm_settings_run_on_unseen_users_and_export(tiny_model_dir, 
   data = experiment.setup(_config(tiny_model_dir), workdir)
   test_ids = {u.id for u in data.test_users}
   assert trained_on and not test_ids & set(trained_on)  # never a test user's history
-  assert set(trained_on) == {u.id for u in data.other_users if u.history}
+  assert set(trained_on) == {u.id for u in data.data.users if u.history} - test_ids
 
   table = data.base_model.weight_table()
   for uid in test_ids:

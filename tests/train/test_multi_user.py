@@ -322,7 +322,7 @@ def test_a_warm_start_begins_from_the_given_adapter(model):
   start = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), one)
   config = multi_user.TrainConfig(learning_rate=0.0, slots=2)
   got = multi_user.train_users(model, peft, plans, config,
-                               initial={"user0": start}.get)
+                               initial={"user0": multi_user.Start(start)}.get)
   cold = multi_user.train_users(model, peft, plans, config)
   for a, b in zip(jax.tree.leaves(got["user0"].adapter), jax.tree.leaves(start)):
     np.testing.assert_array_equal(a, b)
