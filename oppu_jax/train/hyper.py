@@ -2,11 +2,11 @@
 
 Each step takes U training users of one batch shape, each at one of its own batches (the batches
 its OPPU plan would read, `UserBatches`); the step generates those users' adapters from their
-embeddings, runs the model under each (a loop over the users on a CPU, `jax.lax.map`, as the
-multi-user trainer loops them there), and backpropagates the mean of the users' losses into the
-one shared network. A user's rows reach only its own generated adapter's loss; what the users
-share is the network, which is the point: a new user's adapter comes from what all of them taught
-it.
+embeddings, runs the model under each (a loop over the users, each user's gradient taken inside
+it, as the multi-user trainer loops users on a CPU), and backpropagates the mean of the users'
+losses into the one shared network. A user's rows reach only its own generated adapter's loss;
+what the users share is the network, which is the point: a new user's adapter comes from what all
+of them taught it.
 
 Order of work per epoch: every (user, batch) pair once, grouped by batch shape (one compilation
 per shape), shuffled from the seed, cut into steps of U; a shape's last step has idle rows (zero
@@ -28,7 +28,8 @@ from flax import nnx
 from oppu_jax.models import backend
 from oppu_jax.peft.hyper import Hypernetwork, Params
 from oppu_jax.train import optim
-from oppu_jax.train.multi_user import StepReport, loss_terms
+from oppu_jax.train.loss import loss_terms
+from oppu_jax.train.multi_user import StepReport
 from oppu_jax.train.user_batches import UserBatches, UserPlan, user_seed
 
 
@@ -106,19 +107,30 @@ def train_hypernetwork(model, peft, hyper: Hypernetwork, params: Params, embeddi
 
 def _step(graphdef, peft, hyper, tx, base, net, opt_state, inputs, embeddings, batches, real,
           keys, lr):
-  def mean_loss(net):
-    params = {"inputs": inputs, "net": net}
-
-    def one_user(xs):
-      embedding, batch, key = xs
-      total, weight = loss_terms(graphdef, peft, hyper.generate(params, embedding), base, batch,
-                                 key)
+  """One update of the network: the mean over the step's real users of each user's loss under
+  its generated adapter. Each user's gradient is taken inside the loop over users, so only one
+  user's activations are alive at a time (as the multi-user trainer does on a CPU); an idle row
+  skips its work."""
+  def user_grads(embedding, batch, key):
+    def loss(net):
+      adapter = hyper.generate({"inputs": inputs, "net": net}, embedding)
+      total, weight = loss_terms(graphdef, peft, adapter, base, batch, key)
       return total / jnp.maximum(weight, 1.0)
+    return jax.value_and_grad(loss)(net)
 
-    per_user = jax.lax.map(one_user, (embeddings, batches, keys))
-    return jnp.sum(per_user * real) / jnp.maximum(jnp.sum(real), 1)
+  def idle(*_):
+    return jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, net)
 
-  loss, grads = jax.value_and_grad(mean_loss)(net)
+  def one_user(carry, xs):
+    embedding, batch, key, is_real = xs
+    loss, grads = jax.lax.cond(is_real, user_grads, idle, embedding, batch, key)
+    loss_sum, grad_sum = carry
+    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, net))
+  (loss_sum, grad_sum), _ = jax.lax.scan(one_user, zeros, (embeddings, batches, keys, real))
+  users = jnp.maximum(jnp.sum(real), 1).astype(jnp.float32)
+  grads = jax.tree.map(lambda g: g / users, grad_sum)
   updates, opt_state = tx.update(grads, opt_state, net)
   net = jax.tree.map(lambda p, u: p - lr * u, net, updates)
-  return net, opt_state, loss
+  return net, opt_state, loss_sum / users

@@ -33,9 +33,9 @@ from flax import nnx
 from oppu_jax import config as config_lib
 from oppu_jax.models import backend
 from oppu_jax.models.interface import LanguageModel
-from oppu_jax.models.adapted import forward
 from oppu_jax.sharding import mesh as mesh_lib
 from oppu_jax.train import compile_policy, optim, scheduler
+from oppu_jax.train.loss import loss_terms
 from oppu_jax.train.slots import Slots, learning_rates
 from oppu_jax.train.user_batches import UserBatches, UserPlan, user_seed
 
@@ -393,20 +393,3 @@ class _StepProgram:
   def _loss_terms(self, adapter, base, batch, key, remat=False):
     return loss_terms(self.graphdef, self.peft, adapter, base, batch, key, remat)
 
-
-def loss_terms(graphdef, peft, adapter, base, batch, key, remat=False):
-  """(summed cross-entropy over the batch's target tokens, their summed weight) of the model
-  (`graphdef` merged with the frozen `base` state) under `peft`'s `adapter`. Shared with the
-  hypernetwork's trainer (train/hyper.py), which generates `adapter` inside its step."""
-  model = nnx.merge(graphdef, base)
-  if remat:
-    model.config = model.config.replace(remat=True)
-  hidden = forward(model, peft, adapter, **model.conventions.inputs(batch), rng=key,
-                   return_hidden=True)  # [B, T, D]
-  at_targets = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)  # [B,K,D]
-  with jax.named_scope("vocab_head"):  # the LM head and log-softmax over the whole vocabulary
-    logits = model.logits(at_targets)  # [B, K, V]
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    gold = jnp.take_along_axis(logits, batch["target_ids"][..., None], axis=-1)[..., 0]
-  weight = batch["target_weight"]
-  return jnp.sum((log_z - gold) * weight), jnp.sum(weight)

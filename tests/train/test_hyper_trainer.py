@@ -14,7 +14,7 @@ from oppu_jax.models import backend, llama
 from oppu_jax.peft import lora
 from oppu_jax.peft.hyper import Hypernetwork
 from oppu_jax.train import hyper as hyper_train
-from oppu_jax.train.multi_user import loss_terms
+from oppu_jax.train.loss import loss_terms
 from oppu_jax.train.user_batches import batch_for_step
 
 CFG = llama.tiny_config(vocab_size=64)
