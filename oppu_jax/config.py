@@ -291,9 +291,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.schedule = "auto"
 
   # Hypernetwork adapters (settings hyper_k0, oppu_warm_k0; oppu_jax/pipeline/hyper.py): a small
-  # network maps a user's embedding (the mean of the embedded MiniLM's embeddings of its history
-  # items) to its adapter, trained once per run on the other users' histories, through the
-  # task-adapted base, and applied to test users it never saw.
+  # network maps a user's embedding (per item field, the mean of the embedded MiniLM's embeddings
+  # of its history's values) to its adapter, trained once per run on the other users' histories,
+  # through the task-adapted base, and applied to test users it never saw.
   c.hyper = ml_collections.ConfigDict()
   c.hyper.hidden = 64  # units between the embedding and the mixing weights
   c.hyper.rank = 16  # basis adapters mixed per user (the output heads' rank)

@@ -3,8 +3,8 @@ training) and oppu_warm_k0 (OPPU's training started from that adapter).
 
 The network (peft/hyper.py) is trained once per run and base variant on the histories of the
 other users, never on a test user's, and saved to checkpoints/hyper_<base>; a test user's adapter
-is a function of that network and of the user's own embedding only (the mean of the embedded
-MiniLM's embeddings of its formatted history items, "review: ... score: 4"). A user without
+is a function of that network and of the user's own embedding only (per item field, the mean of
+the embedded MiniLM's embeddings of its history's values: `user_embeddings`). A user without
 history (cold start) gets the training users' mean embedding: the average user's adapter.
 experiment.record_cost keeps what each adapter source cost per user (costs.json), hyper_<base>.json
 the network's one-time training.
@@ -22,7 +22,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from oppu_jax import files, storage
-from oppu_jax.data import prompts
 from oppu_jax.errors import DataError
 from oppu_jax.peft import hf_format
 from oppu_jax.peft.hyper import Hypernetwork
@@ -39,18 +38,25 @@ TRAINING_SETTING = SETTINGS["oppu_k0"]
 
 
 def user_embeddings(exp: Experiment, users) -> np.ndarray:
-  """[len(users), E]: each user's mean MiniLM embedding of its history items (NaN rows for
-  users without history: the network substitutes its training users' mean)."""
+  """[len(users), fields x E]: per item field (the task's `item_fields`: a review's text and its
+  score, a movie's description and its tag), the mean MiniLM embedding of the user's values of
+  that field, concatenated. Field by field, so the answers a user gives (a few tokens, lost in
+  one embedding of the whole item) weigh as much as what the items are about. NaN rows for users
+  without history: the network substitutes its training users' mean."""
   encoder = exp.memo.get(_ENCODER)
   if encoder is None:
     from oppu_jax.models import bert
 
     encoder = exp.memo[_ENCODER] = bert.DenseEncoder(exp.config.retrieval.dense_model)
+  fields = exp.task.item_fields
+  width = encoder.model.config.hidden_size * len(fields)
   out = []
   for user in users:
-    texts = [prompts.format_item(exp.task, item) for item in user.history]
-    out.append(encoder.embed(texts).mean(0) if texts else
-               np.full(encoder.model.config.hidden_size, np.nan, np.float32))
+    if not user.history:
+      out.append(np.full(width, np.nan, np.float32))
+      continue
+    out.append(np.concatenate([encoder.embed([str(item[f]) for item in user.history]).mean(0)
+                               for f in fields]))
   return np.stack(out).astype(np.float32)
 
 
