@@ -103,6 +103,7 @@ CHOICES = {
     "eval.decoding": ("greedy", "sample", "beam"),
     "profile.template": ("auto", "chat", "vicuna"),
     "analysis.gain": ("signed", "sign"),
+    "cold_start.adapter": ("base", "hyper"),
 }
 
 
@@ -302,6 +303,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.hyper.users_per_step = 8  # users whose adapters one step generates and trains through
   c.hyper.max_users = 0  # training users (the non-test users with a history); 0 = all
   c.hyper.warm_epochs = 0  # oppu_warm_k0's epochs; 0 = config.train.epochs (cold OPPU's)
+  # Cold start: in the OPPU-trained settings, a test user with at most `max_items` history items
+  # is not trained but gets `adapter`: "base" (the method's fresh adapter: the task-adapted base
+  # unchanged) or "hyper" (the hypernetwork's adapter from its few items, or the average user's
+  # without any). The default only spares users without history, which OPPU cannot train.
+  c.cold_start = ml_collections.ConfigDict()
+  c.cold_start.max_items = 0
+  c.cold_start.adapter = "base"  # base | hyper
 
   # Continual updates (oppu_jax/pipeline/update.py): with a date, each OPPU adapter is trained on
   # the history before it (version 1), then continued on the items from that date on (version 2,

@@ -21,17 +21,27 @@ def buckets(users, n: int) -> list[list]:
   return [list(part) for part in np.array_split(np.array(ordered, dtype=object), n) if len(part)]
 
 
+def user_groups(users, n: int, cold_limit: int) -> list[list]:
+  """The cold-start users (at most `cold_limit` history items: config.cold_start, not trained)
+  as a bucket of their own, if any, then the others in n equal-count buckets."""
+  cold = sorted((u for u in users if len(u.history) <= cold_limit),
+                key=lambda u: (len(u.history), u.id))
+  return ([cold] if cold else []) + buckets([u for u in users if u not in cold], n)
+
+
 def run(exp, command: str) -> str:
   chosen = [SETTINGS[name] for _, name in METHODS]
   run_lib.run_settings(exp, chosen)
   metric = common.primary_metric(exp.task.name)
-  groups = [g for g in buckets([u for u in exp.test_users if common.golds(exp, [u])],
-                               exp.config.analysis.buckets)]
+  limit = exp.config.cold_start.max_items
+  groups = user_groups([u for u in exp.test_users if common.golds(exp, [u])],
+                       exp.config.analysis.buckets, limit)
+  cold = groups[0] if groups and len(groups[0][-1].history) <= limit else None
   rows, series = [], {label: [] for label, _ in METHODS}
   labels = []
   for group in groups:
     lengths = [len(u.history) for u in group]
-    label = f"{min(lengths)}-{max(lengths)}"
+    label = f"{min(lengths)}-{max(lengths)}" + (" (cold start)" if group is cold else "")
     labels.append(label)
     row = [label, len(group), len(common.golds(exp, group))]
     for (name, _), setting in zip(METHODS, chosen):
@@ -42,8 +52,10 @@ def run(exp, command: str) -> str:
   table = common.Table(
       f"{exp.task.name}: {metric} by user activity",
       ["history items", "users", "queries", *(label for label, _ in METHODS)], rows,
-      f"Test users in {len(groups)} equal-count buckets by history length (the paper: 20 users "
-      f"per range); {metric} over each bucket's queries.")
+      f"Test users in {len(groups)} buckets by history length: "
+      + (f"the cold-start users (at most {limit} items, config.cold_start), then " if cold else "")
+      + f"equal-count buckets (the paper: 20 users per range); {metric} over each bucket's "
+      "queries.")
   fig, (ax,) = common.figure()
   x = np.arange(len(labels))
   for i, (name, values) in enumerate(series.items()):

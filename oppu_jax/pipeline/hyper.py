@@ -26,7 +26,7 @@ from oppu_jax.errors import DataError
 from oppu_jax.peft import hf_format
 from oppu_jax.peft.hyper import Hypernetwork
 from oppu_jax.pipeline import cluster, progress
-from oppu_jax.pipeline.experiment import Experiment, adapter_dir, base_of
+from oppu_jax.pipeline.experiment import Experiment, adapter_dir, base_of, record_cost
 from oppu_jax.pipeline.settings import SETTINGS, Setting
 from oppu_jax.train import hyper as hyper_train
 
@@ -138,3 +138,30 @@ def generate_user_adapters(exp: Experiment, model, setting: Setting, users) -> N
                              model_config=model.config)
       storage.push(directory)
       bar.update(1)
+
+
+def cold_start_adapters(exp: Experiment, model, setting: Setting, users) -> None:
+  """Cold-start users of an OPPU-trained setting (too few history items to train on): each gets
+  config.cold_start.adapter, saved where its trained adapter would be."""
+  from oppu_jax.pipeline import training
+
+  how = exp.config.cold_start.adapter
+  logging.info("%s: %d cold-start users (at most %d history items) get the %s adapter: %s",
+               setting.name, len(users), exp.config.cold_start.max_items, how,
+               ", ".join(u.id for u in users))
+  start = time.perf_counter()
+  if how == "hyper":
+    _, _, method = network(exp, model, setting)
+    adapters = generated_adapters(exp, model, setting, users)
+  else:
+    method = training.build_method(exp, model, setting)
+    fresh = method.init(model.weight_table(), jax.random.PRNGKey(exp.config.seed),
+                        model.embed.get_value())
+    adapters = {u.id: jax.tree.map(np.asarray, fresh) for u in users}
+  for user in users:
+    directory = adapter_dir(exp, setting, user.id)
+    hf_format.save_adapter(directory, method, adapters[user.id], model.weight_table(),
+                           model_config=model.config)
+    storage.push(directory)
+  record_cost(exp, f"{setting.adapter_setting} cold start", time.perf_counter() - start,
+              len(users))

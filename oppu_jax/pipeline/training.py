@@ -71,7 +71,11 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   mine = cluster.share(todo, cost=lambda u: len(u.history))
   if cluster.count() > 1:
     cluster.log_share(f"{setting.name}: trains the adapters of", [u.id for u in mine])
-  if setting.adapter_source in ("hyper", "warm"):
+  cold = cold_users(exp, setting, mine)
+  if cold:
+    hyper.cold_start_adapters(exp, model, setting, cold)
+    mine = [u for u in mine if u not in cold]
+  if setting.adapter_source in ("hyper", "warm") and mine:
     hyper.network(exp, model, setting)  # its one-time training is not a user's cost
   start = time.perf_counter()
   if setting.adapter_source == "hyper":
@@ -83,6 +87,14 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   if not update.enabled(exp, setting):
     record_cost(exp, setting.adapter_setting, time.perf_counter() - start, len(mine))
   cluster.barrier(f"{setting.name} adapters")
+
+
+def cold_users(exp: Experiment, setting: Setting, users) -> list:
+  """The users of an OPPU-trained setting that get a cold-start adapter instead of training:
+  at most config.cold_start.max_items history items."""
+  if setting.adapter_source == "hyper":
+    return []
+  return [u for u in users if len(u.history) <= exp.config.cold_start.max_items]
 
 
 def _train_adapters(exp: Experiment, model, setting: Setting, todo) -> None:

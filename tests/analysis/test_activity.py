@@ -38,3 +38,14 @@ def test_spread_selection_covers_the_history_range():
   chosen = [len(u.history) for u in test.users]
   assert chosen[0] == lengths[-1] and chosen[-1] == lengths[0]  # both ends of the range
   assert len(test.users) == 5 and len(others.users) == 15
+
+
+def test_cold_start_users_are_a_bucket_of_their_own():
+  from oppu_jax.analysis import activity
+  from oppu_jax.data.types import User
+
+  users = [User(f"u{i}", tuple({"text": "t", "score": "3"} for _ in range(n)), ())
+           for i, n in enumerate([0, 7, 2, 9, 1, 12, 5])]
+  groups = activity.user_groups(users, 2, cold_limit=2)
+  assert [[len(u.history) for u in g] for g in groups] == [[0, 1, 2], [5, 7], [9, 12]]
+  assert [len(g) for g in activity.user_groups(users, 2, cold_limit=-1)] == [4, 3]
