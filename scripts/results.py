@@ -52,6 +52,10 @@ RUNS = {
                               "--versus=hyper_k0:non_personalized,hyper_k0:oppu_k0,"
                               "oppu_warm_k0:oppu_k0"],
                      "hypernetwork adapters and warm starts on LaMP_2M, data seeds 0, 1, 2"),
+    "warm_epochs_lamp3": ([sys.executable, "benchmarks/warm_epochs.py",
+                           "--workdir=runs/results/hyper_lamp3", "--epochs=1,2"],
+                          "oppu_warm_k0 at 1 and 2 epochs against cold oppu_k0 (needs "
+                          "runs/results/hyper_lamp3)"),
     "continual_lamp3": (SEEDS + ["--config=configs/lamp3.py", "--seeds=0,1,2",
                                  "--config.settings=non_personalized,oppu_k0",
                                  "--config.continual.last_items=4"],

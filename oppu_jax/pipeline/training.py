@@ -67,16 +67,19 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   if not todo:
     return
   logging.info("%s: %d users, one adapter each", setting.name, len(todo))
+  cold = cold_users(exp, setting, todo)
+  if setting.adapter_source in ("hyper", "warm") or (
+      cold and exp.config.cold_start.adapter == "hyper"):
+    # In every process, before the users are shared out (its training ends at a barrier); its
+    # one-time cost is not a user's.
+    hyper.network(exp, model, setting)
   # Each process trains its share (balanced by history size: training steps) on its own devices.
   mine = cluster.share(todo, cost=lambda u: len(u.history))
   if cluster.count() > 1:
     cluster.log_share(f"{setting.name}: trains the adapters of", [u.id for u in mine])
-  cold = cold_users(exp, setting, mine)
-  if cold:
-    hyper.cold_start_adapters(exp, model, setting, cold)
+  if [u for u in mine if u in cold]:
+    hyper.cold_start_adapters(exp, model, setting, [u for u in mine if u in cold])
     mine = [u for u in mine if u not in cold]
-  if setting.adapter_source in ("hyper", "warm") and mine:
-    hyper.network(exp, model, setting)  # its one-time training is not a user's cost
   start = time.perf_counter()
   if setting.adapter_source == "hyper":
     hyper.generate_user_adapters(exp, model, setting, mine)
