@@ -41,9 +41,10 @@ def open_workdir(workdir: str, setting_name: str, engine_config: EngineConfig, *
     raise WorkdirError(f"{root}: no user adapters; run the pipeline with --config.settings="
                        f"{setting_name} first")
   table = model.weight_table()
-  read = lambda user: host_adapter(hf_format.load_adapter(os.path.join(root, user), table,
-                                                          model.config)[1])
-  method, first = hf_format.load_adapter(os.path.join(root, users[0]), table, model.config)
+  # (adapter_dir: the newest version of a user's adapter, under config.continual its update)
+  where = lambda user: experiment.adapter_dir(exp, setting, user)
+  read = lambda user: host_adapter(hf_format.load_adapter(where(user), table, model.config)[1])
+  method, first = hf_format.load_adapter(where(users[0]), table, model.config)
   tiers = AdapterTiers(method, host_adapter(first), read,
                        device_slots=device_slots, host_capacity=host_capacity)
   engine = Engine(model, tiers, engine_config, eos_id=tokenizer.eos_id,
@@ -66,9 +67,15 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise WorkdirError(f"{workdir}: no config.json; serve the workdir of a finished run")
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    # Keys added to the config since the run was made take their defaults.
+    config = ml_collections.ConfigDict(_merged(config_lib.get_config().to_dict(), json.load(f)))
   config_lib.check(config)
   return config
+
+
+def _merged(defaults: dict, given: dict) -> dict:
+  return {**defaults, **{k: _merged(defaults[k], v) if isinstance(v, dict) and isinstance(
+      defaults.get(k), dict) else v for k, v in given.items()}}
 
 
 def _task_adapted(exp, setting):
