@@ -116,7 +116,8 @@ def _print_costs(workdirs: dict) -> None:
       h = json.load(f)
     c = costs[seed]
     line = (f"seed {seed}: hypernetwork trained on {h['training_users']} users in "
-            f"{h['seconds']:.1f} s (loss {h['loss_first_steps']:.3f} -> {h['loss_last_steps']:.3f})")
+            f"{h['seconds']:.1f} s (loss {h['loss_first_steps']:.3f} -> "
+            f"{h['loss_last_steps']:.3f})")
     if "oppu_k0" in c and "hyper_k0" in c:
       saved = (c["oppu_k0"]["seconds"] / c["oppu_k0"]["users"]
                - c["hyper_k0"]["seconds"] / c["hyper_k0"]["users"])

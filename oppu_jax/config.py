@@ -188,8 +188,9 @@ def _check_continual(u: ml_collections.ConfigDict) -> None:
   if u.since and date_key(u.since) is None:
     raise ConfigError(f"config.continual.since: {u.since!r} is no date (e.g. 2018-06-01)")
   if u.last_items < 0 or (u.since and u.last_items):
-    raise ConfigError(f"config.continual.last_items: {u.last_items}; a count of items >= 0, and not "
-                      "together with config.continual.since (one way to say which items are new)")
+    raise ConfigError(f"config.continual.last_items: {u.last_items}; a count of items >= 0, and "
+                      "not together with config.continual.since (one way to say which items are "
+                      "new)")
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -61,8 +61,9 @@ def user_embeddings(exp: Experiment, users) -> np.ndarray:
 
 
 def network(exp: Experiment, model, setting: Setting):
-  """(the network's jitted `generate`, its params, the PEFT method): trained on the other users' histories through
-  `model` (the task-adapted base of `setting`), or restored from checkpoints/hyper_<base>."""
+  """(the network's jitted `generate`, its params, the PEFT method): trained on the other users'
+  histories through `model` (the task-adapted base of `setting`), or restored from
+  checkpoints/hyper_<base>."""
   from oppu_jax.pipeline import training  # (training imports this module for warm starts)
 
   base = base_of(exp, setting)

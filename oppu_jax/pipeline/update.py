@@ -1,17 +1,16 @@
-"""Continual updates (`--config.continual.since=<date>`, or `--config.continual.last_items=N`): a user's
-adapter follows its growing history without retraining from scratch.
+"""Continual updates (`--config.continual.since=<date>`, or `--config.continual.last_items=N`): a
+user's adapter follows its growing history without retraining from scratch.
 
 For each OPPU-trained setting, a user's history splits at `since` (or before its last N items):
-version 1 is its adapter
-trained on the items dated before it (the history as it was), saved as usual in
-adapters/<setting>/<user>/ with its optimizer state (optimizer.npz); version 2 continues version
-1, from that optimizer state (without warm-up by default: its moments are warm), on the items
-dated at or after `since` only (their training pairs
-as OPPU builds them, retrieval seeing every earlier item), and is written beside it in
+version 1 is its adapter trained on the older items (the history as it was), saved as usual in
+adapters/<setting>/<user>/ with its optimizer state (optimizer.npz, written after the adapter's
+files, so its presence means both are there); version 2 continues version 1 from that optimizer
+state (without warm-up by default: its moments are warm) on the new items only (their training
+pairs as OPPU builds them, retrieval seeing every earlier item), and is written beside it in
 adapters/<setting>/<user>/v2/. Version 1 is never written again; the setting's predictions use
 version 2. A user without new items keeps version 1 as version 2 (copied); a user without old
-items trains version 2 from a fresh adapter. costs.json records what the update cost per user
-(version 2 only) beside what a run without `since` pays to train on the whole history.
+items trains version 2 from a fresh adapter. costs.json records the cost per user of each
+version apart, beside what a run without an update pays to train on the whole history.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ OPTIMIZER = "optimizer.npz"
 
 
 def enabled(exp: Experiment, setting: Setting) -> bool:
-  """Whether `setting`'s adapters are versioned by config.update (OPPU-trained ones)."""
+  """Whether `setting`'s adapters are versioned by config.continual (OPPU-trained ones)."""
   u = exp.config.continual
   return bool(u.since or u.last_items) and setting.adapter_source == "train"
 
@@ -77,10 +76,11 @@ def train_updated_adapters(exp: Experiment, model, setting: Setting, users) -> N
   parts = {u.id: split(exp, u) for u in users}
   before = [dataclasses.replace(u, history=tuple(u.history[i] for i in parts[u.id][0]))
             for u in users if parts[u.id][0]]
-  v1 = [u for u in before if not files.is_done(_v1_dir(exp, setting, u.id))]
+  v1 = [u for u in before
+        if not files.is_done(os.path.join(_v1_dir(exp, setting, u.id), OPTIMIZER))]
   logging.info("%s: update (%s): %d users' version 1 to train (old items), %d users with new "
-               "items", setting.name, c.continual.since or f"last {c.continual.last_items} items", len(v1),
-               sum(bool(parts[u.id][1]) for u in users))
+               "items", setting.name, c.continual.since or f"last {c.continual.last_items} items",
+               len(v1), sum(bool(parts[u.id][1]) for u in users))
   start = time.perf_counter()
   training.train_and_save(exp, model, setting, training.user_plans(exp, setting, v1),
                           lambda uid: _v1_dir(exp, setting, uid), keep_optimizer=True,
@@ -108,8 +108,7 @@ def train_updated_adapters(exp: Experiment, model, setting: Setting, users) -> N
                           lambda uid: adapter_dir(exp, setting, uid), keep_optimizer=True,
                           initial=starts.get, desc=f"stage 2: {setting.name} adapters, update",
                           config_changes={"warmup_ratio": c.continual.warmup_ratio})
-  record_cost(exp, f"{setting.adapter_setting} update", time.perf_counter() - start,
-                    len(users))
+  record_cost(exp, f"{setting.adapter_setting} update", time.perf_counter() - start, len(users))
 
 
 def _v1_dir(exp: Experiment, setting: Setting, user_id: str) -> str:

@@ -23,7 +23,8 @@ def _embeddings(n, seed=0):
 
 
 def _params(method, hyper=Hypernetwork(hidden=8, rank=4), seed=0):
-  return hyper, hyper.init(lambda k: method.init(TABLE, k), _embeddings(6), jax.random.PRNGKey(seed))
+  params = hyper.init(lambda k: method.init(TABLE, k), _embeddings(6), jax.random.PRNGKey(seed))
+  return hyper, params
 
 
 def _trained_like(params, seed=1):
@@ -107,7 +108,8 @@ def test_a_generated_lora_loads_in_hf_peft_with_our_logits(forward, tmp_path):
   bare = np.asarray(forward(ours, None, None, jnp.asarray(tokens), jnp.asarray(positions),
                             jnp.asarray(mask)))[mask]
   with torch.no_grad():
-    want = hf_peft(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+    want = hf_peft(input_ids=torch.tensor(tokens),
+                   attention_mask=torch.tensor(mask.astype(np.int64)),
                    position_ids=torch.tensor(positions)).logits.numpy()[mask]
   scale = np.abs(want).max()
   assert np.abs(got - want).max() / scale <= 1e-5
