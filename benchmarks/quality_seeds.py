@@ -128,28 +128,12 @@ def _print_costs(workdirs: dict) -> None:
 def _print_pooled_tests(workdirs: dict, pairs) -> None:
   """a vs b on every seed's test queries together (ids prefixed by the seed): the paired test
   of results.md, on 3x the queries."""
-  sys.path.insert(0, REPO)
-  from oppu_jax.data import lamp
-  from oppu_jax.eval import metrics, significance
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import seed_copies
 
-  task = None
-  golds, preds = {}, {}
-  for seed, w in workdirs.items():
-    with open(os.path.join(w, "config.json")) as f:
-      task = json.load(f)["task"]
-    data_golds = {}
-    for name in ("train_outputs.json", "dev_outputs.json", "test_outputs.json"):
-      path = os.path.join(w, "data", name)
-      if os.path.exists(path):
-        data_golds.update(lamp.read_outputs(path))
-    for setting in {s for pair in pairs for s in pair}:
-      out = lamp.read_outputs(os.path.join(w, "predictions", f"{setting}.json"))
-      preds.setdefault(setting, {}).update({f"{seed}/{i}": p for i, p in out.items()})
-      golds.update({f"{seed}/{i}": data_golds[i] for i in out if i in data_golds})
-  print(f"\npooled over seeds {', '.join(map(str, workdirs))} ({len(golds)} queries), paired:\n")
+  print(f"\npooled over seeds {', '.join(map(str, workdirs))}, paired:\n")
   for a, b in pairs:
-    tests = significance.compare(task, golds, preds[a], preds[b])
-    ma, mb = metrics.evaluate(task, golds, preds[a]), metrics.evaluate(task, golds, preds[b])
+    _, tests, ma, mb = seed_copies.pooled_test([(s, w, a, w, b) for s, w in workdirs.items()])
     cells = [f"{m} {ma[m]:.4f} vs {mb[m]:.4f} (p = {t.p:.3g})" for m, t in tests.items()]
     print(f"- {a} vs {b}: " + "; ".join(cells))
 

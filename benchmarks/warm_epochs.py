@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
-import shutil
-import subprocess
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REDONE = ("oppu_warm_k0", "oppu_warm_k0.json", "results.json", "results.md", "significance.json",
-          "timings.json", "run.lock")
+import seed_copies
+
+DROP = ("oppu_warm_k0", "oppu_warm_k0.json")  # what the copies redo
 
 
 def main() -> None:
@@ -37,41 +33,23 @@ def main() -> None:
   rows = []  # (seed, setting, epochs, metric value, seconds per user)
   metric = None
   for src in seeds:
-    seed, config = os.path.basename(src), _read(src, "config.json")
-    results = _read(src, "results.json")
+    seed, config = os.path.basename(src), seed_copies.read(src, "config.json")
+    results = seed_copies.read(src, "results.json")
     metric = metric or next(iter(results["oppu_k0"]))
     for name in ("oppu_k0", "oppu_warm_k0"):
       rows.append(_row(seed, name, config["train"]["epochs"], src, metric))
     for epochs in [int(e) for e in args.epochs.split(",")]:
       dst = os.path.join(args.workdir, f"warm_e{epochs}", seed)
-      _run_copy(src, dst, config, epochs)
+      seed_copies.copy_and_run(src, dst, {"hyper.warm_epochs": epochs}, drop=DROP)
       rows.append(_row(seed, "oppu_warm_k0", epochs, dst, metric))
   _print(rows, metric)
 
 
 def _row(seed: str, name: str, epochs: int, workdir: str, metric: str):
-  results, costs = _read(workdir, "results.json"), _read(workdir, "costs.json")
+  results = seed_copies.read(workdir, "results.json")
+  costs = seed_copies.read(workdir, "costs.json")
   return (seed, name, epochs, results[name][metric],
           costs[name]["seconds"] / costs[name]["users"])
-
-
-def _run_copy(src: str, dst: str, config: dict, epochs: int) -> None:
-  if os.path.exists(os.path.join(dst, "results.json")):
-    return
-  shutil.rmtree(dst, ignore_errors=True)
-  shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*REDONE))
-  config = json.loads(json.dumps(config))
-  config["hyper"]["warm_epochs"] = epochs
-  with open(os.path.join(dst, "config.json"), "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  config_file = os.path.join(REPO, "configs", f"{config['task'].lower().replace('_', '')}.py")
-  cmd = [sys.executable, "-m", "oppu_jax.main", f"--config={config_file}", f"--workdir={dst}",
-         f"--config.seed={config['seed']}", f"--config.settings={config['settings']}",
-         f"--config.hyper.warm_epochs={epochs}", "--config.progress=False"]
-  print("$", " ".join(cmd), flush=True)
-  start = time.time()
-  subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-  print(f"  {time.time() - start:.0f} s", flush=True)
 
 
 def _print(rows, metric: str) -> None:
@@ -88,11 +66,6 @@ def _print(rows, metric: str) -> None:
     n = len(values)
     print(f"| {name} | {epochs} | {sum(v for v, _ in values) / n:.4f} | "
           f"{sum(t for _, t in values) / n:.1f} |")
-
-
-def _read(directory: str, name: str):
-  with open(os.path.join(directory, name)) as f:
-    return json.load(f)
 
 
 if __name__ == "__main__":

@@ -56,10 +56,10 @@ RUNS = {
                            "--workdir=runs/results/hyper_lamp3", "--epochs=1,2"],
                           "oppu_warm_k0 at 1 and 2 epochs against cold oppu_k0 (needs "
                           "runs/results/hyper_lamp3)"),
-    "continual_lamp3": (SEEDS + ["--config=configs/lamp3.py", "--seeds=0,1,2",
-                                 "--config.settings=non_personalized,oppu_k0",
-                                 "--config.continual.last_items=4"],
-                        "OPPU adapters updated on each user's last 4 items (continual), LaMP_3"),
+    "continual_lamp3": ([sys.executable, "benchmarks/continual_bench.py",
+                         "--workdir=runs/results/hyper_lamp3", "--last_items=4"],
+                        "OPPU adapters updated on each user's last 4 items against retrained on "
+                        "the whole history (needs runs/results/hyper_lamp3)"),
     "analyses": (MAIN + ["--config=configs/analysis.py:LaMP_3,all"],
                  "the papers' analyses on LaMP_3"),
     "study_lamp2m": (MAIN + ["--config=configs/study.py:LaMP_2M"],
