@@ -25,6 +25,7 @@ def _config(model_dir, adapter):
   c.cold_start.max_items = MAX_ITEMS
   c.cold_start.adapter = adapter
   c.hyper.epochs = 1
+  c.train.epochs = 2  # (one step of one epoch would be warm-up's lr 0: nothing would move)
   return c
 
 
