@@ -216,8 +216,8 @@ def _train_group(program, group, config, report, results, on_user_done, progress
 
 
 def _fill(program, slots, occupants, slot, queue, group, config, initial=None):
-  """The next queued user (if any) enters `slot`: its starting adapter (fresh, or
-  `initial(user id)`), a fresh optimizer state and its schedule."""
+  """The next queued user (if any) enters `slot` with its schedule: a fresh adapter and optimizer
+  state, or those of its `initial(user id)` (an adapter alone gets a fresh optimizer state)."""
   occupants[slot] = None
   if not queue:
     return slots  # the slot's step counter has reached its total: the step leaves it idle
