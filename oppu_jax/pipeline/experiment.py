@@ -194,3 +194,28 @@ def record_cost(exp: Experiment, name: str, seconds: float, users: int) -> None:
   costs[name] = {"seconds": round(seconds, 2), "users": users,
                  "seconds_per_user": round(seconds / users, 3)}
   files.write_json(path, costs)
+
+
+def join_costs(exp: Experiment) -> None:
+  """Of several processes, process 0 merges their costs parts into costs.json after the barrier
+  that follows the work (processes work side by side: the slowest one's seconds count, the
+  users add up) and removes the parts."""
+  if cluster.count() == 1 or not cluster.is_main():
+    return
+  path = exp.path("costs.json")
+  costs = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      costs = json.load(f)
+  parts = [p for p in cluster.part_paths(path) if os.path.exists(p)]
+  joined = {}
+  for part in parts:
+    with open(part) as f:
+      for name, c in json.load(f).items():
+        seconds = max(joined.get(name, {}).get("seconds", 0.0), c["seconds"])
+        users = joined.get(name, {}).get("users", 0) + c["users"]
+        joined[name] = {"seconds": seconds, "users": users,
+                        "seconds_per_user": round(seconds / users, 3)}
+  if parts:
+    files.write_json(path, {**costs, **joined})
+    cluster.remove_parts(path)

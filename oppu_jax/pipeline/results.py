@@ -84,16 +84,10 @@ def _cost_table(exp: Experiment) -> str:
   """results.md's cost of each setting's adapters per user (costs.json: training, or for
   hyper_k0 generation) and the hypernetwork's one-time training (hyper_<base>.json), with the
   number of users after which it has paid for itself against OPPU's training."""
-  costs = {}
-  for path in [exp.path("costs.json")] + sorted(glob.glob(exp.path("costs.json.part-*"))):
-    if files.is_done(path):
-      with open(path) as f:
-        for name, c in json.load(f).items():  # processes work side by side: the slowest counts
-          old = costs.get(name, {"seconds": 0.0, "users": 0})
-          costs[name] = {"seconds": max(old["seconds"], c["seconds"]),
-                         "users": old["users"] + c["users"]}
-  if not costs:
+  if not files.is_done(exp.path("costs.json")):
     return ""
+  with open(exp.path("costs.json")) as f:
+    costs = json.load(f)  # (of several processes, joined: experiment.join_costs)
   lines = ["", "| adapters of | users | seconds | seconds per user |", "|---|---:|---:|---:|"]
   for name, c in costs.items():
     lines.append(f"| {name} | {c['users']} | {c['seconds']:.1f} | "

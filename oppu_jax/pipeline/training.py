@@ -19,7 +19,8 @@ from oppu_jax.peft import hf_format, method as method_lib
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.merge import merge
 from oppu_jax.pipeline import cluster, examples, hyper, progress, update
-from oppu_jax.pipeline.experiment import Experiment, adapter_dir, peft_config, record_cost
+from oppu_jax.pipeline.experiment import (Experiment, adapter_dir, join_costs, peft_config,
+                                          record_cost)
 from oppu_jax.pipeline.pag import profiles_for
 from oppu_jax.pipeline.settings import Setting
 from oppu_jax.pipeline.shift import users_of
@@ -90,6 +91,7 @@ def train_user_adapters(exp: Experiment, model, setting: Setting) -> None:
   if not update.enabled(exp, setting):
     record_cost(exp, setting.adapter_setting, time.perf_counter() - start, len(mine))
   cluster.barrier(f"{setting.name} adapters")
+  join_costs(exp)
 
 
 def cold_users(exp: Experiment, setting: Setting, users) -> list:
