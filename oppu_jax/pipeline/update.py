@@ -103,7 +103,8 @@ def train_updated_adapters(exp: Experiment, model, setting: Setting, users) -> N
     if old:
       directory = _v1_dir(exp, setting, u.id)
       _, adapter = hf_format.load_adapter(directory, table, model.config)
-      starts[u.id] = multi_user.Start(adapter, load_optimizer(directory))
+      like = training.optimizer(exp).init(adapter)
+      starts[u.id] = multi_user.Start(adapter, load_optimizer(directory, like))
   training.train_and_save(exp, model, setting, plans,
                           lambda uid: adapter_dir(exp, setting, uid), keep_optimizer=True,
                           initial=starts.get, desc=f"stage 2: {setting.name} adapters, update",
@@ -134,11 +135,15 @@ def save_optimizer(directory: str, opt_state) -> None:
   storage.push(path)
 
 
-def load_optimizer(directory: str) -> list[np.ndarray]:
-  """The leaves save_optimizer wrote (the trainer rebuilds the tree from its own optimizer)."""
+def load_optimizer(directory: str, like):
+  """The optimizer state save_optimizer wrote, as a tree shaped like `like` (a fresh state)."""
   path = os.path.join(directory, OPTIMIZER)
   if not os.path.exists(path):
-    raise DataError(f"{path}: missing; version 1 was trained without config.continual.since, so it "
+    raise DataError(f"{path}: missing; version 1 was trained without config.continual, so it "
                     "kept no optimizer state to continue from")
+  structure = jax.tree.structure(like)
   with np.load(path) as z:
-    return [z[f"arr_{i}"] for i in range(len(z.files))]
+    if len(z.files) != structure.num_leaves:
+      raise DataError(f"{path}: {len(z.files)} arrays; this optimizer has "
+                      f"{structure.num_leaves} (config.train changed since version 1?)")
+    return jax.tree.unflatten(structure, [z[f"arr_{i}"] for i in range(len(z.files))])

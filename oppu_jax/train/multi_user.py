@@ -79,8 +79,7 @@ class UserResult:
 @dataclasses.dataclass(frozen=True)
 class Start:
   """Where a user's training starts instead of a fresh adapter: a warm start (`opt_state` None:
-  a fresh optimizer) or the continuation of an earlier training (its optimizer state: the tree,
-  or its leaves in tree order as pipeline/update.py saves them)."""
+  a fresh optimizer) or the continuation of an earlier training (its optimizer state's tree)."""
 
   adapter: Any
   opt_state: Any = None
@@ -270,14 +269,7 @@ class _StepProgram:
   def enter(self, slots: Slots, slot: int, key, total: int, lrs, start: Start | None = None
             ) -> Slots:
     if start is not None:
-      opt_state = start.opt_state
-      if isinstance(opt_state, list):  # saved leaves (pipeline/update.py): our optimizer's tree
-        structure = jax.tree.structure(jax.eval_shape(self.tx.init, start.adapter))
-        if structure.num_leaves != len(opt_state):
-          raise ValueError(f"a saved optimizer state has {len(opt_state)} arrays; this "
-                           f"optimizer has {structure.num_leaves}")
-        opt_state = jax.tree.unflatten(structure, opt_state)
-      return self._enter_from(slots, slot, key, total, lrs, start.adapter, opt_state)
+      return self._enter_from(slots, slot, key, total, lrs, start.adapter, start.opt_state)
     return self._enter(slots, slot, key, total, lrs, self.embed)
 
   def _enter_impl(self, slots, slot, key, total, lrs, embed):
