@@ -12,6 +12,8 @@ The OPPU recipes (the study's are described next to their tables below):
   5 epochs of batch 4, tuned on generated LaMP_3 data with data seeds 10 and 11 (not the
   reported seeds 0-2), where the paper's 3 epochs of 3 and 4 epochs of 4 left OPPU's MAE higher
   (configs/lamp3.py).
+- "meaning": `--config=configs/lampN.py:meaning` (LaMP_2M, LaMP_3, LaMP_5) — the embedded recipe on
+  the second kind of generated data, cues by meaning (MEANING_DATA below).
 - "paper": `--config=configs/lampN.py:paper` — Table 4 as published (lr 1e-5, the per-task epochs,
   batch sizes and R2 regularisation), task adaptation as the reference's task_LoRA.py (3 epochs,
   batch 16, lr 1e-4) and 100 test users. Meant for a 7B checkpoint: add
@@ -19,6 +21,7 @@ The OPPU recipes (the study's are described next to their tables below):
 """
 
 import difflib
+import functools
 import os
 
 import ml_collections
@@ -88,7 +91,13 @@ ANALYSIS_DATA = {
     "data.synth.long_tail": False, "data.synth.queries_per_user": 4,
     "data.num_test_users": 12, "data.test_users": "spread",
 }
-RECIPES = ("embedded", "paper", "study", "study_embedded", "analysis")
+# oppu_jax/data/synth_meaning.py's data: 12 test users of 4 queries; task adaptation learns from
+# (num_users - num_test_users) x queries_per_user = 64 pairs (raise data.synth.num_users for more).
+MEANING_DATA = {
+    "data.synth.kind": "meaning", "data.synth.shift": 1.0, "data.synth.noise": 0.15,
+    "data.synth.num_users": 28, "data.synth.queries_per_user": 4, "data.num_test_users": 12,
+}
+RECIPES = ("embedded", "paper", "study", "study_embedded", "analysis", "meaning")
 
 # Keys with a fixed set of values, checked before a run starts.
 CHOICES = {
@@ -104,6 +113,7 @@ CHOICES = {
     "profile.template": ("auto", "chat", "vicuna"),
     "analysis.gain": ("signed", "sign"),
     "cold_start.adapter": ("base", "hyper"),
+    "data.synth.kind": ("words", "meaning"),
 }
 
 
@@ -120,7 +130,8 @@ def for_task(name: str, recipe: str | None = None) -> ml_collections.ConfigDict:
   c.recipe = recipe
   changes = {"embedded": TASK_DIFFERENCES[name], "paper": {**PAPER_COMMON, **PAPER_TABLE_4[name]},
              "study": STUDY_PAPER, "study_embedded": STUDY_EMBEDDED,
-             "analysis": {**TASK_DIFFERENCES[name], **ANALYSIS_DATA}}[recipe]
+             "analysis": {**TASK_DIFFERENCES[name], **ANALYSIS_DATA},
+             "meaning": {**TASK_DIFFERENCES[name], **MEANING_DATA}}[recipe]
   for key, value in changes.items():
     _check_known(c, key)
     section, _, leaf = key.rpartition(".")
@@ -177,8 +188,10 @@ def check(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.retrieval.rspg_candidates: {list(c.retrieval.rspg_candidates)}; "
                       "choose among bm25, recency, dense")
   for key in CHOICES:
-    section, leaf = key.split(".")
-    check_choice(key, c[section][leaf])
+    check_choice(key, functools.reduce(lambda node, part: node[part], key.split("."), c))
+  if not c.data.path:
+    from oppu_jax.data import synth  # here: configs/*.py import this module, keep that light
+    synth.check_kind(tasks.get_task(c.task).name, c.data.synth.kind)
   _check_continual(c.continual)
 
 
@@ -236,6 +249,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.synth.text_words = 14
   c.data.synth.shift = 0.0
   c.data.synth.noise = 0.1
+  c.data.synth.kind = "words"  # words (synth.py; text_words) | meaning (synth_meaning.py)
 
   c.model = ml_collections.ConfigDict()
   c.model.path = ""  # HF directory or .gguf; "" = the embedded SmolLM2

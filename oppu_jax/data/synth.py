@@ -51,6 +51,11 @@ generation golds' words. The share of a query's topic words found in its user's 
 foreign topic) to about 0.5 at shift 0.5 and 0.00 at shift 1. ROUGE lower-cases, so case styles
 are invisible to it; prefixes, lengths and slang are not. The oracles bound what is learnable;
 they are not models.
+
+A second kind, `kind="meaning"` (`synth_meaning`, LaMP_2M, LaMP_3 and LaMP_5), evokes labels,
+ratings and methods through families of paraphrases, writes queries in phrasings their user's
+history never used, and gives users habits beyond a constant shift: the data on which this
+project's quality claims are checked (the recipe `configs/lampN.py:meaning`).
 """
 
 from __future__ import annotations
@@ -63,9 +68,11 @@ from typing import Any
 
 from oppu_jax.data import lamp_write
 from oppu_jax.data import synth_makers
+from oppu_jax.data import synth_meaning
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.data.lamp_write import write_oppu_layout  # pylint: disable=unused-import
 from oppu_jax.data.types import LampData, Query, User
+from oppu_jax.errors import ConfigError
 
 
 def generate(
@@ -81,13 +88,15 @@ def generate(
     text_words: int | tuple[int, int] = (15, 30),
     shift: float = 0.0,
     noise: float = 0.1,
+    kind: str = "words",
     dev_fraction: float = 0.5,
 ) -> LampData:
-  """Writes a synthetic `task` data set in the official layout to `out_dir`; returns it."""
+  """Writes a synthetic `task` data set in the official layout to `out_dir`; returns it. `kind`:
+  "words" (this module's cues: shared words) or "meaning" (`synth_meaning`: paraphrases)."""
   data = synthesize(task, num_users=num_users, seed=seed, history_min=history_min,
                     history_max=history_max, long_tail=long_tail,
                     queries_per_user=queries_per_user, text_words=text_words, shift=shift,
-                    noise=noise)
+                    noise=noise, kind=kind)
   lamp_write.write_official_layout(data, out_dir, dev_fraction=dev_fraction)
   return data
 
@@ -102,7 +111,9 @@ def oracle_report(task: str, **kwargs: Any) -> dict[str, dict[str, float]]:
   "query_history_overlap": the mean share of a query's topic words its user's history contains.
   Takes `synthesize`'s keyword arguments."""
   task_obj = tasks_lib.get_task(task)
-  data, latents = _build(task, _Config(**kwargs))
+  cfg = _Config(**kwargs)
+  data, latents = _build(task, cfg)
+  oracle = _tables(task_obj.name, cfg.kind)[1][task_obj.name]
   preds: dict[str, list[str]] = {k: [] for k in _PREDICTORS}
   golds, overlaps = [], []
   for user in data.users:
@@ -111,7 +122,7 @@ def oracle_report(task: str, **kwargs: Any) -> dict[str, dict[str, float]]:
     for q, ql in zip(user.queries, lat.queries):
       golds.append(q.gold)
       for name in _PREDICTORS:
-        preds[name].append(synth_makers.ORACLES[task_obj.name](name, lat, ql))
+        preds[name].append(oracle(name, lat, ql))
       if ql.topic_words:
         overlaps.append(sum(w in hist_words for w in ql.topic_words) / len(ql.topic_words))
   report = {m: {name: _score(m, preds[name], golds) for name in _PREDICTORS}
@@ -123,13 +134,17 @@ def oracle_report(task: str, **kwargs: Any) -> dict[str, dict[str, float]]:
 def user_habits(task: str, **kwargs: Any) -> dict[str, str]:
   """{user id: the habit the generator gave the user} (`synthesize`'s keyword arguments): the
   truth an analysis compares adapters against. LaMP_3: the rating bias ("bias -1"); LaMP_2N/2M:
-  the favourite home label; LaMP_1: the home topics; LaMP_4-7: the case style and length."""
+  the favourite home label; LaMP_1: the home topics; LaMP_4-7: the case style and length; the
+  "meaning" kind: its habit (`synth_meaning`)."""
   name = tasks_lib.get_task(task).name
-  _, latents = _build(name, _Config(**kwargs))
+  cfg = _Config(**kwargs)
+  _, latents = _build(name, cfg)
   out = {}
   for uid, lat in latents.items():
     p = lat.pref
-    if name == "LaMP_3":
+    if cfg.kind == "meaning":
+      out[uid] = synth_meaning.MAKERS[name].habit(p)
+    elif name == "LaMP_3":
       out[uid] = f"bias {p['bias']:+d}"
     elif name in ("LaMP_2N", "LaMP_2M"):
       out[uid] = max(p["home"], key=lambda label: p["scores"][label])
@@ -154,6 +169,27 @@ class _Config:
   text_words: int | tuple[int, int] = (15, 30)
   shift: float = 0.0
   noise: float = 0.1
+  kind: str = "words"  # words | meaning
+
+
+KINDS = ("words", "meaning")
+
+
+def check_kind(task_name: str, kind: str) -> None:
+  """Raises ConfigError, one line, if the generator has no `kind` data for the task."""
+  _tables(task_name, kind)
+
+
+def _tables(task_name: str, kind: str) -> tuple[dict, dict]:
+  """(makers, oracles) of the data kind; a one-line error for a kind or task it lacks."""
+  if kind not in KINDS:
+    raise ConfigError(f"config.data.synth.kind: unknown {kind!r}; expected one of "
+                      f"{', '.join(KINDS)}")
+  module = synth_makers if kind == "words" else synth_meaning
+  if task_name not in module.MAKERS:
+    raise ConfigError(f"config.data.synth.kind={kind!r} generates {', '.join(module.MAKERS)}, "
+                      f"not {task_name}")
+  return module.MAKERS, module.ORACLES
 
 
 @dataclasses.dataclass
@@ -166,7 +202,7 @@ class _UserLatents:
 def _build(task: str, cfg: _Config) -> tuple[LampData, dict[str, _UserLatents]]:
   task_obj = tasks_lib.get_task(task)
   rng = random.Random(f"{task_obj.name}/{cfg.seed}")
-  maker = synth_makers.MAKERS[task_obj.name]
+  maker = _tables(task_obj.name, cfg.kind)[0][task_obj.name]
   users, latents = [], {}
   for u in range(cfg.num_users):
     uid = f"u{u:04d}"
