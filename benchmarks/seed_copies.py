@@ -29,11 +29,16 @@ def copy_and_run(src: str, dst: str, changes: dict, drop: tuple[str, ...]) -> No
       *drop, "results.json", "results.md", "significance.json", "timings.json", "run.lock"))
   config = read(src, "config.json")
   for key, value in changes.items():
-    section, leaf = key.split(".")
-    config[section][leaf] = value
+    *sections, leaf = key.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    node[leaf] = value
   with open(os.path.join(dst, "config.json"), "w") as f:  # the run's claim then matches
     json.dump(config, f, indent=2, sort_keys=True)
   config_file = os.path.join(REPO, "configs", f"{config['task'].lower().replace('_', '')}.py")
+  if config.get("recipe", "embedded") != "embedded":
+    config_file += f":{config['recipe']}"
   cmd = [sys.executable, "-m", "oppu_jax.main", f"--config={config_file}", f"--workdir={dst}",
          f"--config.seed={config['seed']}", f"--config.settings={config['settings']}",
          "--config.progress=False", *(f"--config.{k}={v}" for k, v in changes.items())]

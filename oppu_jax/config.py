@@ -349,6 +349,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.top_p = 0.9
   c.eval.num_beams = 4
   c.eval.batch_size = 16
+  c.eval.adapter_scale = 1.0  # personal adapters' strength in predictions (1 trained; 0 the base)
 
   # Retrieval for the PEFT-vs-RAG study's RAG rows (settings "study"): its dense retriever and
   # the retrievers RSPG chooses among.

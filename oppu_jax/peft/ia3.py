@@ -51,6 +51,11 @@ class IA3:
       layers[target] = jnp.ones((weight.num_layers, size), jnp.float32)
     return {"layers": layers}
 
+  def scaled(self, adapter: dict, factor: float) -> dict:
+    """The adapter whose rescaling departs `factor` times as far from 1 (l -> 1 + factor (l - 1));
+    leaves may carry a leading users axis."""
+    return {"layers": {t: 1 + factor * (v - 1) for t, v in adapter["layers"].items()}}
+
   def project(self, name, x, w, adapter_layer, rng, matmul):
     del rng
     if name not in self.targets:

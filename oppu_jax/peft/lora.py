@@ -83,6 +83,12 @@ class Lora:
     lora = adapter["layers"][target]
     return self.scale * jnp.einsum("lir,lro->lio", lora["a"], lora["b"])
 
+  def scaled(self, adapter: dict, factor: float) -> dict:
+    """The adapter whose update x A B is `factor` times this one's (B scaled); leaves may carry a
+    leading users axis."""
+    return {"layers": {t: {"a": ab["a"], "b": ab["b"] * factor}
+                       for t, ab in adapter["layers"].items()}}
+
   def merge(self, layer_weights: dict, adapter: dict) -> dict:
     """{target: W + delta} for the adapted projections; W [layers, d_in, d_out] keeps its dtype."""
     return {t: (layer_weights[t].astype("float32") + self.delta(adapter, t)).astype(

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oppu_jax.errors import AdapterFormatError
+from oppu_jax.errors import AdapterFormatError, ConfigError
 from oppu_jax.peft import hf_format
 
 
@@ -59,6 +59,16 @@ class UserAdapters:
     """A copy with slot `index` replaced by `adapter` (jit-friendly; traced `index` allowed)."""
     return dataclasses.replace(
         self, tree=jax.tree.map(lambda s, a: jnp.asarray(s).at[index].set(a), self.tree, adapter))
+
+  def scaled(self, factor: float) -> "UserAdapters":
+    """Every user's adapter at `factor` of its strength (1: as trained, 0: the bare base), for a
+    method that defines one (`method.scaled`: LoRA, (IA)^3)."""
+    if factor == 1:
+      return self
+    if not hasattr(self.method, "scaled"):
+      raise ConfigError(f"config.eval.adapter_scale: {self.method.name} adapters have no strength "
+                        f"to scale (lora and ia3 adapters do); use 1")
+    return dataclasses.replace(self, tree=self.method.scaled(self.tree, factor))
 
   def gather(self, users: jax.Array) -> Any:
     """Per-row adapters: users [rows] int -> the method's pytree with leaves [rows, ...]."""

@@ -82,9 +82,10 @@ def query_texts(exp: Experiment, setting: Setting, users) -> list[tuple[int, str
 
 
 def _load_adapters(exp: Experiment, model, setting: Setting, users) -> UserAdapters:
-  """`users`' adapters of `setting`, stacked in their order."""
+  """`users`' adapters of `setting`, stacked in their order, at config.eval.adapter_scale."""
   adapters = UserAdapters.load([adapter_dir(exp, setting, u.id) for u in users],
                                model.weight_table(), model.config)
+  adapters = adapters.scaled(exp.config.eval.adapter_scale)
   logging.info("%s: %d users' %s adapters, %.1f KiB each (f32)", setting.name,
                adapters.num_users, adapters.method.name, adapters.bytes_per_user / 1024)
   return adapters

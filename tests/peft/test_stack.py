@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oppu_jax.errors import AdapterFormatError
+from oppu_jax.errors import AdapterFormatError, ConfigError
 from oppu_jax.peft import hf_format
 from oppu_jax.peft.ia3 import IA3
 from oppu_jax.peft.lora import Lora
+from oppu_jax.peft.prompt_tuning import PromptTuning
 from oppu_jax.peft.stack import UserAdapters
 
 LORA = Lora(targets=("q", "down"), rank=2, alpha=4.0)
@@ -80,3 +81,27 @@ def test_load_refuses_mixed_methods(table, tmp_path):
   with pytest.raises(AdapterFormatError, match="one stack holds one method") as err:
     UserAdapters.load([tmp_path / "a", tmp_path / "b"], table)
   assert str(err.value).startswith(str(tmp_path / "b")) and "\n" not in str(err.value)
+
+
+def test_scaled_adapters_move_toward_the_base(table):
+  stacked = UserAdapters.stack(LORA, _users(table, 2))
+  half = stacked.scaled(0.5)
+  assert stacked.scaled(1.0) is stacked
+  for user in range(2):
+    for target in LORA.targets:
+      np.testing.assert_allclose(LORA.delta(half.user(user), target),
+                                 0.5 * LORA.delta(stacked.user(user), target), atol=1e-6)
+  ia3 = IA3(targets=("k", "v", "down"), feedforward=("down",))
+  scales = UserAdapters.stack(ia3, _users(table, 2, ia3))
+  gone = scales.scaled(0.0)
+  assert all(float(np.abs(x - 1).max()) == 0 for x in jax.tree.leaves(gone.tree))
+  np.testing.assert_allclose(scales.scaled(0.5).tree["layers"]["k"] - 1,
+                             0.5 * (scales.tree["layers"]["k"] - 1), atol=1e-6)
+
+
+def test_prompt_tuning_has_no_strength_to_scale(table):
+  method = PromptTuning(num_virtual_tokens=2)
+  adapters = UserAdapters.stack(method, [{"prompt": np.ones((2, 8), np.float32)}])
+  assert adapters.scaled(1.0) is adapters
+  with pytest.raises(ConfigError, match="config.eval.adapter_scale: prompt_tuning"):
+    adapters.scaled(0.5)
