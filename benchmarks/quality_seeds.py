@@ -45,6 +45,7 @@ def main() -> None:
   _print_table(runs)
   workdirs = {seed: os.path.join(args.workdir, f"seed{seed}") for seed in seeds}
   _print_costs(workdirs)
+  _print_oracles(workdirs)
   if args.versus:
     _print_pooled_tests(workdirs, [tuple(p.split(":")) for p in args.versus.split(",")])
 
@@ -123,6 +124,37 @@ def _print_costs(workdirs: dict) -> None:
                - c["hyper_k0"]["seconds"] / c["hyper_k0"]["users"])
       line += f"; break-even vs oppu_k0 after {h['seconds'] / saved:.0f} new users"
     print(line)
+
+
+def _print_oracles(workdirs: dict) -> None:
+  """The generator's oracles on each seed's test users (generated data only): what knowing only
+  the text, the user's history, or the user's true habit scores on the queries the table scores."""
+  sys.path.insert(0, REPO)
+  from oppu_jax.data import synth
+
+  reports = []
+  for w in workdirs.values():
+    with open(os.path.join(w, "config.json")) as f:
+      config = json.load(f)
+    if config["data"]["path"]:
+      return
+    with open(os.path.join(w, "predictions", "non_personalized.json")) as f:
+      users = {p["id"].rsplit("_", 1)[0] for p in json.load(f)["golds"]}
+    reports.append(synth.oracle_report(config["task"], users=users, seed=config["seed"],
+                                       **config["data"]["synth"]))
+  names = {"non_personalized": "text only", "from_history": "from the user's history",
+           "personalized": "the user's true habit"}
+  metrics = [m for m in reports[0] if m != "query_history_overlap"]
+  print("\nthe generator's oracles on the same test queries, mean ± sd over seeds:\n")
+  print("| oracle | " + " | ".join(metrics) + " |")
+  print("|---|" + "---:|" * len(metrics))
+  for key, name in names.items():
+    cells = []
+    for m in metrics:
+      values = [r[m][key] for r in reports]
+      sd = statistics.stdev(values) if len(values) > 1 else 0.0
+      cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
+    print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def _print_pooled_tests(workdirs: dict, pairs) -> None:

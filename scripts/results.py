@@ -27,6 +27,11 @@ MAIN = [sys.executable, "-m", "oppu_jax.main"]
 SEEDS = [sys.executable, "benchmarks/quality_seeds.py"]
 PIPELINE = [sys.executable, "benchmarks/pipeline_bench.py"]
 CHECK = [sys.executable, "-m", "oppu_jax.compile_check"]
+# The rows the meaning-cued data is judged by (issue 28): every RAG row, OPPU with and without one
+# retrieved item, and OPPU against each of them pooled over the seeds.
+MEANING = ["--config.settings=non_personalized,rag_k1,rag_k2,rag_k4,oppu_k0,oppu_k1",
+           "--versus=oppu_k0:non_personalized,oppu_k0:rag_k1,oppu_k0:rag_k2,oppu_k0:rag_k4,"
+           "oppu_k1:rag_k1"]
 TOPOLOGIES = "v5e-8,v5e-256,v5p-128,8xH100"
 
 # name -> (command, what it is). A run of oppu_jax.main, quality_seeds.py or pipeline_bench.py
@@ -55,6 +60,12 @@ RUNS = {
                               "--versus=hyper_k0:non_personalized,hyper_k0:oppu_k0,"
                               "oppu_warm_k0:oppu_k0"],
                      "hypernetwork adapters and warm starts on LaMP_2M, data seeds 0, 1, 2"),
+    "meaning_lamp2m": (SEEDS + ["--config=configs/lamp2m.py:meaning", "--seeds=0,1,2"] + MEANING,
+                    "LaMP_2M on the meaning-cued data (recipe meaning), data seeds 0, 1, 2"),
+    "meaning_lamp3": (SEEDS + ["--config=configs/lamp3.py:meaning", "--seeds=0,1,2"] + MEANING,
+                    "LaMP_3 on the meaning-cued data (recipe meaning), data seeds 0, 1, 2"),
+    "meaning_lamp5": (SEEDS + ["--config=configs/lamp5.py:meaning", "--seeds=0,1,2"] + MEANING,
+                    "LaMP_5 on the meaning-cued data (recipe meaning), data seeds 0, 1, 2"),
     "warm_epochs_lamp3": ([sys.executable, "benchmarks/warm_epochs.py",
                            "--workdir=runs/results/hyper_lamp3", "--epochs=1,2"],
                           "oppu_warm_k0 at 1 and 2 epochs against cold oppu_k0 (needs "

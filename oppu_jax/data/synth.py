@@ -60,6 +60,7 @@ project's quality claims are checked (the recipe `configs/lampN.py:meaning`).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 import dataclasses
 import datetime
 import math
@@ -106,10 +107,11 @@ def synthesize(task: str, **kwargs: Any) -> LampData:
   return _build(task, _Config(**kwargs))[0]
 
 
-def oracle_report(task: str, **kwargs: Any) -> dict[str, dict[str, float]]:
-  """{metric: {"non_personalized", "from_history", "personalized": value}} on all queries, plus
-  "query_history_overlap": the mean share of a query's topic words its user's history contains.
-  Takes `synthesize`'s keyword arguments."""
+def oracle_report(task: str, users: Collection[str] | None = None,
+                  **kwargs: Any) -> dict[str, dict[str, float]]:
+  """{metric: {"non_personalized", "from_history", "personalized": value}} on the queries of
+  `users` (ids; None: every user), plus "query_history_overlap": the mean share of a query's
+  topic words its user's history contains. Takes `synthesize`'s keyword arguments."""
   task_obj = tasks_lib.get_task(task)
   cfg = _Config(**kwargs)
   data, latents = _build(task, cfg)
@@ -117,6 +119,8 @@ def oracle_report(task: str, **kwargs: Any) -> dict[str, dict[str, float]]:
   preds: dict[str, list[str]] = {k: [] for k in _PREDICTORS}
   golds, overlaps = [], []
   for user in data.users:
+    if users is not None and user.id not in users:
+      continue
     lat = latents[user.id]
     hist_words = {w for item in lat.history for w in item.topic_words}
     for q, ql in zip(user.queries, lat.queries):
