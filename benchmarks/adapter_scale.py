@@ -15,7 +15,6 @@ non-personal setting.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 
@@ -27,9 +26,7 @@ def main() -> None:
   parser.add_argument("--workdir", required=True, help="a quality_seeds.py workdir")
   parser.add_argument("--scales", default="0.25,0.5,0.75")
   args = parser.parse_args()
-  seeds = sorted(glob.glob(os.path.join(args.workdir, "seed*")))
-  if not seeds:
-    sys.exit(f"error: {args.workdir}: no seed<k> workdirs (run quality_seeds.py first)")
+  seeds = seed_copies.seed_workdirs(args.workdir)
   results = seed_copies.read(seeds[0], "results.json")
   personal = [s for s in results if s.startswith(("oppu", "hyper", "pag_oppu"))]
   others = [s for s in results if s not in personal]

@@ -13,9 +13,7 @@ ones (paired test), and the seconds per user of the update, of version 1 and of 
 from __future__ import annotations
 
 import argparse
-import glob
 import os
-import sys
 
 import seed_copies
 
@@ -27,9 +25,7 @@ def main() -> None:
   parser.add_argument("--workdir", required=True, help="a quality_seeds.py workdir")
   parser.add_argument("--last_items", type=int, default=4)
   args = parser.parse_args()
-  seeds = sorted(glob.glob(os.path.join(args.workdir, "seed*")))
-  if not seeds:
-    sys.exit(f"error: {args.workdir}: no seed<k> workdirs (run quality_seeds.py first)")
+  seeds = seed_copies.seed_workdirs(args.workdir)
   pairs, rows, metric = [], [], None
   for src in seeds:
     seed = os.path.basename(src)

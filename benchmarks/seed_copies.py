@@ -4,6 +4,7 @@ base and whatever else `keep` matches). For warm_epochs.py and continual_bench.p
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -12,6 +13,15 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def seed_workdirs(workdir: str) -> list[str]:
+  """The seed workdirs `<workdir>/seed<k>` of a quality_seeds.py run; exits with a one-line error
+  if there is none."""
+  seeds = sorted(glob.glob(os.path.join(workdir, "seed*")))
+  if not seeds:
+    sys.exit(f"error: {workdir}: no seed<k> workdirs (run quality_seeds.py first)")
+  return seeds
 
 
 def read(directory: str, name: str):

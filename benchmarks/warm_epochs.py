@@ -13,9 +13,7 @@ epochs against the cold ones at the recipe's epochs, per seed and pooled.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
-import sys
 
 import seed_copies
 
@@ -27,9 +25,7 @@ def main() -> None:
   parser.add_argument("--workdir", required=True, help="a quality_seeds.py workdir")
   parser.add_argument("--epochs", default="1,2")
   args = parser.parse_args()
-  seeds = sorted(glob.glob(os.path.join(args.workdir, "seed*")))
-  if not seeds:
-    sys.exit(f"error: {args.workdir}: no seed<k> workdirs (run quality_seeds.py first)")
+  seeds = seed_copies.seed_workdirs(args.workdir)
   rows = []  # (seed, setting, epochs, metric value, seconds per user)
   metric = None
   for src in seeds:

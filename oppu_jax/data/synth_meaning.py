@@ -35,6 +35,7 @@ import random
 from oppu_jax.data.phrases import movies
 from oppu_jax.data.phrases import research as papers
 from oppu_jax.data.phrases import reviews
+from oppu_jax.data import synth_makers
 from oppu_jax.data.synth_makers import Draw
 
 # --- shared: each user's half of every family --------------------------------------------------
@@ -201,19 +202,8 @@ class _Tagging:
     return max(pref["scores"], key=pref["scores"].get)
 
 
-def _tagging_oracle(name, lat, ql) -> str:
-  plausible = ql.latent["plausible"]
-  prior = lat.pref["prior"]
-  if name == "non_personalized":
-    return max(plausible, key=prior.get)
-  if name == "personalized":
-    return max(plausible, key=lat.pref["scores"].get)
-  # Head-to-head: how often each tag won in the history against another of the query's tags.
-  wins = {t: 0 for t in plausible}
-  for d in lat.history:
-    if d.gold in wins and sum(t in wins for t in d.latent["plausible"]) > 1:
-      wins[d.gold] += 1
-  return max(plausible, key=lambda t: (wins[t], prior[t]))
+# The latents are those of the first kind's labeling (plausible tags, prior, scores): its oracle.
+_tagging_oracle = synth_makers.ORACLES["LaMP_2M"]
 
 
 # --- LaMP_5: the method and the problem in the user's title template ----------------------------
