@@ -12,8 +12,8 @@ The OPPU recipes (the study's are described next to their tables below):
   5 epochs of batch 4, tuned on generated LaMP_3 data with data seeds 10 and 11 (not the
   reported seeds 0-2), where the paper's 3 epochs of 3 and 4 epochs of 4 left OPPU's MAE higher
   (configs/lamp3.py).
-- "meaning": `--config=configs/lampN.py:meaning` (LaMP_2M, LaMP_3, LaMP_5) — the embedded recipe on
-  the second kind of generated data, cues by meaning (MEANING_DATA below).
+- "meaning": `--config=configs/lampN.py:meaning` (LaMP_2M, LaMP_3, LaMP_5) — the embedded recipe
+  on the second kind of generated data, cues by meaning (MEANING_DATA below).
 - "paper": `--config=configs/lampN.py:paper` — Table 4 as published (lr 1e-5, the per-task epochs,
   batch sizes and R2 regularisation), task adaptation as the reference's task_LoRA.py (3 epochs,
   batch 16, lr 1e-4) and 100 test users. Meant for a 7B checkpoint: add

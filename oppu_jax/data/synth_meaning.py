@@ -3,12 +3,13 @@ meaning, not by shared words, and habits beyond a constant shift. What `synth_ma
 first kind, for LaMP_2M, LaMP_3 and LaMP_5: per task a maker (`user`, `draw`, `habit`) and an
 oracle.
 
-Every cue is a phrase from a family of paraphrases (`oppu_jax/data/phrases/`): a movie's tags are clauses
-that evoke them ("a crew wakes from cold sleep light-years from home" for sci-fi), a review's
-rating is how the buyer describes the product's fate, a paper's method and problem are named by
-phrases of its field. Each user owns one random half of every family, and its history is written
-only with its own half; a query takes a phrase from the other half with probability `shift` (the
-config's default 1: a query's wording is never in its user's history, only in other users').
+Every cue is a phrase from a family of paraphrases (`oppu_jax/data/phrases/`): a movie's tags
+are clauses that evoke them ("a crew wakes from cold sleep light-years from home" for sci-fi), a
+review's rating is how the buyer describes the product's fate, a paper's method and problem are
+named by phrases of its field. Each user owns one random half of every family, and its history
+is written only with its own half; a query takes a phrase from the other half with probability
+`shift` (the recipe's 1: a query's wording is never in its user's history, only in other
+users').
 
 The habits (the personal part of a gold):
 - LaMP_3: gold = habit(text rating r, product category), one of: a shift (-2, -1, +1), compress
@@ -32,10 +33,10 @@ from __future__ import annotations
 import math
 import random
 
+from oppu_jax.data import synth_makers
 from oppu_jax.data.phrases import movies
 from oppu_jax.data.phrases import research as papers
 from oppu_jax.data.phrases import reviews
-from oppu_jax.data import synth_makers
 from oppu_jax.data.synth_makers import Draw
 
 # --- shared: each user's half of every family --------------------------------------------------

@@ -61,14 +61,10 @@ class UserAdapters:
         self, tree=jax.tree.map(lambda s, a: jnp.asarray(s).at[index].set(a), self.tree, adapter))
 
   def scaled(self, factor: float) -> "UserAdapters":
-    """Every user's adapter at `factor` of its strength (1: as trained, 0: the bare base), for a
-    method that defines one (`method.scaled`: LoRA, (IA)^3)."""
+    """Every user's adapter at `factor` of its strength (`scaled`)."""
     if factor == 1:
       return self
-    if not hasattr(self.method, "scaled"):
-      raise ConfigError(f"config.eval.adapter_scale: {self.method.name} adapters have no strength "
-                        f"to scale (lora and ia3 adapters do); use 1")
-    return dataclasses.replace(self, tree=self.method.scaled(self.tree, factor))
+    return dataclasses.replace(self, tree=scaled(self.method, self.tree, factor))
 
   def gather(self, users: jax.Array) -> Any:
     """Per-row adapters: users [rows] int -> the method's pytree with leaves [rows, ...]."""
@@ -86,3 +82,14 @@ class UserAdapters:
         raise AdapterFormatError(f"{d}: adapter config {m} differs from {directories[0]}'s "
                                  f"{method}; one stack holds one method")
     return cls.stack(method, [a for _, a in loaded])
+
+
+def scaled(method, adapter: Any, factor: float) -> Any:
+  """An adapter (or a stack's tree) at `factor` of its strength (1: as trained, 0: the bare
+  base), for a method that defines one (`method.scaled`: LoRA, (IA)^3)."""
+  if factor == 1:
+    return adapter
+  if not hasattr(method, "scaled"):
+    raise ConfigError(f"config.eval.adapter_scale: {method.name} adapters have no strength to "
+                      f"scale (lora and ia3 adapters do); use 1")
+  return method.scaled(adapter, factor)

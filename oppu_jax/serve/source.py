@@ -12,7 +12,7 @@ import ml_collections
 from oppu_jax import config as config_lib, files
 from oppu_jax.data import tasks as tasks_lib
 from oppu_jax.errors import ConfigError, WorkdirError
-from oppu_jax.peft import hf_format
+from oppu_jax.peft import hf_format, stack
 from oppu_jax.pipeline import experiment, training
 from oppu_jax.pipeline.settings import parse_settings
 from oppu_jax.serve.app import Service
@@ -43,8 +43,12 @@ def open_workdir(workdir: str, setting_name: str, engine_config: EngineConfig, *
   table = model.weight_table()
   # (adapter_dir: the newest version of a user's adapter, under config.continual its update)
   where = lambda user: experiment.adapter_dir(exp, setting, user)
-  read = lambda user: host_adapter(hf_format.load_adapter(where(user), table, model.config)[1])
   method, first = hf_format.load_adapter(where(users[0]), table, model.config)
+  # As the pipeline predicts: at config.eval.adapter_scale of their strength.
+  strength = lambda adapter: stack.scaled(method, adapter, config.eval.adapter_scale)
+  read = lambda user: host_adapter(strength(
+      hf_format.load_adapter(where(user), table, model.config)[1]))
+  first = strength(first)
   tiers = AdapterTiers(method, host_adapter(first), read,
                        device_slots=device_slots, host_capacity=host_capacity)
   engine = Engine(model, tiers, engine_config, eos_id=tokenizer.eos_id,

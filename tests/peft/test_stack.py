@@ -11,7 +11,7 @@ from oppu_jax.peft import hf_format
 from oppu_jax.peft.ia3 import IA3
 from oppu_jax.peft.lora import Lora
 from oppu_jax.peft.prompt_tuning import PromptTuning
-from oppu_jax.peft.stack import UserAdapters
+from oppu_jax.peft.stack import UserAdapters, scaled
 
 LORA = Lora(targets=("q", "down"), rank=2, alpha=4.0)
 
@@ -91,6 +91,9 @@ def test_scaled_adapters_move_toward_the_base(table):
     for target in LORA.targets:
       np.testing.assert_allclose(LORA.delta(half.user(user), target),
                                  0.5 * LORA.delta(stacked.user(user), target), atol=1e-6)
+  one = stacked.user(1)  # a single adapter (as the server reads it) scales the same way
+  np.testing.assert_allclose(scaled(LORA, one, 0.5)["layers"]["q"]["b"],
+                             half.user(1)["layers"]["q"]["b"], atol=1e-7)
   ia3 = IA3(targets=("k", "v", "down"), feedforward=("down",))
   scales = UserAdapters.stack(ia3, _users(table, 2, ia3))
   gone = scales.scaled(0.0)
