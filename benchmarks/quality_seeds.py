@@ -138,8 +138,9 @@ def _print_oracles(workdirs: dict) -> None:
       config = json.load(f)
     if config["data"]["path"]:
       return
-    with open(os.path.join(w, "predictions", "non_personalized.json")) as f:
-      users = {p["id"].rsplit("_", 1)[0] for p in json.load(f)["golds"]}
+    predictions = os.path.join(w, "predictions")
+    with open(os.path.join(predictions, sorted(os.listdir(predictions))[0])) as f:
+      users = {p["id"].rsplit("_", 1)[0] for p in json.load(f)["golds"]}  # every setting's
     reports.append(synth.oracle_report(config["task"], users=users, seed=config["seed"],
                                        **config["data"]["synth"]))
   names = {"non_personalized": "text only", "from_history": "from the user's history",

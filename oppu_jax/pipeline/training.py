@@ -24,7 +24,7 @@ from oppu_jax.pipeline.experiment import (Experiment, adapter_dir, join_costs, p
 from oppu_jax.pipeline.pag import profiles_for
 from oppu_jax.pipeline.settings import Setting
 from oppu_jax.pipeline.shift import users_of
-from oppu_jax.train import multi_user, optim, preemption
+from oppu_jax.train import multi_user, preemption
 from oppu_jax.train.user_batches import plan_user
 
 
@@ -198,12 +198,6 @@ def merge_task_lora(exp: Experiment, checkpoint: str, adapter=None):
     if cluster.is_main():
       storage.push(checkpoint)
   return merge(exp.base_model, lora, jax.tree.map(jnp.asarray, adapter))
-
-
-def optimizer(exp: Experiment):
-  """The per-user optimizer of config.train (the trainer's own: update.py rebuilds its state)."""
-  t = exp.config.train
-  return optim.adamw_without_lr(t.weight_decay, t.clip_norm)
 
 
 def train_config(exp: Experiment, learning_rate: float, slots: int,

@@ -103,7 +103,8 @@ def train_updated_adapters(exp: Experiment, model, setting: Setting, users) -> N
     if old:
       directory = _v1_dir(exp, setting, u.id)
       _, adapter = hf_format.load_adapter(directory, table, model.config)
-      like = training.optimizer(exp).init(adapter)
+      tx = multi_user.optimizer(training.train_config(exp, c.train.learning_rate, c.train.slots))
+      like = jax.eval_shape(tx.init, adapter)  # the tree only: nothing allocated
       starts[u.id] = multi_user.Start(adapter, load_optimizer(directory, like))
   training.train_and_save(exp, model, setting, plans,
                           lambda uid: adapter_dir(exp, setting, uid), keep_optimizer=True,
@@ -136,7 +137,7 @@ def save_optimizer(directory: str, opt_state) -> None:
 
 
 def load_optimizer(directory: str, like):
-  """The optimizer state save_optimizer wrote, as a tree shaped like `like` (a fresh state)."""
+  """The optimizer state save_optimizer wrote, in the tree of `like` (a state, or its shapes)."""
   path = os.path.join(directory, OPTIMIZER)
   if not os.path.exists(path):
     raise DataError(f"{path}: missing; version 1 was trained without config.continual, so it "

@@ -76,6 +76,12 @@ class UserResult:
   opt_state: Any = None  # host (numpy) pytree: the optimizer's state after the last step
 
 
+def optimizer(config: TrainConfig):
+  """Each user's optimizer (its learning rate comes with the schedule, per step): the one place
+  it is built, so a saved state (pipeline/update.py) is rebuilt with the same tree."""
+  return optim.adamw_without_lr(config.weight_decay, config.clip_norm)
+
+
 @dataclasses.dataclass(frozen=True)
 class Start:
   """Where a user's training starts instead of a fresh adapter: a warm start (`opt_state` None:
@@ -240,7 +246,7 @@ class _StepProgram:
     self.model_config, self.table = model.config, model.weight_table()
     self.embed = self.local_embed = model.embed.get_value()  # prompt tuning initialises from it
     self.peft, self.config, self.mesh, self.max_steps = peft, config, mesh, max_steps
-    self.tx = optim.adamw_without_lr(config.weight_decay, config.clip_norm)
+    self.tx = optimizer(config)
     self.steps, self._compiles = 0, 0  # host-side counts
     self.remat_used = {}  # batch shape -> whether its step recomputes activations
     self.data_parallel = data_parallel and mesh is not None
