@@ -27,10 +27,11 @@ def matmul(x: jax.Array, w: jax.Array, compute_dtype=jnp.float32,
   model's backend policy (`Llama.matmul` binds it; "auto" is for callers without a model).
 
   `w` may also be a frozen bf16 weight carried as its uint16 bit pattern
-  (`backend.frozen_bits`); it gets no gradient.
+  (`backend.frozen_bits`), or as those bits with its transpose (`backend.FrozenPair`); it gets
+  no gradient.
   """
   p = backend.policy(policy)
-  if w.dtype == jnp.uint16:
+  if isinstance(w, backend.FrozenPair) or w.dtype == jnp.uint16:
     return _frozen_bf16_matmul(p, x, w)
   if compute_dtype == jnp.float32:
     return jnp.matmul(x.astype(jnp.float32), w.astype(jnp.float32))
@@ -79,19 +80,23 @@ _bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd, symbolic_zeros=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _frozen_bf16_matmul(p, x, w_bits):
-  return _dot_f32(x.astype(jnp.bfloat16), backend.from_bits(w_bits))
+def _frozen_bf16_matmul(p, x, w):
+  bits = w.bits if isinstance(w, backend.FrozenPair) else w
+  return _dot_f32(x.astype(jnp.bfloat16), backend.from_bits(bits))
 
 
-def _frozen_fwd(p, x, w_bits):
-  return _frozen_bf16_matmul(p, x, w_bits), (w_bits, jnp.zeros((0,), x.dtype))
+def _frozen_fwd(p, x, w):
+  return _frozen_bf16_matmul(p, x, w), (w, jnp.zeros((0,), x.dtype))
 
 
 def _frozen_bwd(p, res, g):
-  w_bits, x_like = res
-  gb = g.astype(jnp.bfloat16)
-  dx = _dot_f32(gb, backend.transposed(backend.from_bits(w_bits), p)).astype(x_like.dtype)
-  return dx, np.zeros(w_bits.shape, jax.dtypes.float0)
+  w, x_like = res
+  if isinstance(w, backend.FrozenPair):
+    wt = backend.from_bits(w.bits_t)  # transposed once per run, not here
+  else:
+    wt = backend.transposed(backend.from_bits(w), p)
+  dx = _dot_f32(g.astype(jnp.bfloat16), wt).astype(x_like.dtype)
+  return dx, jax.tree.map(lambda a: np.zeros(a.shape, jax.dtypes.float0), w)
 
 
 _frozen_bf16_matmul.defvjp(_frozen_fwd, _frozen_bwd)

@@ -213,7 +213,8 @@ class DecoderLayers(nnx.Module):
       setattr(self, name, nnx.Param(value))
 
   def arrays(self) -> dict[str, jax.Array]:
-    return {name: getattr(self, name)[...] for name in LAYER_WEIGHTS}
+    # get_value, not [...]: a frozen base's projection may be a backend.FrozenPair
+    return {name: getattr(self, name).get_value() for name in LAYER_WEIGHTS}
 
   def scan_arrays(self, policy: backend.Policy) -> dict[str, jax.Array]:
     """The per-layer operands of the layer scan (bf16 projections as `backend.frozen_bits` if

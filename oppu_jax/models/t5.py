@@ -64,8 +64,9 @@ class Stack(nnx.Module):
 
   def scan_arrays(self, policy: backend.Policy) -> dict[str, jax.Array]:
     """The per-layer operands of the layer scan (bf16 projections as uint16 bits under "cpu")."""
-    return {name: backend.frozen_bits(getattr(self, name)[...])
-            if policy.frozen_bits and not name.endswith("norm") else getattr(self, name)[...]
+    # get_value, not [...]: a frozen base's projection may be a backend.FrozenPair
+    return {name: backend.frozen_bits(getattr(self, name).get_value())
+            if policy.frozen_bits and not name.endswith("norm") else getattr(self, name).get_value()
             for name in self.names}
 
 

@@ -73,7 +73,7 @@ def train_hypernetwork(model, peft, hyper: Hypernetwork, params: Params, embeddi
   if len(plans) != len(embeddings):
     raise ValueError(f"{len(plans)} plans but {len(embeddings)} embeddings")
   graphdef, state = nnx.split(model)
-  base = backend.frozen_base(state, model.config, model.weight_table())
+  base = backend.frozen_base(state, model.config, model.weight_table(), transposed=True)
   tx = optim.adamw_without_lr(config.weight_decay, config.clip_norm)
   opt_state = tx.init(params["net"])
   embeddings = np.asarray(embeddings, np.float32)

@@ -241,8 +241,10 @@ class _StepProgram:
   def __init__(self, model: LanguageModel, peft, config: TrainConfig, mesh, max_steps: int,
                data_parallel: bool = False):
     self.graphdef, self.base = nnx.split(model)
-    # The base is never trained: on CPU its bf16 stacks go in as free uint16 views (backend.py).
-    self.base = backend.frozen_base(self.base, model.config, model.weight_table())
+    # The base is never trained: on CPU its bf16 stacks go in as free uint16 views, with their
+    # transposes for the backward pass (backend.py); a mesh places the plain arrays.
+    self.base = backend.frozen_base(self.base, model.config, model.weight_table(),
+                                    transposed=mesh is None)
     self.model_config, self.table = model.config, model.weight_table()
     self.embed = self.local_embed = model.embed.get_value()  # prompt tuning initialises from it
     self.peft, self.config, self.mesh, self.max_steps = peft, config, mesh, max_steps

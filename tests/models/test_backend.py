@@ -8,17 +8,17 @@ from flax import nnx
 
 from oppu_jax.errors import ConfigError
 from oppu_jax.models import backend
-from oppu_jax.models.llama import Llama, tiny_config
+from oppu_jax.models.llama import PROJECTIONS, Llama, tiny_config
 
 RANK = 4
 
 
-def _run(backend_name, dtype):
+def _run(backend_name, dtype, transposed=False):
   """(logits, d loss / d LoRA-style adapter, the jaxpr text) for one policy, same weights."""
   config = tiny_config(param_dtype=dtype, compute_dtype=dtype, backend=backend_name)
   model = Llama(config, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
-  state = backend.frozen_base(state, config, model.weight_table())
+  state = backend.frozen_base(state, config, model.weight_table(), transposed=transposed)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 3, config.vocab_size)
   positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
   mask = jnp.ones((2, 9), bool).at[1, :3].set(False)
@@ -74,6 +74,35 @@ def test_bf16_policies_agree_within_bf16_rounding():
   assert _rel(xla_logits, cpu_logits) < 1e-2
   for key in ("a", "b"):
     assert _rel(xla_grads[key], cpu_grads[key]) < 1e-2
+
+
+@pytest.mark.slow
+def test_a_transposed_copy_of_the_base_changes_no_number():
+  plain_logits, plain_grads, plain_jaxpr = _run("cpu", "bfloat16")
+  logits, grads, jaxpr = _run("cpu", "bfloat16", transposed=True)
+  # The backward pass reads the stored W^T: none of the seven projections materialises one
+  # behind a barrier any more (the adapter's own bf16 matmuls still do).
+  barriers = lambda text: text.count("optimization_barrier")
+  assert barriers(plain_jaxpr) - barriers(jaxpr) == len(PROJECTIONS)
+  np.testing.assert_array_equal(logits, plain_logits)
+  for key in ("a", "b"):
+    np.testing.assert_array_equal(grads[key], plain_grads[key])
+
+
+def test_the_transposed_copy_is_the_transpose_and_respects_its_budget(monkeypatch):
+  config = tiny_config(param_dtype="bfloat16", compute_dtype="bfloat16", backend="cpu")
+  model = Llama(config, rngs=nnx.Rngs(0))
+  _, state = nnx.split(model)
+  pair = backend.frozen_base(state, config, model.weight_table(), transposed=True)
+  q = pair["layers"]["q"].get_value()
+  assert isinstance(q, backend.FrozenPair)
+  want = np.asarray(state["layers"]["q"][...]).view(np.uint16)
+  np.testing.assert_array_equal(q.bits, want)
+  np.testing.assert_array_equal(q.bits_t, np.swapaxes(want, -1, -2))
+  assert pair["layers"]["attn_norm"][...].dtype == jnp.bfloat16  # norms are not projections
+  monkeypatch.setattr(backend, "TRANSPOSED_COPY_MAX_BYTES", 0)
+  over = backend.frozen_base(state, config, model.weight_table(), transposed=True)
+  assert over["layers"]["q"][...].dtype == jnp.uint16  # bits only, no copy
 
 
 def test_auto_resolves_once_to_cpu_here():
