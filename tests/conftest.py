@@ -26,6 +26,10 @@ _TORCH = {"smollm2_hf", "smollm2_hf_tokenizer"}
 _SLOW = {"analysed"}  # tests/analysis: a tiny run with all eight analyses (~1.5 min to build)
 
 
+# tryfirst: pytest-xdist's worker reads the xdist_group marks in its own collection hook, which
+# pluggy would otherwise call before this conftest's; marks added after it are ignored and every
+# module or session fixture was built once per worker.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
   """The tiers (pyproject's markers): real_weights / torch from the fixtures a test takes; slow
   for every multiprocess and real_weights test, so `-m "not slow"` leaves them out. And the
