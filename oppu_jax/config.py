@@ -272,12 +272,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.task_adapt.learning_rate = 3e-3
   c.task_adapt.batch_size = 16
   c.task_adapt.epochs = 2
+  c.task_adapt.min_steps = 0  # N > 0: whole epochs added until N steps (a small train split)
   c.task_adapt.k = 1  # retrieved items in the R and P variants' training prompts
   # True: one R (and P) base per k the settings use, trained with that k (the paper's top-k);
   # False: one R and one P base for every k, trained with task_adapt.k (less training).
   c.task_adapt.per_k = False
-  # Preemption: an orbax checkpoint of the stage every this many steps (0 = none); a rerun
-  # continues from the latest with the results of an uninterrupted run.
+  # Preemption: a checkpoint every this many steps (0 = none); a rerun continues bit for bit.
   c.task_adapt.checkpoint_every = 200
 
   # Stage 2: one PEFT per user.

@@ -147,7 +147,15 @@ def task_adaptation_plan(exp: Experiment, base: str):
   if not pairs:
     raise DataError("task adaptation has no training pairs: the non-test users have no queries "
                     "with golds (set config.task_adapt.enabled=False to skip it)")
-  return make_plan(exp, f"task_{base}", pairs, ta.batch_size, ta.epochs)
+  return make_plan(exp, f"task_{base}", pairs, ta.batch_size,
+                   task_adaptation_epochs(ta.epochs, ta.min_steps, len(pairs), ta.batch_size))
+
+
+def task_adaptation_epochs(epochs: int, min_steps: int, pairs: int, batch_size: int) -> int:
+  """`epochs`, or more whole epochs if they make fewer than `min_steps` optimizer steps (a train
+  split of 64 pairs is 8 steps at 2 epochs of 16: too few for the base to learn the task)."""
+  per_epoch = -(-pairs // batch_size)
+  return max(epochs, -(-min_steps // per_epoch))
 
 
 def user_plans(exp: Experiment, setting: Setting, users, epochs: int = 0) -> list:
