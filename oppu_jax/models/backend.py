@@ -98,9 +98,9 @@ def frozen_base(state, model_config, table, transposed: bool = False):
     names = tuple(getattr(k, "key", None) for k in path)
     return any(names[:len(p)] == p for p in paths)
 
-  projection_bytes = sum(leaf.nbytes for path, leaf in jax.tree_util.tree_leaves_with_path(state)
-                         if is_projection(path))
-  pair = transposed and projection_bytes <= TRANSPOSED_COPY_MAX_BYTES
+  pair = transposed and TRANSPOSED_COPY_MAX_BYTES >= sum(
+      leaf.nbytes for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+      if is_projection(path))
 
   def convert(path, leaf):
     if not is_projection(path):

@@ -65,9 +65,9 @@ class Stack(nnx.Module):
   def scan_arrays(self, policy: backend.Policy) -> dict[str, jax.Array]:
     """The per-layer operands of the layer scan (bf16 projections as uint16 bits under "cpu")."""
     # get_value, not [...]: a frozen base's projection may be a backend.FrozenPair
-    return {name: backend.frozen_bits(getattr(self, name).get_value())
-            if policy.frozen_bits and not name.endswith("norm") else getattr(self, name).get_value()
-            for name in self.names}
+    values = {name: getattr(self, name).get_value() for name in self.names}
+    return {name: backend.frozen_bits(w) if policy.frozen_bits and not name.endswith("norm") else w
+            for name, w in values.items()}
 
 
 class T5(nnx.Module):
