@@ -66,6 +66,10 @@ RUNS = {
                     "LaMP_3 on the meaning-cued data (recipe meaning), data seeds 0, 1, 2"),
     "meaning_lamp5": (SEEDS + ["--config=configs/lamp5.py:meaning", "--seeds=0,1,2"] + MEANING,
                     "LaMP_5 on the meaning-cued data (recipe meaning), data seeds 0, 1, 2"),
+    **{f"meaning_{t}_min50": (SEEDS + [f"--config=configs/{t}.py:meaning", "--seeds=0,1,2"]
+                              + MEANING + ["--config.task_adapt.min_steps=50"],
+                              f"meaning_{t} with task adaptation of at least 50 steps")
+       for t in ("lamp2m", "lamp3", "lamp5")},
     "warm_epochs_lamp3": ([sys.executable, "benchmarks/warm_epochs.py",
                            "--workdir=runs/results/hyper_lamp3", "--epochs=1,2"],
                           "oppu_warm_k0 at 1 and 2 epochs against cold oppu_k0 (needs "
