@@ -41,6 +41,9 @@ RUNS = {
               "the default LaMP_3 run (README's first command)"),
     "lamp2m": (MAIN + ["--config=configs/lamp2m.py"], "LaMP_2M, classification"),
     "lamp5": (MAIN + ["--config=configs/lamp5.py"], "LaMP_5, generation"),
+    **{f"{t}_min50": (MAIN + [f"--config=configs/{t}.py", "--config.task_adapt.min_steps=50"],
+                      f"{t} with task adaptation of at least 50 steps (issue 28's candidate)")
+       for t in ("lamp2m", "lamp3", "lamp5")},
     "oracles": ([sys.executable, "benchmarks/oracles.py", "LaMP_2M", "LaMP_3", "LaMP_5"],
                 "the generator's oracles on those three runs' data"),
     "oracles_meaning": ([sys.executable, "benchmarks/oracles.py", "LaMP_2M:meaning",
