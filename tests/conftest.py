@@ -16,6 +16,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="oppu_jax_test_xla_")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Most of a tiny model's test is XLA:CPU compiling its programs, and most of that is LLVM
+# optimising each fused kernel: the tests compile without those optimisations (the matmuls are
+# library calls either way). The tests' tolerances hold at this level and at XLA's default (3),
+# which every run outside the tests keeps. Appended to the caller's flags; the tests that start
+# processes append theirs to these.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_backend_optimization_level=0").strip()
 # Under pytest-xdist (pyproject's addopts: 2 workers) PyTorch keeps to one thread per worker: its
 # OpenMP threads spin at barriers when the cores are oversubscribed (benchmarks/README.md).
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -10,7 +10,8 @@ def run_script(path, text: str, devices: int, done: str) -> None:
   """Writes `text` to `path`, runs it with `devices` CPU devices; fails with its stderr's end
   unless it printed `done`."""
   path.write_text(text)
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+             + f" --xla_force_host_platform_device_count={devices}").strip(),
              JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True,
                        timeout=600)

@@ -48,7 +48,8 @@ def _port() -> int:
 
 def _env(devices: int, **extra) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.join(ROOT, "tests"),
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={devices}").strip())
   env.update({k: str(v) for k, v in extra.items()})
   return env
 
