@@ -19,10 +19,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Most of a tiny model's test is XLA:CPU compiling its programs, and most of that is LLVM
 # optimising each fused kernel: the tests compile without those optimisations (the matmuls are
 # library calls either way). The tests' tolerances hold at this level and at XLA's default (3),
-# which every run outside the tests keeps. Appended to the caller's flags; the tests that start
-# processes append theirs to these.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_backend_optimization_level=0").strip()
+# which every run outside the tests keeps. Appended to the caller's flags unless they set a level
+# (XLA_FLAGS=--xla_backend_optimization_level=3 runs the tests at the default); the tests that
+# start processes append theirs to these.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_backend_optimization_level=0").strip()
 # Under pytest-xdist (pyproject's addopts: 2 workers) PyTorch keeps to one thread per worker: its
 # OpenMP threads spin at barriers when the cores are oversubscribed (benchmarks/README.md).
 if os.environ.get("PYTEST_XDIST_WORKER"):
