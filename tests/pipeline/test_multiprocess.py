@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from virtual_devices import device_env
+
 pytestmark = pytest.mark.multiprocess  # every test here reads the module's jax.distributed runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,9 +49,7 @@ def _port() -> int:
 
 
 def _env(devices: int, **extra) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.join(ROOT, "tests"),
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                        + f" --xla_force_host_platform_device_count={devices}").strip())
+  env = dict(device_env(devices), PYTHONPATH=os.path.join(ROOT, "tests"))
   env.update({k: str(v) for k, v in extra.items()})
   return env
 
